@@ -1,0 +1,37 @@
+//! Core of **supermask**: the plugin traits (mask function, threshold, initializer), the
+//! masked and dense layers built from them, the plugin registry, the model trait, the loss
+//! and the optimizers.
+//!
+//! The method is "Signing the Supermask" (Koster et al., ICLR 2022): every masked layer holds a
+//! frozen weight `W` and a trainable score tensor `M` of the same shape; the effective weight is
+//! `W * g(M)` where the mask function `g` maps scores to a small set of values (for the signed
+//! mask `{-1, 0, +1}`, equation 1 of the paper). Gradients pass straight through `g`.
+//!
+//! Concrete plugins live in `supermask-plugins`; models in `supermask-models`.
+
+pub mod init;
+pub mod layer;
+pub mod loss;
+pub mod mask;
+pub mod model;
+pub mod optim;
+pub mod registry;
+pub mod rng;
+pub mod threshold;
+
+pub use init::{sample_with_variance, Distribution, Fans, Initializer};
+pub use layer::{DenseLayer, ForwardCtx, Layer, LayerFactory, LayerOp, LayerSpec, MaskedLayer};
+pub use mask::{MaskCtx, MaskFn, MaskRange};
+pub use model::{build_model, MaskingConfig, Model, ModelSpec};
+pub use registry::{PluginEntry, PluginKind, Registry};
+pub use threshold::{Taus, Threshold, UpdateEvery};
+
+/// Result type used throughout supermask.
+pub type Result<T> = anyhow::Result<T>;
+
+#[doc(hidden)]
+pub use anyhow;
+#[doc(hidden)]
+pub use inventory;
+#[doc(hidden)]
+pub use toml;

@@ -1,0 +1,169 @@
+//! The model traits, the masking config that decides masked vs. dense layers, and
+//! [`build_model`], which turns a spec into an initialized model.
+
+use crate::{
+    init::Initializer,
+    layer::{ForwardCtx, Layer, LayerFactory},
+    mask::{MaskCtx, MaskFn},
+    registry,
+    threshold::Threshold,
+    Result,
+};
+use anyhow::Context;
+use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+use std::{fmt::Debug, sync::Arc};
+
+/// A built model: a forward pass and a walk over its layers.
+pub trait Model: Send + Sync {
+    /// Forward pass of a batch `[batch, ...input_shape]` to logits `[batch, classes]`.
+    fn forward_t(&self, xs: &Tensor, ctx: &ForwardCtx) -> Result<Tensor>;
+
+    /// All weight layers, in forward order.
+    fn layers(&self) -> Vec<&Layer>;
+
+    /// All weight layers, mutably, in forward order.
+    fn layers_mut(&mut self) -> Vec<&mut Layer>;
+}
+
+/// A model architecture as named in configs (`[model] type = "fcn"`).
+#[typetag::serde(tag = "type")]
+pub trait ModelSpec: Debug + Send + Sync {
+    /// Per-sample input shape, e.g. `[784]` or `[3, 32, 32]`.
+    fn input_shape(&self) -> Vec<usize>;
+
+    /// Number of output classes.
+    fn classes(&self) -> usize;
+
+    /// Builds the model, asking the factory for every weight layer. Implementations check
+    /// every layer's shapes here (see [`check_chain`]) so that a wrong shape fails at
+    /// construction with the layer's name.
+    fn build(&self, factory: &mut LayerFactory) -> Result<Box<dyn Model>>;
+}
+
+/// How the layers of a model are made: masked (a signed Supermask or another mask plugin) or
+/// dense (the baseline).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "mode", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum MaskingConfig {
+    /// Frozen weights masked by trainable scores.
+    Masked {
+        /// The mask function `g`.
+        #[serde(deserialize_with = "registry::deserialize_mask")]
+        mask: Arc<dyn MaskFn>,
+        /// The threshold rule giving `(tau_n, tau_p)`.
+        #[serde(deserialize_with = "registry::deserialize_threshold")]
+        threshold: Arc<dyn Threshold>,
+        /// Initializer of the frozen weights.
+        #[serde(deserialize_with = "registry::deserialize_init")]
+        weight_init: Arc<dyn Initializer>,
+        /// Initializer of the scores.
+        #[serde(deserialize_with = "registry::deserialize_init")]
+        score_init: Arc<dyn Initializer>,
+    },
+    /// Trainable weights, no mask.
+    Dense {
+        /// Initializer of the weights.
+        #[serde(deserialize_with = "registry::deserialize_init")]
+        weight_init: Arc<dyn Initializer>,
+    },
+}
+
+impl MaskingConfig {
+    /// Checks every plugin's parameters.
+    pub fn validate(&self) -> Result<()> {
+        match self {
+            MaskingConfig::Masked {
+                threshold,
+                weight_init,
+                score_init,
+                ..
+            } => {
+                threshold.validate().context("masking.threshold")?;
+                weight_init.validate().context("masking.weight_init")?;
+                score_init.validate().context("masking.score_init")?;
+            }
+            MaskingConfig::Dense { weight_init } => {
+                weight_init.validate().context("masking.weight_init")?
+            }
+        }
+        Ok(())
+    }
+
+    /// The threshold rule of a masked config.
+    pub fn threshold(&self) -> Option<&Arc<dyn Threshold>> {
+        match self {
+            MaskingConfig::Masked { threshold, .. } => Some(threshold),
+            MaskingConfig::Dense { .. } => None,
+        }
+    }
+}
+
+/// Checks a chain of layers: each layer's input shape is the previous one's output shape
+/// (with `between` mapping shapes across parameter-free ops such as flatten or pooling).
+/// Fails with the first offending layer's name.
+pub fn check_chain(input: &[usize], layers: &[&Layer]) -> Result<Vec<usize>> {
+    let mut shape = input.to_vec();
+    for l in layers {
+        shape = l.spec().output_shape(&shape)?;
+    }
+    Ok(shape)
+}
+
+/// Builds and initializes a model: scores, then thresholds from the initial scores, then the
+/// frozen weights whose variance may use each layer's initial zero share `p0`.
+pub fn build_model(
+    spec: &dyn ModelSpec,
+    masking: &MaskingConfig,
+    device: &Device,
+    seed: u64,
+) -> Result<Box<dyn Model>> {
+    masking.validate()?;
+    let mut factory = LayerFactory::new(masking.clone(), device.clone(), seed);
+    let mut model = spec.build(&mut factory)?;
+    if let Some(threshold) = masking.threshold() {
+        let mut layers: Vec<_> = model
+            .layers_mut()
+            .into_iter()
+            .filter_map(|l| match l {
+                Layer::Masked(m) => Some(m),
+                Layer::Dense(_) => None,
+            })
+            .collect();
+        let scores: Vec<Tensor> = layers
+            .iter()
+            .map(|l| l.scores().as_tensor().detach())
+            .collect();
+        let taus = threshold
+            .init(&scores)
+            .context("masking.threshold: initial thresholds")?;
+        anyhow::ensure!(
+            taus.len() == layers.len(),
+            "threshold returned wrong number of layers"
+        );
+        for (layer, t) in layers.iter_mut().zip(taus) {
+            layer.set_taus(t)?;
+            let hard = layer
+                .mask_fn()
+                .hard(layer.scores().as_tensor(), t, &MaskCtx::eval())?;
+            let [_, zero, _] = crate::layer::count_mask(&hard)?;
+            let p0 = zero as f64 / layer.spec.numel() as f64;
+            let w = factory.draw_masked_weight(&layer.spec, p0)?;
+            layer.set_weight(w)?;
+        }
+    }
+    // A forward pass of one sample proves the layers fit together end to end.
+    let mut dims = vec![1];
+    dims.extend(spec.input_shape());
+    let probe = Tensor::zeros(dims.as_slice(), candle_core::DType::F32, device)?;
+    let out = model
+        .forward_t(&probe, &ForwardCtx::eval())
+        .context("shape check of the model")?;
+    anyhow::ensure!(
+        out.dims() == [1, spec.classes()],
+        "model output shape {:?}, expected [1, {}]",
+        out.dims(),
+        spec.classes()
+    );
+    Ok(model)
+}

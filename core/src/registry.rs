@@ -1,0 +1,183 @@
+//! The plugin registry, built on `inventory`.
+//!
+//! Every plugin registers itself next to its definition with [`crate::register_plugin!`]. One
+//! entry point, [`Registry::create`], builds a plugin from its name and its parameters; an
+//! unknown name fails with the list of known names of that kind. Config files name plugins
+//! with `type = "name"`; the same names are the `typetag` names used to serialize plugins, and a
+//! test checks that both agree for every entry.
+
+use crate::{init::Initializer, mask::MaskFn, model::ModelSpec, threshold::Threshold, Result};
+use serde::{Deserialize, Deserializer};
+use std::{fmt, sync::Arc};
+
+/// The kinds of plugin.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum PluginKind {
+    /// A mask function (scores -> mask values).
+    Mask,
+    /// A threshold rule.
+    Threshold,
+    /// A weight or score initializer.
+    Init,
+    /// A model architecture.
+    Model,
+}
+
+impl PluginKind {
+    /// All kinds, in listing order.
+    pub const ALL: [PluginKind; 4] = [Self::Mask, Self::Threshold, Self::Init, Self::Model];
+
+    /// Lower-case name of the kind.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Mask => "mask",
+            Self::Threshold => "threshold",
+            Self::Init => "init",
+            Self::Model => "model",
+        }
+    }
+}
+
+impl fmt::Display for PluginKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A constructed plugin of any kind.
+#[derive(Debug, Clone)]
+pub enum Plugin {
+    /// A mask function.
+    Mask(Arc<dyn MaskFn>),
+    /// A threshold rule.
+    Threshold(Arc<dyn Threshold>),
+    /// An initializer.
+    Init(Arc<dyn Initializer>),
+    /// A model specification.
+    Model(Arc<dyn ModelSpec>),
+}
+
+/// One registered plugin.
+pub struct PluginEntry {
+    /// Its kind.
+    pub kind: PluginKind,
+    /// Its name in config files (also its `typetag` name).
+    pub name: &'static str,
+    /// One line saying what it is (and which equation of the paper it implements).
+    pub description: &'static str,
+    /// Builds it from its parameters (the config table without the `type` key).
+    pub create: fn(toml::Table) -> Result<Plugin>,
+}
+
+inventory::collect!(PluginEntry);
+
+/// Registers a plugin type under a kind and a name. The type must implement `Deserialize`
+/// and the kind's trait, with the same name in its `#[typetag::serde(name = ...)]`.
+///
+/// ```ignore
+/// supermask_core::register_plugin!(Mask, "signed", SignedMask, "signed mask {-1,0,1}, eq. 1");
+/// ```
+#[macro_export]
+macro_rules! register_plugin {
+    ($kind:ident, $name:literal, $ty:ty, $desc:literal) => {
+        $crate::inventory::submit! {
+            $crate::registry::PluginEntry {
+                kind: $crate::registry::PluginKind::$kind,
+                name: $name,
+                description: $desc,
+                create: |params| {
+                    let value: $ty = $crate::toml::Value::Table(params).try_into().map_err(|e| {
+                        $crate::anyhow::anyhow!("invalid parameters for {} `{}`: {}",
+                            stringify!($kind).to_lowercase(), $name, e)
+                    })?;
+                    Ok($crate::registry::Plugin::$kind(::std::sync::Arc::new(value)))
+                },
+            }
+        }
+    };
+}
+
+/// Read access to all registered plugins.
+pub struct Registry;
+
+impl Registry {
+    /// All entries, sorted by kind then name.
+    pub fn entries() -> Vec<&'static PluginEntry> {
+        let mut v: Vec<_> = inventory::iter::<PluginEntry>.into_iter().collect();
+        v.sort_by_key(|e| (e.kind, e.name));
+        v
+    }
+
+    /// Sorted names of one kind.
+    pub fn names(kind: PluginKind) -> Vec<&'static str> {
+        Self::entries()
+            .into_iter()
+            .filter(|e| e.kind == kind)
+            .map(|e| e.name)
+            .collect()
+    }
+
+    /// The entry of `kind` called `name`, or an error listing the known names.
+    pub fn get(kind: PluginKind, name: &str) -> Result<&'static PluginEntry> {
+        Self::entries()
+            .into_iter()
+            .find(|e| e.kind == kind && e.name == name)
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "unknown {kind} plugin `{name}`; known {kind} plugins: {}",
+                    Self::names(kind).join(", ")
+                )
+            })
+    }
+
+    /// Builds the plugin `kind`/`name` from its parameters.
+    pub fn create(kind: PluginKind, name: &str, params: toml::Table) -> Result<Plugin> {
+        (Self::get(kind, name)?.create)(params)
+    }
+
+    /// Builds a plugin from a config table holding `type = "name"` and its parameters.
+    pub fn create_from_table(kind: PluginKind, mut table: toml::Table) -> Result<Plugin> {
+        let name = match table.remove("type") {
+            Some(toml::Value::String(s)) => s,
+            Some(other) => anyhow::bail!("{kind} `type` must be a string, got {other}"),
+            None => anyhow::bail!(
+                "{kind} table has no `type`; known {kind} plugins: {}",
+                Self::names(kind).join(", ")
+            ),
+        };
+        Self::create(kind, &name, table)
+    }
+}
+
+macro_rules! typed_constructor {
+    ($fn_name:ident, $de_name:ident, $kind:ident, $tr:ty) => {
+        /// Builds a plugin of this kind from a config table (`type` plus parameters).
+        pub fn $fn_name(table: toml::Table) -> Result<Arc<$tr>> {
+            match Registry::create_from_table(PluginKind::$kind, table)? {
+                Plugin::$kind(p) => Ok(p),
+                other => {
+                    anyhow::bail!("registry returned {other:?} for kind {}", PluginKind::$kind)
+                }
+            }
+        }
+
+        /// Serde `deserialize_with` helper: reads a table and builds it through the registry,
+        /// so config errors name the plugin and list the known ones.
+        pub fn $de_name<'de, D: Deserializer<'de>>(
+            d: D,
+        ) -> std::result::Result<Arc<$tr>, D::Error> {
+            let table = toml::Table::deserialize(d)?;
+            $fn_name(table).map_err(serde::de::Error::custom)
+        }
+    };
+}
+
+typed_constructor!(mask_from_table, deserialize_mask, Mask, dyn MaskFn);
+typed_constructor!(
+    threshold_from_table,
+    deserialize_threshold,
+    Threshold,
+    dyn Threshold
+);
+typed_constructor!(init_from_table, deserialize_init, Init, dyn Initializer);
+typed_constructor!(model_from_table, deserialize_model, Model, dyn ModelSpec);

