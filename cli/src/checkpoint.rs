@@ -1,0 +1,91 @@
+//! Checkpoints: model tensors and optimizer state in one safetensors file, the loop position
+//! in `state.json`; both written atomically (temporary file, then rename).
+
+use crate::trainer::Trainer;
+use anyhow::Context;
+use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+use std::{collections::HashMap, path::Path};
+use supermask_core::Result;
+
+/// File name of the tensor checkpoint.
+pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
+/// File name of the loop state.
+pub const STATE_FILE: &str = "state.json";
+
+/// Where the loop stands.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct LoopState {
+    /// Completed epochs.
+    pub epoch: usize,
+    /// Completed optimizer steps.
+    pub step: u64,
+}
+
+/// Writes `bytes` to `path` atomically.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = tmp_path(path);
+    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
+    Ok(())
+}
+
+fn tmp_path(path: &Path) -> std::path::PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".tmp");
+    path.with_file_name(name)
+}
+
+/// Saves the trainer's tensors and loop state into `dir`.
+pub fn save(dir: &Path, trainer: &Trainer, state: &LoopState) -> Result<()> {
+    let mut tensors: HashMap<String, Tensor> = HashMap::new();
+    let model = trainer.model();
+    let layers = model.layers();
+    for layer in &layers {
+        tensors.extend(layer.named_tensors()?);
+    }
+    for (layer, v) in layers.iter().zip(trainer.optimizer().velocity()) {
+        if let Some(v) = v {
+            tensors.insert(format!("optim.{}.velocity", layer.trainable().0), v.clone());
+        }
+    }
+    let path = dir.join(CHECKPOINT_FILE);
+    let tmp = tmp_path(&path);
+    candle_core::safetensors::save(&tensors, &tmp)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("renaming to {}", path.display()))?;
+    write_atomic(&dir.join(STATE_FILE), serde_json::to_string_pretty(state)?.as_bytes())
+}
+
+/// Restores tensors (and optimizer state when `with_optimizer`) from `dir`.
+pub fn load(dir: &Path, trainer: &mut Trainer, device: &Device, with_optimizer: bool) -> Result<LoopState> {
+    let path = dir.join(CHECKPOINT_FILE);
+    let tensors = candle_core::safetensors::load(&path, device)
+        .with_context(|| format!("reading checkpoint {}", path.display()))?;
+    let get = |k: &str| -> Result<Tensor> {
+        tensors
+            .get(k)
+            .cloned()
+            .with_context(|| format!("checkpoint {} has no tensor {k}", path.display()))
+    };
+    for layer in trainer.model_mut().layers_mut() {
+        layer.load_tensors(&get)?;
+    }
+    let state_path = dir.join(STATE_FILE);
+    let state: LoopState = serde_json::from_str(
+        &std::fs::read_to_string(&state_path)
+            .with_context(|| format!("reading {}", state_path.display()))?,
+    )
+    .with_context(|| format!("parsing {}", state_path.display()))?;
+    if with_optimizer {
+        let names: Vec<String> =
+            trainer.model().layers().iter().map(|l| l.trainable().0).collect();
+        let v = names
+            .iter()
+            .map(|n| tensors.get(&format!("optim.{n}.velocity")).cloned())
+            .collect();
+        trainer.optimizer_mut().set_velocity(v)?;
+        trainer.step = state.step;
+    }
+    Ok(state)
+}

@@ -1,0 +1,145 @@
+//! Run configuration: one TOML file per experiment, overridable with `--set key.path=value`;
+//! the effective config is written next to the results.
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use std::{path::Path, sync::Arc};
+use supermask_core::{
+    optim::{OptimizerConfig, Schedule},
+    registry, MaskingConfig, ModelSpec, Result,
+};
+use supermask_datasets::IdxDataset;
+
+/// The built-in default config: the paper's Table 1 ELUS signed-Supermask FCN on MNIST.
+pub const DEFAULT_CONFIG: &str = include_str!("../../configs/paper/table1-fcn-signed-elus.toml");
+/// Name of [`DEFAULT_CONFIG`] (used for the default output directory).
+pub const DEFAULT_CONFIG_NAME: &str = "table1-fcn-signed-elus";
+
+fn default_batch() -> usize {
+    128
+}
+fn default_true() -> bool {
+    true
+}
+
+/// `[data]`: which dataset and how it is batched.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    /// `mnist` or `fashion-mnist`.
+    pub dataset: String,
+    /// Training batch size (the paper: 128).
+    #[serde(default = "default_batch")]
+    pub batch_size: usize,
+    /// Evaluation batch size.
+    #[serde(default = "default_batch")]
+    pub test_batch_size: usize,
+    /// Reshuffle the training set every epoch (the authors' code did not; REPRODUCTION-NOTES).
+    #[serde(default = "default_true")]
+    pub shuffle: bool,
+}
+
+/// `[train]`: length of the run.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Number of epochs.
+    pub epochs: usize,
+}
+
+/// A whole experiment.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    /// Run seed: weights, scores, data order and stochastic masks all derive from it.
+    #[serde(default)]
+    pub seed: u64,
+    /// The architecture.
+    #[serde(deserialize_with = "registry::deserialize_model")]
+    pub model: Arc<dyn ModelSpec>,
+    /// Masked (with its plugins) or dense.
+    pub masking: MaskingConfig,
+    /// Data.
+    pub data: DataConfig,
+    /// Training length.
+    pub train: TrainConfig,
+    /// Optimizer.
+    pub optimizer: OptimizerConfig,
+    /// Learning-rate schedule.
+    #[serde(default)]
+    pub schedule: Schedule,
+}
+
+/// Applies `key.path=value` to a TOML document. The value is parsed as TOML (number, bool,
+/// array, inline table) and taken as a string if that fails.
+pub fn apply_override(doc: &mut toml::Table, assignment: &str) -> Result<()> {
+    let (path, raw) = assignment
+        .split_once('=')
+        .with_context(|| format!("--set {assignment}: expected key.path=value"))?;
+    let path = path.trim();
+    anyhow::ensure!(!path.is_empty(), "--set {assignment}: empty key");
+    let value = toml::from_str::<toml::Table>(&format!("v = {}", raw.trim()))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.trim().to_string()));
+    let keys: Vec<&str> = path.split('.').collect();
+    let mut table = doc;
+    for k in &keys[..keys.len() - 1] {
+        let entry = table.entry(k.to_string()).or_insert_with(|| toml::Value::Table(Default::default()));
+        table = entry
+            .as_table_mut()
+            .with_context(|| format!("--set {assignment}: `{k}` is not a table"))?;
+    }
+    table.insert(keys[keys.len() - 1].to_string(), value);
+    Ok(())
+}
+
+impl RunConfig {
+    /// Parses TOML text, applies overrides and validates.
+    pub fn from_toml(text: &str, overrides: &[String], origin: &str) -> Result<Self> {
+        let mut doc: toml::Table =
+            toml::from_str(text).with_context(|| format!("{origin}: not valid TOML"))?;
+        for o in overrides {
+            apply_override(&mut doc, o)?;
+        }
+        let cfg: RunConfig = toml::Value::Table(doc)
+            .try_into()
+            .map_err(|e| anyhow::anyhow!("{origin}: {}", e.to_string().trim()))?;
+        cfg.validate().with_context(|| format!("{origin}: invalid config"))?;
+        Ok(cfg)
+    }
+
+    /// Reads a config file (or the built-in default when `path` is `None`).
+    pub fn load(path: Option<&Path>, overrides: &[String]) -> Result<Self> {
+        match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("cannot read config {}", p.display()))?;
+                Self::from_toml(&text, overrides, &p.display().to_string())
+            }
+            None => Self::from_toml(DEFAULT_CONFIG, overrides, "built-in default config"),
+        }
+    }
+
+    /// Checks every value that can be checked before training.
+    pub fn validate(&self) -> Result<()> {
+        self.masking.validate()?;
+        self.optimizer.validate()?;
+        self.schedule.validate()?;
+        IdxDataset::from_name(&self.data.dataset).context("data.dataset")?;
+        anyhow::ensure!(self.data.batch_size > 0, "data.batch_size must be > 0");
+        anyhow::ensure!(self.data.test_batch_size > 0, "data.test_batch_size must be > 0");
+        anyhow::ensure!(self.train.epochs > 0, "train.epochs must be > 0");
+        Ok(())
+    }
+
+    /// The dataset named in `[data]`.
+    pub fn dataset(&self) -> Result<IdxDataset> {
+        IdxDataset::from_name(&self.data.dataset)
+    }
+
+    /// The effective config as TOML.
+    pub fn to_toml(&self) -> Result<String> {
+        toml::to_string_pretty(self).context("serializing the effective config")
+    }
+}

@@ -1,0 +1,258 @@
+//! The `train` and `eval` workflows: output directory, data, epochs, files.
+
+use crate::{
+    checkpoint::{self, write_atomic, LoopState, CHECKPOINT_FILE, STATE_FILE},
+    config::RunConfig,
+    metrics::EpochMetrics,
+    trainer::Trainer,
+};
+use anyhow::Context;
+use candle_core::Device;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+use std::{
+    io::Write,
+    path::{Path, PathBuf},
+    time::Instant,
+};
+use supermask_core::Result;
+use supermask_datasets::{load_idx, Dataset, Split};
+
+/// File names written into a run directory.
+pub const CONFIG_FILE: &str = "config.toml";
+/// Per-epoch metrics, one JSON object per line.
+pub const METRICS_FILE: &str = "metrics.jsonl";
+/// Final values; its presence marks a finished run.
+pub const SUMMARY_FILE: &str = "summary.json";
+
+/// What `train` should do.
+pub struct TrainRequest {
+    /// The effective config.
+    pub config: RunConfig,
+    /// Output directory.
+    pub out: PathBuf,
+    /// Data root.
+    pub data_dir: PathBuf,
+    /// Continue the run in `out` instead of starting one.
+    pub resume: bool,
+    /// Stop after this epoch (the run can be resumed later).
+    pub stop_after: Option<usize>,
+    /// Show a progress bar.
+    pub progress: bool,
+}
+
+/// `summary.json`.
+#[derive(Debug, Serialize)]
+pub struct Summary<'a> {
+    /// Epochs trained.
+    pub epochs: usize,
+    /// Seed.
+    pub seed: u64,
+    /// Last epoch's metrics.
+    #[serde(flatten)]
+    pub last: &'a EpochMetrics,
+    /// Sum of the epochs' training seconds.
+    pub total_train_seconds: f64,
+    /// Mean training seconds per epoch.
+    pub mean_epoch_seconds: f64,
+}
+
+/// Loads the train and test splits named by the config.
+pub fn load_data(cfg: &RunConfig, data_dir: &Path) -> Result<(Dataset, Dataset)> {
+    let ds = cfg.dataset()?;
+    Ok((load_idx(data_dir, ds, Split::Train)?, load_idx(data_dir, ds, Split::Test)?))
+}
+
+fn read_metrics(path: &Path) -> Result<Vec<EpochMetrics>> {
+    if !path.exists() {
+        return Ok(Vec::new());
+    }
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .enumerate()
+        .map(|(i, l)| {
+            serde_json::from_str(l).with_context(|| format!("{} line {}", path.display(), i + 1))
+        })
+        .collect()
+}
+
+fn write_metrics(path: &Path, all: &[EpochMetrics]) -> Result<()> {
+    let mut text = String::new();
+    for m in all {
+        text.push_str(&serde_json::to_string(m)?);
+        text.push('\n');
+    }
+    write_atomic(path, text.as_bytes())
+}
+
+/// Trains as requested; returns the metrics of every epoch.
+pub fn train(req: TrainRequest) -> Result<Vec<EpochMetrics>> {
+    let cfg = &req.config;
+    let device = Device::Cpu;
+    // Everything that can fail before training is checked before the directory is touched.
+    let (train_set, test_set) = load_data(cfg, &req.data_dir)?;
+    let mut trainer = Trainer::new(cfg, &device)?;
+    trainer.check_data(&train_set)?;
+    trainer.check_data(&test_set)?;
+
+    let out = &req.out;
+    let mut history;
+    let start_epoch;
+    if req.resume {
+        let state = checkpoint::load(out, &mut trainer, &device, true)?;
+        history = read_metrics(&out.join(METRICS_FILE))?;
+        anyhow::ensure!(
+            history.len() >= state.epoch,
+            "{}: has {} epochs of metrics but the checkpoint is at epoch {}",
+            out.display(),
+            history.len(),
+            state.epoch
+        );
+        history.truncate(state.epoch);
+        start_epoch = state.epoch;
+        tracing::info!("resuming {} after epoch {}", out.display(), start_epoch);
+    } else {
+        if out.join(STATE_FILE).exists() || out.join(SUMMARY_FILE).exists() {
+            anyhow::bail!(
+                "{} already holds a run; continue it with --resume {0} or choose another --out",
+                out.display()
+            );
+        }
+        std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+        history = Vec::new();
+        start_epoch = 0;
+    }
+    write_atomic(&out.join(CONFIG_FILE), cfg.to_toml()?.as_bytes())?;
+    // A finished run that is extended is no longer finished.
+    let _ = std::fs::remove_file(out.join(SUMMARY_FILE));
+
+    let end = cfg.train.epochs.min(req.stop_after.unwrap_or(usize::MAX));
+    for epoch in start_epoch..end {
+        let bar = progress_bar(req.progress, epoch + 1, cfg.train.epochs);
+        let t0 = Instant::now();
+        let train_stats = trainer
+            .train_epoch(&train_set, epoch, &mut |done, total, loss| {
+                if let Some(b) = &bar {
+                    b.set_length(total as u64);
+                    b.set_position(done as u64);
+                    b.set_message(format!("loss {loss:.4}"));
+                }
+            })
+            .with_context(|| {
+                format!(
+                    "training stopped; {} holds the checkpoint of the last finished epoch ({epoch})",
+                    out.display()
+                )
+            })?;
+        let seconds = t0.elapsed().as_secs_f64();
+        if let Some(b) = bar {
+            b.finish_and_clear();
+        }
+        let t1 = Instant::now();
+        let test_stats = trainer.evaluate(&test_set)?;
+        let (remaining, layers) = trainer.layer_metrics()?;
+        let m = EpochMetrics {
+            epoch: epoch + 1,
+            step: trainer.step,
+            lr: trainer.lr(),
+            train_loss: train_stats.loss,
+            train_acc: train_stats.acc,
+            test_loss: test_stats.loss,
+            test_acc: test_stats.acc,
+            remaining,
+            seconds,
+            eval_seconds: t1.elapsed().as_secs_f64(),
+            layers,
+        };
+        tracing::info!(
+            "epoch {}/{} train loss {:.4} acc {:.4} | test loss {:.4} acc {:.4} | remaining {:.4} [{}] | {:.2}s",
+            m.epoch,
+            cfg.train.epochs,
+            m.train_loss,
+            m.train_acc,
+            m.test_loss,
+            m.test_acc,
+            m.remaining,
+            m.layers.iter().map(|l| format!("{} {:.4}", l.name, l.remaining)).collect::<Vec<_>>().join(", "),
+            m.seconds
+        );
+        history.push(m);
+        write_metrics(&out.join(METRICS_FILE), &history)?;
+        checkpoint::save(out, &trainer, &LoopState { epoch: epoch + 1, step: trainer.step })?;
+    }
+
+    if history.len() == cfg.train.epochs {
+        let last = history.last().context("no epoch trained")?;
+        let total: f64 = history.iter().map(|m| m.seconds).sum();
+        let summary = Summary {
+            epochs: history.len(),
+            seed: cfg.seed,
+            last,
+            total_train_seconds: total,
+            mean_epoch_seconds: total / history.len() as f64,
+        };
+        write_atomic(&out.join(SUMMARY_FILE), serde_json::to_string_pretty(&summary)?.as_bytes())?;
+    }
+    Ok(history)
+}
+
+fn progress_bar(enabled: bool, epoch: usize, epochs: usize) -> Option<ProgressBar> {
+    if !enabled {
+        return None;
+    }
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} {elapsed}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(format!("epoch {epoch}/{epochs}"));
+    Some(bar)
+}
+
+/// Result of `eval`.
+#[derive(Debug, Serialize)]
+pub struct EvalReport {
+    /// Test loss.
+    pub test_loss: f64,
+    /// Test accuracy (fraction).
+    pub test_acc: f64,
+    /// Remaining weights (fraction).
+    pub remaining: f64,
+    /// Per-layer mask statistics.
+    pub layers: Vec<crate::metrics::LayerMetrics>,
+}
+
+/// Evaluates the checkpoint in a run directory on its config's test set.
+pub fn eval(dir: &Path, data_dir: &Path) -> Result<EvalReport> {
+    anyhow::ensure!(
+        dir.join(CHECKPOINT_FILE).exists(),
+        "{} holds no checkpoint ({CHECKPOINT_FILE}); pass a directory written by `supermask train`",
+        dir.display()
+    );
+    let cfg = RunConfig::load(Some(&dir.join(CONFIG_FILE)), &[])?;
+    let device = Device::Cpu;
+    let test = load_idx(data_dir, cfg.dataset()?, Split::Test)?;
+    let mut trainer = Trainer::new(&cfg, &device)?;
+    trainer.check_data(&test)?;
+    checkpoint::load(dir, &mut trainer, &device, false)?;
+    let stats = trainer.evaluate(&test)?;
+    let (remaining, layers) = trainer.layer_metrics()?;
+    Ok(EvalReport { test_loss: stats.loss, test_acc: stats.acc, remaining, layers })
+}
+
+/// Prints an eval report for people.
+pub fn print_eval(report: &EvalReport, w: &mut dyn Write) -> Result<()> {
+    writeln!(w, "test loss      {:.4}", report.test_loss)?;
+    writeln!(w, "test accuracy  {:.4}", report.test_acc)?;
+    writeln!(w, "remaining      {:.4}", report.remaining)?;
+    for l in &report.layers {
+        writeln!(
+            w,
+            "  {:<12} remaining {:.4}  -1 {:.4}  0 {:.4}  +1 {:.4}  ({} weights)",
+            l.name, l.remaining, l.neg, l.zero, l.pos, l.weights
+        )?;
+    }
+    Ok(())
+}

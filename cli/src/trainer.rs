@@ -1,0 +1,218 @@
+//! The training loop of one model: batches, loss, backward, optimizer, thresholds, metrics.
+
+use crate::{config::RunConfig, metrics::LayerMetrics};
+use anyhow::Context;
+use candle_core::{Device, Tensor, Var};
+use std::sync::Arc;
+use supermask_core::{
+    build_model, loss,
+    optim::Optimizer,
+    Layer, Model, ForwardCtx, Result, Threshold, UpdateEvery,
+};
+use supermask_datasets::{epoch_order, Dataset};
+
+/// Loss and accuracy over a pass.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PassStats {
+    /// Mean loss per sample.
+    pub loss: f64,
+    /// Accuracy (fraction).
+    pub acc: f64,
+}
+
+/// A model with its optimizer state and step counter.
+pub struct Trainer {
+    cfg: RunConfig,
+    model: Box<dyn Model>,
+    opt: Optimizer,
+    threshold: Option<Arc<dyn Threshold>>,
+    /// Global optimizer step.
+    pub step: u64,
+    device: Device,
+}
+
+impl Trainer {
+    /// Builds and initializes the model of `cfg` on `device`.
+    pub fn new(cfg: &RunConfig, device: &Device) -> Result<Self> {
+        let model = build_model(cfg.model.as_ref(), &cfg.masking, device, cfg.seed)?;
+        let n = model.layers().len();
+        Ok(Self {
+            cfg: cfg.clone(),
+            opt: Optimizer::new(cfg.optimizer.clone(), n),
+            threshold: cfg.masking.threshold().cloned(),
+            model,
+            step: 0,
+            device: device.clone(),
+        })
+    }
+
+    /// The model.
+    pub fn model(&self) -> &dyn Model {
+        self.model.as_ref()
+    }
+
+    /// Mutable model (checkpoint loading).
+    pub fn model_mut(&mut self) -> &mut dyn Model {
+        self.model.as_mut()
+    }
+
+    /// The optimizer.
+    pub fn optimizer(&self) -> &Optimizer {
+        &self.opt
+    }
+
+    /// Mutable optimizer (checkpoint loading).
+    pub fn optimizer_mut(&mut self) -> &mut Optimizer {
+        &mut self.opt
+    }
+
+    /// Current learning rate.
+    pub fn lr(&self) -> f64 {
+        self.cfg.optimizer.lr() * self.cfg.schedule.factor(self.step)
+    }
+
+    /// Checks that the dataset fits the model (input size, classes).
+    pub fn check_data(&self, data: &Dataset) -> Result<()> {
+        let want: usize = self.cfg.model.input_shape().iter().product();
+        anyhow::ensure!(
+            data.dim == want,
+            "the dataset has {} values per sample but the model expects {:?} ({want})",
+            data.dim,
+            self.cfg.model.input_shape()
+        );
+        anyhow::ensure!(
+            data.classes <= self.cfg.model.classes(),
+            "the dataset has {} classes but the model outputs {}",
+            data.classes,
+            self.cfg.model.classes()
+        );
+        Ok(())
+    }
+
+    fn batch(&self, data: &Dataset, idx: &[usize]) -> Result<(Tensor, Tensor)> {
+        let (x, y) = data.gather(idx);
+        let mut dims = vec![idx.len()];
+        dims.extend(self.cfg.model.input_shape());
+        let x = Tensor::from_vec(x, dims.as_slice(), &self.device)?;
+        let y = Tensor::from_vec(y, idx.len(), &self.device)?;
+        Ok((x, y))
+    }
+
+    fn masked_scores(&self) -> Vec<Tensor> {
+        self.model
+            .layers()
+            .into_iter()
+            .filter_map(|l| match l {
+                Layer::Masked(m) => Some(m.scores().as_tensor().detach()),
+                Layer::Dense(_) => None,
+            })
+            .collect()
+    }
+
+    /// Recomputes thresholds if the rule updates at `when`.
+    fn update_thresholds(&mut self, when: UpdateEvery) -> Result<()> {
+        let Some(th) = self.threshold.clone() else { return Ok(()) };
+        if th.every() != when {
+            return Ok(());
+        }
+        let scores = self.masked_scores();
+        let mut masked: Vec<_> = self
+            .model
+            .layers_mut()
+            .into_iter()
+            .filter_map(|l| match l {
+                Layer::Masked(m) => Some(m),
+                Layer::Dense(_) => None,
+            })
+            .collect();
+        let current: Vec<_> = masked.iter().map(|m| m.taus()).collect();
+        let taus = th.update(&scores, &current)?;
+        for (m, t) in masked.iter_mut().zip(taus) {
+            m.set_taus(t)?;
+        }
+        Ok(())
+    }
+
+    /// Trains one epoch (0-based `epoch` selects the data order); `on_batch(done, total,
+    /// loss)` is called after every step. Fails on a non-finite loss.
+    pub fn train_epoch(
+        &mut self,
+        data: &Dataset,
+        epoch: usize,
+        on_batch: &mut dyn FnMut(usize, usize, f64),
+    ) -> Result<PassStats> {
+        let order = epoch_order(data.n, self.cfg.seed, epoch, self.cfg.data.shuffle);
+        let batches: Vec<&[usize]> = order.chunks(self.cfg.data.batch_size).collect();
+        let (mut loss_sum, mut correct) = (0.0f64, 0usize);
+        for (i, idx) in batches.iter().enumerate() {
+            let (x, y) = self.batch(data, idx)?;
+            let ctx = ForwardCtx { train: true, step: self.step, seed: self.cfg.seed };
+            let logits = self.model.forward_t(&x, &ctx)?;
+            let loss = loss::cross_entropy(&logits, &y)?;
+            let lv = loss.to_scalar::<f32>()? as f64;
+            anyhow::ensure!(
+                lv.is_finite(),
+                "the training loss became {lv} at epoch {} step {}; lower optimizer.lr or check \
+                 the initialization",
+                epoch + 1,
+                self.step + 1
+            );
+            let grads = loss.backward()?;
+            let layers = self.model.layers();
+            let params: Vec<&Var> = layers.iter().map(|l| l.trainable().1).collect();
+            let factor = self.cfg.schedule.factor(self.step);
+            self.opt.step(&params, &grads, factor)?;
+            self.step += 1;
+            self.update_thresholds(UpdateEvery::Step)?;
+            loss_sum += lv * idx.len() as f64;
+            correct += loss::correct(&logits.detach(), &y)?;
+            on_batch(i + 1, batches.len(), lv);
+        }
+        self.update_thresholds(UpdateEvery::Epoch)?;
+        Ok(PassStats { loss: loss_sum / data.n as f64, acc: correct as f64 / data.n as f64 })
+    }
+
+    /// Loss and accuracy on `data` in evaluation mode.
+    pub fn evaluate(&self, data: &Dataset) -> Result<PassStats> {
+        let order: Vec<usize> = (0..data.n).collect();
+        let (mut loss_sum, mut correct) = (0.0f64, 0usize);
+        for idx in order.chunks(self.cfg.data.test_batch_size) {
+            let (x, y) = self.batch(data, idx)?;
+            let logits = self.model.forward_t(&x, &ForwardCtx::eval())?.detach();
+            loss_sum += loss::cross_entropy(&logits, &y)?.to_scalar::<f32>()? as f64 * idx.len() as f64;
+            correct += loss::correct(&logits, &y)?;
+        }
+        anyhow::ensure!(data.n > 0, "empty evaluation set");
+        Ok(PassStats { loss: loss_sum / data.n as f64, acc: correct as f64 / data.n as f64 })
+    }
+
+    /// Mask statistics per layer and the overall remaining-weight ratio.
+    pub fn layer_metrics(&self) -> Result<(f64, Vec<LayerMetrics>)> {
+        let (mut kept, mut total) = (0usize, 0usize);
+        let mut out = Vec::new();
+        for layer in self.model.layers() {
+            let [neg, zero, pos] = layer.mask_counts().with_context(|| layer.name().to_string())?;
+            let n = neg + zero + pos;
+            if let Layer::Masked(_) = layer {
+                kept += neg + pos;
+                total += n;
+            }
+            let taus = match layer {
+                Layer::Masked(m) => Some(m.taus()),
+                Layer::Dense(_) => None,
+            };
+            out.push(LayerMetrics {
+                name: layer.name().to_string(),
+                remaining: (neg + pos) as f64 / n as f64,
+                neg: neg as f64 / n as f64,
+                zero: zero as f64 / n as f64,
+                pos: pos as f64 / n as f64,
+                weights: n,
+                tau_n: taus.map(|t| t.neg),
+                tau_p: taus.map(|t| t.pos),
+            });
+        }
+        let remaining = if total == 0 { 1.0 } else { kept as f64 / total as f64 };
+        Ok((remaining, out))
+    }
+}
