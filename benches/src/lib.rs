@@ -1,1 +1,56 @@
-//! x
+//! Shared helpers of the supermask benchmarks: synthetic data and the PyTorch runner.
+
+use std::process::Command;
+use supermask_datasets::Dataset;
+
+/// `n` synthetic MNIST-shaped samples, N(0,1) values via a seeded generator (the values do not
+/// matter for timing), labels uniform in 0..10.
+pub fn synthetic_mnist(n: usize, seed: u64) -> Dataset {
+    let mut s = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut next = move || {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        s
+    };
+    let mut images = Vec::with_capacity(n * 784);
+    for _ in 0..n * 784 {
+        // Sum of 4 uniforms, centred and scaled: close enough to N(0,1) for timing.
+        let u: f32 = (0..4)
+            .map(|_| (next() >> 40) as f32 / (1u64 << 24) as f32)
+            .sum();
+        images.push((u - 2.0) * 1.732);
+    }
+    let labels = (0..n).map(|_| (next() % 10) as u8).collect();
+    Dataset {
+        images,
+        labels,
+        n,
+        dim: 784,
+        shape: vec![28, 28],
+        classes: 10,
+    }
+}
+
+/// Runs `python3 <script> <args>` if `torch` imports; returns its JSON line.
+pub fn run_torch(script: &str, args: &[&str]) -> Option<serde_json::Value> {
+    let probe = Command::new("python3")
+        .args(["-c", "import torch"])
+        .output()
+        .ok()?;
+    if !probe.status.success() {
+        eprintln!("torch not importable: skipping the PyTorch reference");
+        return None;
+    }
+    let out = Command::new("python3")
+        .arg(script)
+        .args(args)
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        eprintln!("{script} failed: {}", String::from_utf8_lossy(&out.stderr));
+        return None;
+    }
+    let line = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(line.lines().last()?).ok()
+}

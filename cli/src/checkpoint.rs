@@ -54,11 +54,19 @@ pub fn save(dir: &Path, trainer: &Trainer, state: &LoopState) -> Result<()> {
     candle_core::safetensors::save(&tensors, &tmp)
         .with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, &path).with_context(|| format!("renaming to {}", path.display()))?;
-    write_atomic(&dir.join(STATE_FILE), serde_json::to_string_pretty(state)?.as_bytes())
+    write_atomic(
+        &dir.join(STATE_FILE),
+        serde_json::to_string_pretty(state)?.as_bytes(),
+    )
 }
 
 /// Restores tensors (and optimizer state when `with_optimizer`) from `dir`.
-pub fn load(dir: &Path, trainer: &mut Trainer, device: &Device, with_optimizer: bool) -> Result<LoopState> {
+pub fn load(
+    dir: &Path,
+    trainer: &mut Trainer,
+    device: &Device,
+    with_optimizer: bool,
+) -> Result<LoopState> {
     let path = dir.join(CHECKPOINT_FILE);
     let tensors = candle_core::safetensors::load(&path, device)
         .with_context(|| format!("reading checkpoint {}", path.display()))?;
@@ -78,8 +86,12 @@ pub fn load(dir: &Path, trainer: &mut Trainer, device: &Device, with_optimizer: 
     )
     .with_context(|| format!("parsing {}", state_path.display()))?;
     if with_optimizer {
-        let names: Vec<String> =
-            trainer.model().layers().iter().map(|l| l.trainable().0).collect();
+        let names: Vec<String> = trainer
+            .model()
+            .layers()
+            .iter()
+            .map(|l| l.trainable().0)
+            .collect();
         let v = names
             .iter()
             .map(|n| tensors.get(&format!("optim.{n}.velocity")).cloned())

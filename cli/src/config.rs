@@ -85,7 +85,9 @@ pub fn apply_override(doc: &mut toml::Table, assignment: &str) -> Result<()> {
     let keys: Vec<&str> = path.split('.').collect();
     let mut table = doc;
     for k in &keys[..keys.len() - 1] {
-        let entry = table.entry(k.to_string()).or_insert_with(|| toml::Value::Table(Default::default()));
+        let entry = table
+            .entry(k.to_string())
+            .or_insert_with(|| toml::Value::Table(Default::default()));
         table = entry
             .as_table_mut()
             .with_context(|| format!("--set {assignment}: `{k}` is not a table"))?;
@@ -105,7 +107,8 @@ impl RunConfig {
         let cfg: RunConfig = toml::Value::Table(doc)
             .try_into()
             .map_err(|e| anyhow::anyhow!("{origin}: {}", e.to_string().trim()))?;
-        cfg.validate().with_context(|| format!("{origin}: invalid config"))?;
+        cfg.validate()
+            .with_context(|| format!("{origin}: invalid config"))?;
         Ok(cfg)
     }
 
@@ -128,7 +131,10 @@ impl RunConfig {
         self.schedule.validate()?;
         IdxDataset::from_name(&self.data.dataset).context("data.dataset")?;
         anyhow::ensure!(self.data.batch_size > 0, "data.batch_size must be > 0");
-        anyhow::ensure!(self.data.test_batch_size > 0, "data.test_batch_size must be > 0");
+        anyhow::ensure!(
+            self.data.test_batch_size > 0,
+            "data.test_batch_size must be > 0"
+        );
         anyhow::ensure!(self.train.epochs > 0, "train.epochs must be > 0");
         Ok(())
     }

@@ -92,13 +92,27 @@ fn main() {
     }
 }
 
+/// The error and its causes on one line.
 fn format_chain(e: &anyhow::Error) -> String {
-    e.chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": ")
+    let text = e
+        .chain()
+        .map(|c| c.to_string())
+        .collect::<Vec<_>>()
+        .join(": ");
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 fn run_cli(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Train { config, set, out, data, seed, resume, stop_after } => {
+        Command::Train {
+            config,
+            set,
+            out,
+            data,
+            seed,
+            resume,
+            stop_after,
+        } => {
             let data_dir = resolve_data_dir(data.as_deref());
             let (config, out, resume) = match resume {
                 Some(dir) => {
@@ -123,8 +137,8 @@ fn run_cli(cli: Cli) -> anyhow::Result<()> {
                         .and_then(|p| p.file_stem())
                         .map(|s| s.to_string_lossy().into_owned())
                         .unwrap_or_else(|| DEFAULT_CONFIG_NAME.to_string());
-                    let out =
-                        out.unwrap_or_else(|| PathBuf::from(format!("runs/{name}-seed{}", cfg.seed)));
+                    let out = out
+                        .unwrap_or_else(|| PathBuf::from(format!("runs/{name}-seed{}", cfg.seed)));
                     (cfg, out, false)
                 }
             };
@@ -165,7 +179,9 @@ fn run_cli(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Data { command: DataCommand::Fetch { dataset, dir } } => {
+        Command::Data {
+            command: DataCommand::Fetch { dataset, dir },
+        } => {
             let ds = IdxDataset::from_name(&dataset)?;
             let root = resolve_data_dir(dir.as_deref());
             for f in fetch(ds, &root)? {

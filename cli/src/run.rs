@@ -60,14 +60,18 @@ pub struct Summary<'a> {
 /// Loads the train and test splits named by the config.
 pub fn load_data(cfg: &RunConfig, data_dir: &Path) -> Result<(Dataset, Dataset)> {
     let ds = cfg.dataset()?;
-    Ok((load_idx(data_dir, ds, Split::Train)?, load_idx(data_dir, ds, Split::Test)?))
+    Ok((
+        load_idx(data_dir, ds, Split::Train)?,
+        load_idx(data_dir, ds, Split::Test)?,
+    ))
 }
 
 fn read_metrics(path: &Path) -> Result<Vec<EpochMetrics>> {
     if !path.exists() {
         return Ok(Vec::new());
     }
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     text.lines()
         .filter(|l| !l.trim().is_empty())
         .enumerate()
@@ -179,7 +183,14 @@ pub fn train(req: TrainRequest) -> Result<Vec<EpochMetrics>> {
         );
         history.push(m);
         write_metrics(&out.join(METRICS_FILE), &history)?;
-        checkpoint::save(out, &trainer, &LoopState { epoch: epoch + 1, step: trainer.step })?;
+        checkpoint::save(
+            out,
+            &trainer,
+            &LoopState {
+                epoch: epoch + 1,
+                step: trainer.step,
+            },
+        )?;
     }
 
     if history.len() == cfg.train.epochs {
@@ -192,7 +203,10 @@ pub fn train(req: TrainRequest) -> Result<Vec<EpochMetrics>> {
             total_train_seconds: total,
             mean_epoch_seconds: total / history.len() as f64,
         };
-        write_atomic(&out.join(SUMMARY_FILE), serde_json::to_string_pretty(&summary)?.as_bytes())?;
+        write_atomic(
+            &out.join(SUMMARY_FILE),
+            serde_json::to_string_pretty(&summary)?.as_bytes(),
+        )?;
     }
     Ok(history)
 }
@@ -239,7 +253,12 @@ pub fn eval(dir: &Path, data_dir: &Path) -> Result<EvalReport> {
     checkpoint::load(dir, &mut trainer, &device, false)?;
     let stats = trainer.evaluate(&test)?;
     let (remaining, layers) = trainer.layer_metrics()?;
-    Ok(EvalReport { test_loss: stats.loss, test_acc: stats.acc, remaining, layers })
+    Ok(EvalReport {
+        test_loss: stats.loss,
+        test_acc: stats.acc,
+        remaining,
+        layers,
+    })
 }
 
 /// Prints an eval report for people.

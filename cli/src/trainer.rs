@@ -5,9 +5,7 @@ use anyhow::Context;
 use candle_core::{Device, Tensor, Var};
 use std::sync::Arc;
 use supermask_core::{
-    build_model, loss,
-    optim::Optimizer,
-    Layer, Model, ForwardCtx, Result, Threshold, UpdateEvery,
+    build_model, loss, optim::Optimizer, ForwardCtx, Layer, Model, Result, Threshold, UpdateEvery,
 };
 use supermask_datasets::{epoch_order, Dataset};
 
@@ -111,7 +109,9 @@ impl Trainer {
 
     /// Recomputes thresholds if the rule updates at `when`.
     fn update_thresholds(&mut self, when: UpdateEvery) -> Result<()> {
-        let Some(th) = self.threshold.clone() else { return Ok(()) };
+        let Some(th) = self.threshold.clone() else {
+            return Ok(());
+        };
         if th.every() != when {
             return Ok(());
         }
@@ -146,7 +146,11 @@ impl Trainer {
         let (mut loss_sum, mut correct) = (0.0f64, 0usize);
         for (i, idx) in batches.iter().enumerate() {
             let (x, y) = self.batch(data, idx)?;
-            let ctx = ForwardCtx { train: true, step: self.step, seed: self.cfg.seed };
+            let ctx = ForwardCtx {
+                train: true,
+                step: self.step,
+                seed: self.cfg.seed,
+            };
             let logits = self.model.forward_t(&x, &ctx)?;
             let loss = loss::cross_entropy(&logits, &y)?;
             let lv = loss.to_scalar::<f32>()? as f64;
@@ -169,7 +173,10 @@ impl Trainer {
             on_batch(i + 1, batches.len(), lv);
         }
         self.update_thresholds(UpdateEvery::Epoch)?;
-        Ok(PassStats { loss: loss_sum / data.n as f64, acc: correct as f64 / data.n as f64 })
+        Ok(PassStats {
+            loss: loss_sum / data.n as f64,
+            acc: correct as f64 / data.n as f64,
+        })
     }
 
     /// Loss and accuracy on `data` in evaluation mode.
@@ -179,11 +186,15 @@ impl Trainer {
         for idx in order.chunks(self.cfg.data.test_batch_size) {
             let (x, y) = self.batch(data, idx)?;
             let logits = self.model.forward_t(&x, &ForwardCtx::eval())?.detach();
-            loss_sum += loss::cross_entropy(&logits, &y)?.to_scalar::<f32>()? as f64 * idx.len() as f64;
+            loss_sum +=
+                loss::cross_entropy(&logits, &y)?.to_scalar::<f32>()? as f64 * idx.len() as f64;
             correct += loss::correct(&logits, &y)?;
         }
         anyhow::ensure!(data.n > 0, "empty evaluation set");
-        Ok(PassStats { loss: loss_sum / data.n as f64, acc: correct as f64 / data.n as f64 })
+        Ok(PassStats {
+            loss: loss_sum / data.n as f64,
+            acc: correct as f64 / data.n as f64,
+        })
     }
 
     /// Mask statistics per layer and the overall remaining-weight ratio.
@@ -191,7 +202,9 @@ impl Trainer {
         let (mut kept, mut total) = (0usize, 0usize);
         let mut out = Vec::new();
         for layer in self.model.layers() {
-            let [neg, zero, pos] = layer.mask_counts().with_context(|| layer.name().to_string())?;
+            let [neg, zero, pos] = layer
+                .mask_counts()
+                .with_context(|| layer.name().to_string())?;
             let n = neg + zero + pos;
             if let Layer::Masked(_) = layer {
                 kept += neg + pos;
@@ -212,7 +225,11 @@ impl Trainer {
                 tau_p: taus.map(|t| t.pos),
             });
         }
-        let remaining = if total == 0 { 1.0 } else { kept as f64 / total as f64 };
+        let remaining = if total == 0 {
+            1.0
+        } else {
+            kept as f64 / total as f64
+        };
         Ok((remaining, out))
     }
 }

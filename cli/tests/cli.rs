@@ -1,0 +1,491 @@
+//! End-to-end tests of the `supermask` binary on small generated IDX datasets.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Output},
+};
+use supermask_cli::{config::RunConfig, metrics::EpochMetrics};
+use supermask_datasets::{write_idx_images, write_idx_labels};
+
+const BIN: &str = env!("CARGO_BIN_EXE_supermask");
+
+fn preset(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../configs/paper")
+        .join(format!("{name}.toml"))
+}
+
+/// Writes a learnable MNIST-shaped dataset: class c lights up rows 2c..2c+3, plus noise.
+fn make_mnist(root: &Path, train: usize, test: usize) {
+    let dir = root.join("mnist");
+    let mut seed = 12345u64;
+    let mut next = || {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (seed >> 33) as u32
+    };
+    for (prefix, n) in [("train", train), ("t10k", test)] {
+        let mut pixels = Vec::with_capacity(n * 784);
+        let mut labels = Vec::with_capacity(n);
+        for _ in 0..n {
+            let c = (next() % 10) as usize;
+            labels.push(c as u8);
+            for r in 0..28 {
+                for _ in 0..28 {
+                    let on = r >= 2 * c + 2 && r < 2 * c + 5;
+                    let noise = (next() % 60) as u8;
+                    pixels.push(if on { 190 + noise } else { noise });
+                }
+            }
+        }
+        write_idx_images(
+            &dir.join(format!("{prefix}-images-idx3-ubyte")),
+            &pixels,
+            n,
+            28,
+            28,
+        )
+        .unwrap();
+        write_idx_labels(&dir.join(format!("{prefix}-labels-idx1-ubyte")), &labels).unwrap();
+    }
+}
+
+fn run(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("binary runs")
+}
+
+fn ok(args: &[&str]) -> Output {
+    let out = run(args);
+    assert!(
+        out.status.success(),
+        "supermask {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn metrics(dir: &Path) -> Vec<EpochMetrics> {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+struct Env {
+    _tmp: tempfile::TempDir,
+    data: PathBuf,
+    root: PathBuf,
+}
+
+fn env() -> Env {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    make_mnist(&data, 640, 200);
+    let root = tmp.path().to_path_buf();
+    Env {
+        _tmp: tmp,
+        data,
+        root,
+    }
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn train_one_epoch_writes_the_run_files() {
+    let e = env();
+    let out = e.root.join("run");
+    let cfg = preset("table1-fcn-signed-elus");
+    ok(&[
+        "train",
+        "--config",
+        s(&cfg),
+        "--set",
+        "train.epochs=1",
+        "--data",
+        s(&e.data),
+        "--out",
+        s(&out),
+    ]);
+    for f in [
+        "config.toml",
+        "metrics.jsonl",
+        "summary.json",
+        "checkpoint.safetensors",
+        "state.json",
+    ] {
+        assert!(out.join(f).is_file(), "{f} missing");
+    }
+    // The effective config is a loadable config with the override applied.
+    let eff = RunConfig::load(Some(&out.join("config.toml")), &[]).unwrap();
+    assert_eq!(eff.train.epochs, 1);
+    let m = metrics(&out);
+    assert_eq!(m.len(), 1);
+    let m = &m[0];
+    assert_eq!(m.epoch, 1);
+    for v in [m.train_acc, m.test_acc, m.remaining] {
+        assert!((0.0..=1.0).contains(&v), "{v} not a fraction");
+    }
+    assert!(m.train_loss.is_finite() && m.test_loss.is_finite() && m.seconds > 0.0);
+    let names: Vec<_> = m.layers.iter().map(|l| l.name.as_str()).collect();
+    assert_eq!(names, ["fc1", "fc2", "fc3"]);
+    let total: usize = m.layers.iter().map(|l| l.weights).sum();
+    assert_eq!(total, 266_200, "Table 7: FCN weight count");
+    let mut kept = 0.0;
+    for l in &m.layers {
+        assert!(
+            (l.neg + l.zero + l.pos - 1.0).abs() < 1e-9,
+            "{}: shares sum to 1",
+            l.name
+        );
+        assert!((l.remaining - (l.neg + l.pos)).abs() < 1e-9);
+        kept += l.remaining * l.weights as f64;
+    }
+    assert!(
+        (m.remaining - kept / 266_200.0).abs() < 1e-9,
+        "overall = weighted per-layer"
+    );
+    // The raw JSON has the contract's keys.
+    let line = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(line.lines().next().unwrap()).unwrap();
+    for k in [
+        "epoch",
+        "train_loss",
+        "train_acc",
+        "test_loss",
+        "test_acc",
+        "remaining",
+        "seconds",
+        "layers",
+    ] {
+        assert!(v.get(k).is_some(), "metrics line lacks {k}");
+    }
+    for k in ["name", "remaining", "neg", "zero", "pos"] {
+        assert!(v["layers"][0].get(k).is_some(), "layer entry lacks {k}");
+    }
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["test_acc"].as_f64().unwrap(), m.test_acc);
+
+    // `eval` recomputes the same test accuracy and remaining weights from the checkpoint.
+    let ev = ok(&["eval", s(&out), "--data", s(&e.data), "--json"]);
+    let ev: serde_json::Value = serde_json::from_slice(&ev.stdout).unwrap();
+    assert_eq!(ev["test_acc"].as_f64().unwrap(), m.test_acc);
+    assert_eq!(ev["remaining"].as_f64().unwrap(), m.remaining);
+}
+
+fn without_timing(mut m: Vec<EpochMetrics>) -> Vec<EpochMetrics> {
+    for x in &mut m {
+        x.seconds = 0.0;
+        x.eval_seconds = 0.0;
+    }
+    m
+}
+
+fn checkpoint_tensors(dir: &Path) -> Vec<(String, Vec<f32>)> {
+    let t = candle_core::safetensors::load(
+        dir.join("checkpoint.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let mut v: Vec<_> = t
+        .into_iter()
+        .map(|(k, t)| (k, t.flatten_all().unwrap().to_vec1::<f32>().unwrap()))
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+fn resume_matches(config: &str, extra: &[&str]) {
+    let e = env();
+    let cfg = preset(config);
+    let full = e.root.join("full");
+    let part = e.root.join("part");
+    let mut base = vec![
+        "train",
+        "--config",
+        s(&cfg),
+        "--set",
+        "train.epochs=2",
+        "--data",
+        s(&e.data),
+    ];
+    for x in extra {
+        base.extend(["--set", x]);
+    }
+    let mut a = base.clone();
+    a.extend(["--out", s(&full)]);
+    ok(&a);
+    let mut b = base.clone();
+    b.extend(["--out", s(&part), "--stop-after", "1"]);
+    ok(&b);
+    assert_eq!(metrics(&part).len(), 1);
+    assert!(
+        !part.join("summary.json").exists(),
+        "a stopped run is not finished"
+    );
+    ok(&["train", "--resume", s(&part), "--data", s(&e.data)]);
+    assert_eq!(
+        without_timing(metrics(&full)),
+        without_timing(metrics(&part))
+    );
+    assert_eq!(checkpoint_tensors(&full), checkpoint_tensors(&part));
+    assert!(part.join("summary.json").exists());
+}
+
+#[test]
+fn resume_after_epoch_1_of_2_equals_uninterrupted_run() {
+    resume_matches("table1-fcn-signed-elus", &[]);
+}
+
+/// The same with the per-step random streams (Bernoulli samples) and per-step thresholds.
+#[test]
+fn resume_is_exact_with_stochastic_mask_and_adaptive_threshold() {
+    resume_matches(
+        "table1-fcn-signed-elus",
+        &[
+            "masking.mask={type=\"bernoulli\"}",
+            "masking.threshold={type=\"adaptive\",fraction=0.2}",
+        ],
+    );
+}
+
+#[test]
+fn same_seed_same_numbers() {
+    let e = env();
+    let cfg = preset("table1-fcn-signed-elus");
+    let mut runs = Vec::new();
+    for name in ["a", "b"] {
+        let out = e.root.join(name);
+        ok(&[
+            "train",
+            "--config",
+            s(&cfg),
+            "--set",
+            "train.epochs=1",
+            "--data",
+            s(&e.data),
+            "--out",
+            s(&out),
+        ]);
+        runs.push(without_timing(metrics(&out)));
+    }
+    assert_eq!(runs[0], runs[1]);
+}
+
+#[test]
+fn training_lowers_the_loss_and_prunes() {
+    let e = env();
+    let out = e.root.join("run");
+    let cfg = preset("table1-fcn-signed-elus");
+    ok(&[
+        "train",
+        "--config",
+        s(&cfg),
+        "--set",
+        "train.epochs=3",
+        "--data",
+        s(&e.data),
+        "--out",
+        s(&out),
+    ]);
+    let m = metrics(&out);
+    assert!(
+        m[2].train_loss < m[0].train_loss,
+        "loss {} -> {}",
+        m[0].train_loss,
+        m[2].train_loss
+    );
+    assert!(
+        m[2].test_acc > 0.5,
+        "the generated classes are separable: {}",
+        m[2].test_acc
+    );
+}
+
+/// Runs a failing command: exactly one `error:` line on stderr, exit status 1, and no run
+/// directory left behind.
+fn fails(args: &[&str], out: &Path, expect: &[&str]) {
+    let o = run(args);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+    let lines: Vec<_> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one error line, got: {err}");
+    assert!(lines[0].starts_with("error: "), "{err}");
+    for e in expect {
+        assert!(err.contains(e), "stderr lacks `{e}`: {err}");
+    }
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(!out.exists(), "{} was created", out.display());
+}
+
+#[test]
+fn bad_inputs_fail_with_one_clear_error() {
+    let e = env();
+    let cfg = preset("table1-fcn-signed-elus");
+    let out = e.root.join("out");
+    let base = [
+        "train",
+        "--config",
+        s(&cfg),
+        "--out",
+        s(&out),
+        "--set",
+        "train.epochs=1",
+    ];
+    let with = |extra: &[&str]| -> Vec<String> {
+        base.iter().chain(extra).map(|x| x.to_string()).collect()
+    };
+    let call = |extra: &[&str], expect: &[&str]| {
+        let v = with(extra);
+        fails(
+            &v.iter().map(String::as_str).collect::<Vec<_>>(),
+            &out,
+            expect,
+        );
+    };
+    let missing = e.root.join("nowhere");
+    call(
+        &["--data", s(&missing)],
+        &["train-images-idx3-ubyte", "supermask data fetch mnist"],
+    );
+    call(
+        &["--data", s(&e.data), "--set", "masking.mask.type=ternary"],
+        &["unknown mask plugin `ternary`", "bernoulli, binary, signed"],
+    );
+    call(
+        &[
+            "--data",
+            s(&e.data),
+            "--set",
+            "masking.threshold.tau_n=0.02",
+        ],
+        &["tau_n < tau_p"],
+    );
+    call(
+        &["--data", s(&e.data), "--set", "optimizer.lr=-0.1"],
+        &["optimizer.lr must be > 0"],
+    );
+    call(
+        &["--data", s(&e.data), "--set", "optimizer.momentun=0.9"],
+        &["unknown field `momentun`"],
+    );
+
+    // A truncated IDX file.
+    let bad = e.root.join("bad");
+    make_mnist(&bad, 64, 32);
+    let f = bad.join("mnist/train-images-idx3-ubyte");
+    let bytes = std::fs::read(&f).unwrap();
+    std::fs::write(&f, &bytes[..bytes.len() / 2]).unwrap();
+    call(
+        &["--data", s(&bad)],
+        &["train-images-idx3-ubyte", "truncated"],
+    );
+}
+
+#[test]
+fn nan_loss_stops_with_an_error_and_no_summary() {
+    let e = env();
+    let cfg = preset("table1-fcn-baseline-elu");
+    let out = e.root.join("out");
+    let o = run(&[
+        "train",
+        "--config",
+        s(&cfg),
+        "--set",
+        "train.epochs=2",
+        "--set",
+        "optimizer.lr=1e12",
+        "--data",
+        s(&e.data),
+        "--out",
+        s(&out),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("training loss became"), "{err}");
+    assert!(
+        !out.join("summary.json").exists(),
+        "a failed run must not look finished"
+    );
+}
+
+#[test]
+fn refuses_to_overwrite_a_run() {
+    let e = env();
+    let cfg = preset("table1-fcn-signed-elus");
+    let out = e.root.join("run");
+    let args = [
+        "train",
+        "--config",
+        s(&cfg),
+        "--set",
+        "train.epochs=1",
+        "--data",
+        s(&e.data),
+        "--out",
+        s(&out),
+    ];
+    ok(&args);
+    let before = std::fs::read(out.join("metrics.jsonl")).unwrap();
+    let o = run(&args);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("already holds a run"));
+    assert_eq!(
+        std::fs::read(out.join("metrics.jsonl")).unwrap(),
+        before,
+        "nothing lost"
+    );
+}
+
+#[test]
+fn plugins_lists_every_kind_with_descriptions() {
+    let o = ok(&["plugins"]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    for k in ["mask:", "threshold:", "init:", "model:"] {
+        assert!(text.contains(k), "{text}");
+    }
+    for n in [
+        "signed",
+        "binary",
+        "bernoulli",
+        "fixed",
+        "initial-rate",
+        "adaptive",
+        "he",
+        "xavier",
+        "elus",
+        "elu",
+        "xavier-uniform",
+        "elus-uniform",
+        "fcn",
+    ] {
+        assert!(
+            text.lines()
+                .any(|l| l.trim_start().starts_with(&format!("{n} "))),
+            "{n} missing: {text}"
+        );
+    }
+}
+
+#[test]
+fn every_preset_loads() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/paper");
+    let mut n = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let p = entry.unwrap().path();
+        if p.extension().is_some_and(|e| e == "toml") {
+            RunConfig::load(Some(&p), &[]).unwrap_or_else(|e| panic!("{}: {e:#}", p.display()));
+            n += 1;
+        }
+    }
+    assert!(n >= 6, "the six Table 1 presets");
+}

@@ -1,0 +1,92 @@
+//! Property tests of the threshold plugins.
+
+use candle_core::{Device, Tensor};
+use proptest::prelude::*;
+use rand::{rngs::StdRng, SeedableRng};
+use supermask_core::{Distribution, MaskCtx, MaskFn, Taus, Threshold};
+use supermask_plugins::{
+    masks::SignedMask,
+    thresholds::{Adaptive, InitialRate},
+};
+
+fn layers(sizes: &[usize], seed: u64) -> Vec<Tensor> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    sizes
+        .iter()
+        .map(|&n| {
+            let v = supermask_core::sample_with_variance(Distribution::Uniform, 0.01, n, &mut rng);
+            Tensor::from_vec(v, n, &Device::Cpu).unwrap()
+        })
+        .collect()
+}
+
+fn counts(scores: &[Tensor], taus: &[Taus]) -> [usize; 3] {
+    let mut c = [0; 3];
+    for (s, t) in scores.iter().zip(taus) {
+        let m = SignedMask::default().hard(s, *t, &MaskCtx::eval()).unwrap();
+        let k = supermask_core::layer::count_mask(&m).unwrap();
+        for i in 0..3 {
+            c[i] += k[i];
+        }
+    }
+    c
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// `initial-rate` (global): the share of zero signed-mask entries over all layers equals
+    /// the target `round(rate * N) / N` (continuous scores are distinct almost surely).
+    #[test]
+    fn initial_rate_hits_target_share(
+        sizes in prop::collection::vec(1usize..3000, 1..5),
+        rate in 0.0f64..0.95,
+        seed in any::<u64>(),
+    ) {
+        let scores = layers(&sizes, seed);
+        let taus = InitialRate { rate, global: true }.init(&scores).unwrap();
+        let n: usize = sizes.iter().sum();
+        let zero = counts(&scores, &taus)[1];
+        let want = ((rate * n as f64).round() as usize).min(n - 1);
+        prop_assert_eq!(zero, want, "n {}", n);
+        prop_assert!(taus.windows(2).all(|w| w[0] == w[1]), "one global tau");
+    }
+
+    /// `adaptive` (per layer): exactly k = round(fraction * n) entries of each layer are +1 and
+    /// k are -1.
+    #[test]
+    fn adaptive_keeps_top_and_bottom_fraction(
+        sizes in prop::collection::vec(20usize..3000, 1..4),
+        fraction in 0.01f64..0.45,
+        seed in any::<u64>(),
+    ) {
+        let scores = layers(&sizes, seed);
+        let th = Adaptive { fraction, global: false, every: supermask_core::UpdateEvery::Step };
+        let taus = th.init(&scores).unwrap();
+        for (i, (s, t)) in scores.iter().zip(&taus).enumerate() {
+            let k = ((fraction * sizes[i] as f64).round() as usize).clamp(1, sizes[i] / 2);
+            let [neg, _, pos] = counts(std::slice::from_ref(s), std::slice::from_ref(t));
+            prop_assert_eq!((neg, pos), (k, k), "layer {} of {}", i, sizes[i]);
+        }
+    }
+}
+
+/// Validation rejects tau_n >= tau_p.
+#[test]
+fn fixed_rejects_inverted_thresholds() {
+    use supermask_plugins::thresholds::Fixed;
+    let err = Fixed {
+        tau_n: 0.01,
+        tau_p: 0.01,
+    }
+    .validate()
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("tau_n < tau_p"), "{err}");
+    assert!(Fixed {
+        tau_n: -0.01,
+        tau_p: 0.01
+    }
+    .validate()
+    .is_ok());
+}
