@@ -248,3 +248,30 @@ register_plugin!(
     ElusUniform,
     "score init (appendix E): uniform with the ELUS variance, p0 = 0"
 );
+
+/// LeCun et al. (1998): `Var = gain^2 / fan_in`. Not used by the paper; it is the worked
+/// example of "how to add a plugin" in the README.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Lecun {
+    /// Distribution family.
+    #[serde(default)]
+    pub dist: Distribution,
+    /// Multiplier of the standard deviation.
+    #[serde(default = "one")]
+    pub gain: f64,
+}
+
+#[typetag::serde(name = "lecun")]
+impl Initializer for Lecun {
+    fn variance(&self, fans: Fans, _p0: f64) -> f64 {
+        self.gain * self.gain / fans.fan_in as f64
+    }
+    fn distribution(&self) -> Distribution {
+        self.dist
+    }
+    fn validate(&self) -> Result<()> {
+        check_gain("lecun", self.gain)
+    }
+}
+register_plugin!(Init, "lecun", Lecun, "LeCun: Var = gain^2 / fan_in");

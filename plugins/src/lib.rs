@@ -8,7 +8,7 @@
 //!   (`initial-rate`), [`thresholds::Adaptive`] (`adaptive`);
 //! - initializers: [`inits::He`] (`he`), [`inits::Xavier`] (`xavier`), [`inits::Elu`] (`elu`),
 //!   [`inits::Elus`] (`elus`), [`inits::XavierUniform`] (`xavier-uniform`),
-//!   [`inits::ElusUniform`] (`elus-uniform`).
+//!   [`inits::ElusUniform`] (`elus-uniform`), [`inits::Lecun`] (`lecun`).
 
 pub mod inits;
 pub mod masks;

@@ -15,6 +15,7 @@ fn formula(name: &str, f: Fans, p0: f64) -> f64 {
         "xavier" | "xavier-uniform" => 2.0 / (fi + fo),
         "elu" | "elus-uniform" => 1.5 / fi,
         "elus" => 1.5 / (fi * (1.0 - p0)),
+        "lecun" => 1.0 / fi,
         other => panic!("init `{other}` has no reference formula in this test: add one"),
     }
 }
