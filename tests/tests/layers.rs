@@ -1,0 +1,188 @@
+//! Layer, model-construction and optimizer tests.
+
+use candle_core::{Device, Tensor, Var};
+use std::sync::Arc;
+use supermask_core::{
+    build_model,
+    optim::{Optimizer, OptimizerConfig, Schedule},
+    registry::{init_from_table, mask_from_table, threshold_from_table},
+    ForwardCtx, Layer, LayerFactory, LayerSpec, MaskingConfig,
+};
+
+fn table(s: &str) -> toml::Table {
+    toml::from_str(s).unwrap()
+}
+
+fn masked() -> MaskingConfig {
+    supermask_plugins::link();
+    MaskingConfig::Masked {
+        mask: mask_from_table(table("type = \"signed\"")).unwrap(),
+        threshold: threshold_from_table(table("type = \"fixed\"")).unwrap(),
+        weight_init: init_from_table(table("type = \"elus\"\ndist = \"signed-constant\"")).unwrap(),
+        score_init: init_from_table(table("type = \"xavier-uniform\"")).unwrap(),
+    }
+}
+
+#[test]
+fn wrong_shapes_fail_with_the_layer_name() {
+    let fc = LayerSpec::linear("fc2", 300, 100).unwrap();
+    let err = fc.output_shape(&[299]).unwrap_err().to_string();
+    assert!(err.contains("fc2") && err.contains("[300]"), "{err}");
+    let conv = LayerSpec::conv2d("conv3", 64, 128, 3, 1, 1).unwrap();
+    let err = conv.output_shape(&[32, 16, 16]).unwrap_err().to_string();
+    assert!(err.contains("conv3"), "{err}");
+    assert_eq!(conv.output_shape(&[64, 16, 16]).unwrap(), [128, 16, 16]);
+    let strided = LayerSpec::conv2d("down", 16, 32, 1, 2, 0).unwrap();
+    assert_eq!(strided.output_shape(&[16, 32, 32]).unwrap(), [32, 16, 16]);
+    assert!(LayerSpec::linear("zero", 0, 3)
+        .unwrap_err()
+        .to_string()
+        .contains("zero"));
+}
+
+/// Conv fans follow REPRODUCTION-NOTES: fan_in = k*k*c_in, fan_out = k*k*c_out.
+#[test]
+fn conv_fans() {
+    let f = LayerSpec::conv2d("c", 3, 64, 3, 1, 1).unwrap().fans();
+    assert_eq!((f.fan_in, f.fan_out), (27, 576));
+}
+
+/// A masked conv layer from the factory runs forward with the "same" output shape and its
+/// scores receive a gradient of the weight's shape.
+#[test]
+fn masked_conv_layer_forward_and_score_gradient() {
+    let mut f = LayerFactory::new(masked(), Device::Cpu, 0);
+    let Layer::Masked(mut l) = f.conv2d("conv1", 3, 8, 3, 1, 1).unwrap() else {
+        panic!()
+    };
+    l.set_weight(Tensor::ones((8, 3, 3, 3), candle_core::DType::F32, &Device::Cpu).unwrap())
+        .unwrap();
+    l.set_taus(supermask_core::Taus {
+        neg: -0.01,
+        pos: 0.01,
+    })
+    .unwrap();
+    let layer = Layer::Masked(l);
+    let x = Tensor::ones((2, 3, 10, 10), candle_core::DType::F32, &Device::Cpu).unwrap();
+    let ctx = ForwardCtx {
+        train: true,
+        step: 0,
+        seed: 0,
+    };
+    let y = layer.forward_t(&x, &ctx).unwrap();
+    assert_eq!(y.dims(), [2, 8, 10, 10]);
+    let g = y.sum_all().unwrap().backward().unwrap();
+    let (_, scores) = layer.trainable();
+    assert_eq!(g.get(scores.as_tensor()).unwrap().dims(), [8, 3, 3, 3]);
+}
+
+#[test]
+fn duplicate_layer_names_are_rejected() {
+    let mut f = LayerFactory::new(masked(), Device::Cpu, 0);
+    f.linear("fc1", 4, 3).unwrap();
+    let err = f.linear("fc1", 3, 2).unwrap_err().to_string();
+    assert!(err.contains("fc1"), "{err}");
+}
+
+/// ELUS (eq. 3) draws each layer's signed constant from that layer's initial zero share p0:
+/// |W| = sqrt(1.5 / (fan_in (1 - p0))) with p0 measured from the initial mask.
+#[test]
+fn elus_uses_each_layers_initial_zero_share() {
+    supermask_models::link();
+    let spec = supermask_core::registry::model_from_table(table("type = \"fcn\"")).unwrap();
+    let model = build_model(spec.as_ref(), &masked(), &Device::Cpu, 3).unwrap();
+    for layer in model.layers() {
+        let Layer::Masked(m) = layer else { panic!() };
+        let [_, zero, _] = layer.mask_counts().unwrap();
+        let p0 = zero as f64 / m.spec.numel() as f64;
+        let want = (1.5 / (m.spec.fans().fan_in as f64 * (1.0 - p0))).sqrt() as f32;
+        let w = m
+            .weight()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert!(
+            w.iter().all(|v| (v.abs() - want).abs() < 1e-6 * want),
+            "{}",
+            m.spec.name
+        );
+        assert!(p0 > 0.0 && p0 < 0.5, "{}: p0 {p0}", m.spec.name);
+    }
+}
+
+/// Two SGDW steps against the Keras/TF-Addons formulas computed by hand:
+/// v1 = -lr g1; p1 = p0 - wd p0 + (m v1 - lr g1); v2 = m v1 - lr g2; p2 = p1 - wd p1 + m v2 - lr g2.
+#[test]
+fn sgdw_matches_hand_computation() {
+    let (lr, m, wd) = (0.1f64, 0.9f64, 0.01f64);
+    let cfg = OptimizerConfig::Sgdw {
+        lr,
+        momentum: m,
+        nesterov: true,
+        weight_decay: wd,
+    };
+    let p = Var::new(&[1.0f32, -2.0], &Device::Cpu).unwrap();
+    let mut opt = Optimizer::new(cfg, 1);
+    // loss = sum(c * p) has gradient c.
+    let c = Tensor::new(&[0.5f32, 3.0], &Device::Cpu).unwrap();
+    let mut want = [1.0f64, -2.0];
+    let mut v = [0.0f64; 2];
+    for step in 0..2 {
+        let g = p
+            .as_tensor()
+            .mul(&c)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        opt.step(&[&p], &g, 1.0).unwrap();
+        for i in 0..2 {
+            let gi = [0.5, 3.0][i];
+            v[i] = if step == 0 {
+                -lr * gi
+            } else {
+                m * v[i] - lr * gi
+            };
+            want[i] = want[i] - wd * want[i] + (m * v[i] - lr * gi);
+        }
+        let got = p.as_tensor().to_vec1::<f32>().unwrap();
+        for i in 0..2 {
+            assert!(
+                (got[i] as f64 - want[i]).abs() < 1e-6,
+                "step {step}: {got:?} vs {want:?}"
+            );
+        }
+    }
+}
+
+/// The staircase schedule multiplies by `rate` once per `steps` steps (TF ExponentialDecay with
+/// staircase=True).
+#[test]
+fn staircase_schedule() {
+    let s = Schedule::StaircaseExponential {
+        rate: 0.96,
+        steps: 3900,
+    };
+    assert_eq!(s.factor(0), 1.0);
+    assert_eq!(s.factor(3899), 1.0);
+    assert!((s.factor(3900) - 0.96).abs() < 1e-12);
+    assert!((s.factor(39_000) - 0.96f64.powi(10)).abs() < 1e-12);
+}
+
+#[test]
+fn masking_config_reads_from_toml() {
+    supermask_plugins::link();
+    let cfg: MaskingConfig = toml::from_str(
+        "mode = \"masked\"\nmask = { type = \"binary\" }\nthreshold = { type = \"fixed\" }\n\
+         weight_init = { type = \"he\" }\nscore_init = { type = \"xavier-uniform\" }",
+    )
+    .unwrap();
+    let MaskingConfig::Masked { mask, .. } = &cfg else {
+        panic!()
+    };
+    assert_eq!(mask.range(), supermask_core::MaskRange::Binary);
+    let _: Arc<_> = mask.clone();
+}
