@@ -6,7 +6,7 @@ use anyhow::Context;
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 use std::{collections::HashMap, path::Path};
-use supermask_core::Result;
+use supermask_core::{trainable_params, Result};
 
 /// File name of the tensor checkpoint.
 pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
@@ -44,9 +44,13 @@ pub fn save(dir: &Path, trainer: &Trainer, state: &LoopState) -> Result<()> {
     for layer in &layers {
         tensors.extend(layer.named_tensors()?);
     }
-    for (layer, v) in layers.iter().zip(trainer.optimizer().velocity()) {
+    for bn in model.norms() {
+        tensors.extend(bn.named_tensors());
+    }
+    let names = trainable_params(model);
+    for ((name, _), v) in names.iter().zip(trainer.optimizer().velocity()) {
         if let Some(v) = v {
-            tensors.insert(format!("optim.{}.velocity", layer.trainable().0), v.clone());
+            tensors.insert(format!("optim.{name}.velocity"), v.clone());
         }
     }
     let path = dir.join(CHECKPOINT_FILE);
@@ -78,6 +82,9 @@ pub fn load(
     };
     for layer in trainer.model_mut().layers_mut() {
         layer.load_tensors(&get)?;
+    }
+    for bn in trainer.model_mut().norms_mut() {
+        bn.load_tensors(&get)?;
     }
     let state_path = dir.join(STATE_FILE);
     let state: LoopState = serde_json::from_str(

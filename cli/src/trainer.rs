@@ -5,7 +5,8 @@ use anyhow::Context;
 use candle_core::{Device, Tensor, Var};
 use std::sync::Arc;
 use supermask_core::{
-    build_model, loss, optim::Optimizer, ForwardCtx, Layer, Model, Result, Threshold, UpdateEvery,
+    build_model, loss, optim::Optimizer, trainable_params, ForwardCtx, Layer, Model, Result,
+    Threshold, UpdateEvery,
 };
 use supermask_datasets::{epoch_order, Dataset};
 
@@ -33,7 +34,7 @@ impl Trainer {
     /// Builds and initializes the model of `cfg` on `device`.
     pub fn new(cfg: &RunConfig, device: &Device) -> Result<Self> {
         let model = build_model(cfg.model.as_ref(), &cfg.masking, device, cfg.seed)?;
-        let n = model.layers().len();
+        let n = trainable_params(model.as_ref()).len();
         Ok(Self {
             cfg: cfg.clone(),
             opt: Optimizer::new(cfg.optimizer.clone(), n),
@@ -162,8 +163,8 @@ impl Trainer {
                 self.step + 1
             );
             let grads = loss.backward()?;
-            let layers = self.model.layers();
-            let params: Vec<&Var> = layers.iter().map(|l| l.trainable().1).collect();
+            let named = trainable_params(self.model.as_ref());
+            let params: Vec<&Var> = named.iter().map(|(_, v)| *v).collect();
             let factor = self.cfg.schedule.factor(self.step);
             self.opt.step(&params, &grads, factor)?;
             self.step += 1;

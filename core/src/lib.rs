@@ -14,6 +14,7 @@ pub mod layer;
 pub mod loss;
 pub mod mask;
 pub mod model;
+pub mod norm;
 pub mod optim;
 pub mod registry;
 pub mod rng;
@@ -22,7 +23,8 @@ pub mod threshold;
 pub use init::{sample_with_variance, Distribution, Fans, Initializer};
 pub use layer::{DenseLayer, ForwardCtx, Layer, LayerFactory, LayerOp, LayerSpec, MaskedLayer};
 pub use mask::{MaskCtx, MaskFn, MaskRange};
-pub use model::{build_model, MaskingConfig, Model, ModelSpec};
+pub use model::{build_model, trainable_params, MaskingConfig, Model, ModelSpec};
+pub use norm::{BatchNorm, BnMode};
 pub use registry::{PluginEntry, PluginKind, Registry};
 pub use threshold::{Taus, Threshold, UpdateEvery};
 

@@ -5,12 +5,13 @@ use crate::{
     init::Initializer,
     layer::{ForwardCtx, Layer, LayerFactory},
     mask::{MaskCtx, MaskFn},
+    norm::BatchNorm,
     registry,
     threshold::Threshold,
     Result,
 };
 use anyhow::Context;
-use candle_core::{Device, Tensor};
+use candle_core::{Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 use std::{fmt::Debug, sync::Arc};
 
@@ -24,6 +25,26 @@ pub trait Model: Send + Sync {
 
     /// All weight layers, mutably, in forward order.
     fn layers_mut(&mut self) -> Vec<&mut Layer>;
+
+    /// Batch-norm layers (not weights: never masked or counted).
+    fn norms(&self) -> Vec<&BatchNorm> {
+        Vec::new()
+    }
+
+    /// Batch-norm layers, mutably.
+    fn norms_mut(&mut self) -> Vec<&mut BatchNorm> {
+        Vec::new()
+    }
+}
+
+/// Every trainable tensor of a model with its checkpoint name: the layers' scores (masked)
+/// or weights (dense), then batch-norm parameters.
+pub fn trainable_params(model: &dyn Model) -> Vec<(String, &Var)> {
+    let mut v: Vec<_> = model.layers().into_iter().map(|l| l.trainable()).collect();
+    for n in model.norms() {
+        v.extend(n.params());
+    }
+    v
 }
 
 /// A model architecture as named in configs (`[model] type = "fcn"`).

