@@ -6,7 +6,7 @@ use anyhow::Context;
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 use std::{collections::HashMap, path::Path};
-use supermask_core::{trainable_params, Result};
+use supermask_core::{optim::PlateauState, trainable_params, Result};
 
 /// File name of the tensor checkpoint.
 pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
@@ -20,6 +20,9 @@ pub struct LoopState {
     pub epoch: usize,
     /// Completed optimizer steps.
     pub step: u64,
+    /// Reduce-on-plateau state.
+    #[serde(default)]
+    pub plateau: PlateauState,
 }
 
 /// Writes `bytes` to `path` atomically.
@@ -105,6 +108,7 @@ pub fn load(
             .collect();
         trainer.optimizer_mut().set_velocity(v)?;
         trainer.step = state.step;
+        trainer.plateau = state.plateau.clone();
     }
     Ok(state)
 }

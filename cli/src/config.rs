@@ -8,7 +8,7 @@ use supermask_core::{
     optim::{OptimizerConfig, Schedule},
     registry, MaskingConfig, ModelSpec, Result,
 };
-use supermask_datasets::IdxDataset;
+use supermask_datasets::dataset_names;
 
 /// The built-in default config: the paper's Table 1 ELUS signed-Supermask FCN on MNIST.
 pub const DEFAULT_CONFIG: &str = include_str!("../../configs/paper/table1-fcn-signed-elus.toml");
@@ -26,7 +26,7 @@ fn default_true() -> bool {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct DataConfig {
-    /// `mnist` or `fashion-mnist`.
+    /// `mnist`, `fashion-mnist`, `cifar10` or `cifar100`.
     pub dataset: String,
     /// Training batch size (the paper: 128).
     #[serde(default = "default_batch")]
@@ -37,6 +37,9 @@ pub struct DataConfig {
     /// Reshuffle the training set every epoch (the authors' code did not; REPRODUCTION-NOTES).
     #[serde(default = "default_true")]
     pub shuffle: bool,
+    /// Training augmentation: pad 4, random crop, horizontal flip (the ResNet presets).
+    #[serde(default)]
+    pub augment: bool,
 }
 
 /// `[train]`: length of the run.
@@ -129,7 +132,12 @@ impl RunConfig {
         self.masking.validate()?;
         self.optimizer.validate()?;
         self.schedule.validate()?;
-        IdxDataset::from_name(&self.data.dataset).context("data.dataset")?;
+        anyhow::ensure!(
+            dataset_names().contains(&self.data.dataset.as_str()),
+            "data.dataset: unknown dataset `{}`; known datasets: {}",
+            self.data.dataset,
+            dataset_names().join(", ")
+        );
         anyhow::ensure!(self.data.batch_size > 0, "data.batch_size must be > 0");
         anyhow::ensure!(
             self.data.test_batch_size > 0,
@@ -137,11 +145,6 @@ impl RunConfig {
         );
         anyhow::ensure!(self.train.epochs > 0, "train.epochs must be > 0");
         Ok(())
-    }
-
-    /// The dataset named in `[data]`.
-    pub fn dataset(&self) -> Result<IdxDataset> {
-        IdxDataset::from_name(&self.data.dataset)
     }
 
     /// The effective config as TOML.

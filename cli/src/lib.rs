@@ -3,7 +3,9 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod device;
 pub mod metrics;
+pub mod models;
 pub mod run;
 pub mod trainer;
 

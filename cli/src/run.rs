@@ -16,7 +16,7 @@ use std::{
     time::Instant,
 };
 use supermask_core::Result;
-use supermask_datasets::{load_idx, Dataset, Split};
+use supermask_datasets::{load_by_name, Dataset, Split};
 
 /// File names written into a run directory.
 pub const CONFIG_FILE: &str = "config.toml";
@@ -39,6 +39,8 @@ pub struct TrainRequest {
     pub stop_after: Option<usize>,
     /// Show a progress bar.
     pub progress: bool,
+    /// Compute device.
+    pub device: Device,
 }
 
 /// `summary.json`.
@@ -59,10 +61,10 @@ pub struct Summary<'a> {
 
 /// Loads the train and test splits named by the config.
 pub fn load_data(cfg: &RunConfig, data_dir: &Path) -> Result<(Dataset, Dataset)> {
-    let ds = cfg.dataset()?;
+    let ds = &cfg.data.dataset;
     Ok((
-        load_idx(data_dir, ds, Split::Train)?,
-        load_idx(data_dir, ds, Split::Test)?,
+        load_by_name(data_dir, ds, Split::Train)?,
+        load_by_name(data_dir, ds, Split::Test)?,
     ))
 }
 
@@ -93,7 +95,7 @@ fn write_metrics(path: &Path, all: &[EpochMetrics]) -> Result<()> {
 /// Trains as requested; returns the metrics of every epoch.
 pub fn train(req: TrainRequest) -> Result<Vec<EpochMetrics>> {
     let cfg = &req.config;
-    let device = Device::Cpu;
+    let device = req.device.clone();
     // Everything that can fail before training is checked before the directory is touched.
     let (train_set, test_set) = load_data(cfg, &req.data_dir)?;
     let mut trainer = Trainer::new(cfg, &device)?;
@@ -150,6 +152,7 @@ pub fn train(req: TrainRequest) -> Result<Vec<EpochMetrics>> {
                 )
             })?;
         let seconds = t0.elapsed().as_secs_f64();
+        trainer.end_epoch(train_stats.loss);
         if let Some(b) = bar {
             b.finish_and_clear();
         }
@@ -189,6 +192,7 @@ pub fn train(req: TrainRequest) -> Result<Vec<EpochMetrics>> {
             &LoopState {
                 epoch: epoch + 1,
                 step: trainer.step,
+                plateau: trainer.plateau.clone(),
             },
         )?;
     }
@@ -239,15 +243,15 @@ pub struct EvalReport {
 }
 
 /// Evaluates the checkpoint in a run directory on its config's test set.
-pub fn eval(dir: &Path, data_dir: &Path) -> Result<EvalReport> {
+pub fn eval(dir: &Path, data_dir: &Path, device: &Device) -> Result<EvalReport> {
     anyhow::ensure!(
         dir.join(CHECKPOINT_FILE).exists(),
         "{} holds no checkpoint ({CHECKPOINT_FILE}); pass a directory written by `supermask train`",
         dir.display()
     );
     let cfg = RunConfig::load(Some(&dir.join(CONFIG_FILE)), &[])?;
-    let device = Device::Cpu;
-    let test = load_idx(data_dir, cfg.dataset()?, Split::Test)?;
+    let device = device.clone();
+    let test = load_by_name(data_dir, &cfg.data.dataset, Split::Test)?;
     let mut trainer = Trainer::new(&cfg, &device)?;
     trainer.check_data(&test)?;
     checkpoint::load(dir, &mut trainer, &device, false)?;

@@ -5,10 +5,11 @@ use anyhow::Context;
 use candle_core::{Device, Tensor, Var};
 use std::sync::Arc;
 use supermask_core::{
-    build_model, loss, optim::Optimizer, trainable_params, ForwardCtx, Layer, Model, Result,
-    Threshold, UpdateEvery,
+    build_model, loss,
+    optim::{Optimizer, PlateauState},
+    trainable_params, ForwardCtx, Layer, Model, Result, Threshold, UpdateEvery,
 };
-use supermask_datasets::{epoch_order, Dataset};
+use supermask_datasets::{augment_pad_crop_flip, epoch_order, Dataset};
 
 /// Loss and accuracy over a pass.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -27,6 +28,8 @@ pub struct Trainer {
     threshold: Option<Arc<dyn Threshold>>,
     /// Global optimizer step.
     pub step: u64,
+    /// Reduce-on-plateau state.
+    pub plateau: PlateauState,
     device: Device,
 }
 
@@ -41,6 +44,7 @@ impl Trainer {
             threshold: cfg.masking.threshold().cloned(),
             model,
             step: 0,
+            plateau: PlateauState::default(),
             device: device.clone(),
         })
     }
@@ -67,7 +71,12 @@ impl Trainer {
 
     /// Current learning rate.
     pub fn lr(&self) -> f64 {
-        self.cfg.optimizer.lr() * self.cfg.schedule.factor(self.step)
+        self.cfg.optimizer.lr() * self.cfg.schedule.factor(self.step) * self.plateau.factor
+    }
+
+    /// Epoch-end bookkeeping of the schedule (reduce-on-plateau watches the training loss).
+    pub fn end_epoch(&mut self, train_loss: f64) {
+        self.cfg.schedule.end_epoch(&mut self.plateau, train_loss);
     }
 
     /// Checks that the dataset fits the model (input size, classes).
@@ -88,8 +97,22 @@ impl Trainer {
         Ok(())
     }
 
-    fn batch(&self, data: &Dataset, idx: &[usize]) -> Result<(Tensor, Tensor)> {
-        let (x, y) = data.gather(idx);
+    fn batch(
+        &self,
+        data: &Dataset,
+        idx: &[usize],
+        augment: Option<u64>,
+    ) -> Result<(Tensor, Tensor)> {
+        let (mut x, y) = data.gather(idx);
+        if let Some(seed) = augment {
+            let [c, h, w] = data.shape[..] else {
+                anyhow::bail!(
+                    "data.augment needs images of shape [c, h, w], got {:?}",
+                    data.shape
+                )
+            };
+            augment_pad_crop_flip(&mut x, idx.len(), c, h, w, 4, seed);
+        }
         let mut dims = vec![idx.len()];
         dims.extend(self.cfg.model.input_shape());
         let x = Tensor::from_vec(x, dims.as_slice(), &self.device)?;
@@ -146,7 +169,10 @@ impl Trainer {
         let batches: Vec<&[usize]> = order.chunks(self.cfg.data.batch_size).collect();
         let (mut loss_sum, mut correct) = (0.0f64, 0usize);
         for (i, idx) in batches.iter().enumerate() {
-            let (x, y) = self.batch(data, idx)?;
+            let augment = self.cfg.data.augment.then(|| {
+                supermask_core::rng::derive_seed(self.cfg.seed, &[0xA06, epoch as u64, i as u64])
+            });
+            let (x, y) = self.batch(data, idx, augment)?;
             let ctx = ForwardCtx {
                 train: true,
                 step: self.step,
@@ -166,7 +192,8 @@ impl Trainer {
             let named = trainable_params(self.model.as_ref());
             let params: Vec<&Var> = named.iter().map(|(_, v)| *v).collect();
             let factor = self.cfg.schedule.factor(self.step);
-            self.opt.step(&params, &grads, factor)?;
+            self.opt
+                .step(&params, &grads, factor * self.plateau.factor, factor)?;
             self.step += 1;
             self.update_thresholds(UpdateEvery::Step)?;
             loss_sum += lv * idx.len() as f64;
@@ -185,7 +212,7 @@ impl Trainer {
         let order: Vec<usize> = (0..data.n).collect();
         let (mut loss_sum, mut correct) = (0.0f64, 0usize);
         for idx in order.chunks(self.cfg.data.test_batch_size) {
-            let (x, y) = self.batch(data, idx)?;
+            let (x, y) = self.batch(data, idx, None)?;
             let logits = self.model.forward_t(&x, &ForwardCtx::eval())?.detach();
             loss_sum +=
                 loss::cross_entropy(&logits, &y)?.to_scalar::<f32>()? as f64 * idx.len() as f64;

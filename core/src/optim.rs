@@ -102,30 +102,104 @@ pub enum Schedule {
     /// Constant.
     #[default]
     Constant,
-    /// `factor = rate ^ floor(step / steps)` (TF's `ExponentialDecay(staircase=True)`).
+    /// `factor = rate ^ floor(step / steps)` (TF's `ExponentialDecay(staircase=True)`), applied
+    /// to the learning rate and to SGDW's weight decay.
     StaircaseExponential {
         /// Multiplier per stair, e.g. 0.96.
         rate: f64,
         /// Steps per stair, e.g. 3900 (10 * 390, the authors' value).
         steps: u64,
     },
+    /// Keras' `ReduceLROnPlateau` on the training loss (what the paper's ResNets used:
+    /// factor 0.2, patience 15): after `patience` epochs without an improvement of more than
+    /// `min_delta`, the learning rate (not the decay) is multiplied by `factor`.
+    ReduceOnPlateau {
+        /// Multiplier on a plateau, e.g. 0.2.
+        factor: f64,
+        /// Epochs without improvement before reducing.
+        patience: usize,
+        /// Smallest decrease of the loss that counts as an improvement.
+        #[serde(default = "default_min_delta")]
+        min_delta: f64,
+    },
+}
+
+fn default_min_delta() -> f64 {
+    1e-4
+}
+
+/// Running state of [`Schedule::ReduceOnPlateau`] (saved in checkpoints).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct PlateauState {
+    /// Current multiplier of the learning rate.
+    pub factor: f64,
+    /// Best loss so far (none before the first epoch).
+    pub best: Option<f64>,
+    /// Epochs since the last improvement.
+    pub wait: usize,
+}
+
+impl Default for PlateauState {
+    fn default() -> Self {
+        Self {
+            factor: 1.0,
+            best: None,
+            wait: 0,
+        }
+    }
 }
 
 impl Schedule {
     /// Checks the values.
     pub fn validate(&self) -> Result<()> {
-        if let Self::StaircaseExponential { rate, steps } = *self {
-            anyhow::ensure!(rate > 0.0 && rate <= 1.0, "schedule.rate must be in (0, 1]");
-            anyhow::ensure!(steps > 0, "schedule.steps must be > 0");
+        match *self {
+            Self::Constant => {}
+            Self::StaircaseExponential { rate, steps } => {
+                anyhow::ensure!(rate > 0.0 && rate <= 1.0, "schedule.rate must be in (0, 1]");
+                anyhow::ensure!(steps > 0, "schedule.steps must be > 0");
+            }
+            Self::ReduceOnPlateau {
+                factor,
+                patience,
+                min_delta,
+            } => {
+                anyhow::ensure!(
+                    factor > 0.0 && factor < 1.0,
+                    "schedule.factor must be in (0, 1)"
+                );
+                anyhow::ensure!(patience > 0, "schedule.patience must be > 0");
+                anyhow::ensure!(min_delta >= 0.0, "schedule.min_delta must be >= 0");
+            }
         }
         Ok(())
     }
 
-    /// Multiplier of the initial learning rate (and weight decay) at `step`.
+    /// Step-driven multiplier of the initial learning rate and weight decay at `step`.
     pub fn factor(&self, step: u64) -> f64 {
         match *self {
-            Self::Constant => 1.0,
+            Self::Constant | Self::ReduceOnPlateau { .. } => 1.0,
             Self::StaircaseExponential { rate, steps } => rate.powi((step / steps) as i32),
+        }
+    }
+
+    /// Epoch-end update of the plateau state from the monitored loss.
+    pub fn end_epoch(&self, state: &mut PlateauState, loss: f64) {
+        if let Self::ReduceOnPlateau {
+            factor,
+            patience,
+            min_delta,
+        } = *self
+        {
+            if state.best.is_none_or(|best| loss < best - min_delta) {
+                state.best = Some(loss);
+                state.wait = 0;
+            } else {
+                state.wait += 1;
+                if state.wait >= patience {
+                    state.factor *= factor;
+                    state.wait = 0;
+                }
+            }
         }
     }
 }
@@ -160,8 +234,15 @@ impl Optimizer {
         Ok(())
     }
 
-    /// One step on `params` with gradients from `grads`; `factor` scales lr and decay.
-    pub fn step(&mut self, params: &[&Var], grads: &GradStore, factor: f64) -> Result<()> {
+    /// One step on `params` with gradients from `grads`; `lr_factor` scales the learning rate
+    /// and `wd_factor` the decoupled weight decay.
+    pub fn step(
+        &mut self,
+        params: &[&Var],
+        grads: &GradStore,
+        lr_factor: f64,
+        wd_factor: f64,
+    ) -> Result<()> {
         anyhow::ensure!(
             params.len() == self.velocity.len(),
             "optimizer got a wrong param count"
@@ -180,8 +261,8 @@ impl Optimizer {
                 l2,
             } => (lr, momentum, nesterov, 0.0, l2),
         };
-        let lr = lr * factor;
-        let wd = wd * factor;
+        let lr = lr * lr_factor;
+        let wd = wd * wd_factor;
         for (var, vel) in params.iter().zip(self.velocity.iter_mut()) {
             let Some(g) = grads.get(var.as_tensor()) else {
                 continue;

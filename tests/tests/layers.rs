@@ -138,7 +138,7 @@ fn sgdw_matches_hand_computation() {
             .unwrap()
             .backward()
             .unwrap();
-        opt.step(&[&p], &g, 1.0).unwrap();
+        opt.step(&[&p], &g, 1.0, 1.0).unwrap();
         for i in 0..2 {
             let gi = [0.5, 3.0][i];
             v[i] = if step == 0 {
@@ -185,4 +185,114 @@ fn masking_config_reads_from_toml() {
     };
     assert_eq!(mask.range(), supermask_core::MaskRange::Binary);
     let _: Arc<_> = mask.clone();
+}
+
+/// Finite-difference check of the masked convolution (stride 2, padding 1, 3x3) in f64:
+/// the autograd gradient w.r.t. the input equals central differences of
+/// `f(x) = sum(G * conv(x, W * g(M)))`, and the gradient w.r.t. the scores equals central
+/// differences of `h(m) = sum(G * conv(x, W * m))` at `m = g(M)` (the straight-through
+/// estimator treats g as the identity).
+#[test]
+fn masked_conv_finite_difference_gradients() {
+    use candle_core::DType;
+    let dev = Device::Cpu;
+    let spec = LayerSpec::conv2d("c", 2, 3, 3, 2, 1).unwrap();
+    let x = Tensor::randn(0f64, 1.0, (1, 2, 5, 5), &dev).unwrap();
+    let w = Tensor::randn(0f64, 1.0, (3, 2, 3, 3), &dev).unwrap();
+    let m0 = Tensor::randn(0f64, 0.05, (3, 2, 3, 3), &dev).unwrap();
+    let g_up = Tensor::randn(0f64, 1.0, (1, 3, 3, 3), &dev).unwrap();
+    let taus = supermask_core::Taus {
+        neg: -0.01,
+        pos: 0.01,
+    };
+    let mask = mask_from_table(table("type = \"signed\"")).unwrap();
+    let ctx = supermask_core::MaskCtx::eval();
+
+    let xv = Var::from_tensor(&x).unwrap();
+    let mv = Var::from_tensor(&m0).unwrap();
+    let eff = w
+        .mul(&mask.apply(mv.as_tensor(), taus, &ctx).unwrap())
+        .unwrap();
+    let f = spec
+        .apply(xv.as_tensor(), &eff)
+        .unwrap()
+        .mul(&g_up)
+        .unwrap()
+        .sum_all()
+        .unwrap();
+    let grads = f.backward().unwrap();
+    let gx = grads
+        .get(xv.as_tensor())
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f64>()
+        .unwrap();
+    let gm = grads
+        .get(mv.as_tensor())
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f64>()
+        .unwrap();
+
+    let hard = mask.hard(&m0, taus, &ctx).unwrap();
+    let value = |x: &Tensor, m: &Tensor| -> f64 {
+        spec.apply(x, &w.mul(m).unwrap())
+            .unwrap()
+            .mul(&g_up)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap()
+    };
+    let eps = 1e-5;
+    let bump = |t: &Tensor, i: usize, d: f64| -> Tensor {
+        let mut v = t.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        v[i] += d;
+        Tensor::from_vec(v, t.dims(), &dev).unwrap()
+    };
+    for i in 0..x.elem_count() {
+        let fd = (value(&bump(&x, i, eps), &hard) - value(&bump(&x, i, -eps), &hard)) / (2.0 * eps);
+        assert!(
+            (fd - gx[i]).abs() < 1e-6 * fd.abs().max(1.0),
+            "dx[{i}]: fd {fd} vs {}",
+            gx[i]
+        );
+    }
+    for i in 0..m0.elem_count() {
+        let fd = (value(&x, &bump(&hard, i, eps)) - value(&x, &bump(&hard, i, -eps))) / (2.0 * eps);
+        assert!(
+            (fd - gm[i]).abs() < 1e-6 * fd.abs().max(1.0),
+            "dM[{i}]: fd {fd} vs {}",
+            gm[i]
+        );
+    }
+    assert_eq!(hard.dtype(), DType::F64);
+}
+
+/// Reduce-on-plateau as Keras: after `patience` epochs without an improvement larger than
+/// `min_delta`, the factor is multiplied by `factor` and the wait restarts.
+#[test]
+fn reduce_on_plateau() {
+    let s = Schedule::ReduceOnPlateau {
+        factor: 0.2,
+        patience: 2,
+        min_delta: 1e-4,
+    };
+    let mut st = supermask_core::optim::PlateauState::default();
+    for (loss, want) in [
+        (1.0, 1.0),
+        (0.5, 1.0),
+        (0.5, 1.0),
+        (0.49995, 0.2),
+        (0.4, 0.2),
+        (0.4, 0.2),
+        (0.4, 0.04),
+    ] {
+        s.end_epoch(&mut st, loss);
+        assert!((st.factor - want).abs() < 1e-12, "loss {loss}: {st:?}");
+    }
+    assert_eq!(s.factor(10_000), 1.0, "plateau does not depend on the step");
 }
