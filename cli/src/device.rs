@@ -24,7 +24,7 @@ pub fn device(name: &str) -> Result<Device> {
     anyhow::ensure!(
         CUDA_BUILT,
         "this supermask was built without CUDA support; rebuild with \
-         `cargo build --release --features cuda` (needs the CUDA toolkit) or use --device cpu"
+         `cargo build --release -p supermask-cli --features cuda` (needs the CUDA toolkit) or use --device cpu"
     );
     Device::new_cuda(ordinal).with_context(|| {
         format!("cannot open CUDA device {ordinal} (is there an NVIDIA GPU and driver?)")

@@ -489,3 +489,91 @@ fn every_preset_loads() {
     }
     assert!(n >= 6, "the six Table 1 presets");
 }
+
+#[test]
+fn cuda_device_without_cuda_build_is_one_clear_error() {
+    if supermask_cli::device::CUDA_BUILT {
+        return; // a CUDA build may have a GPU; this test is about CPU-only builds
+    }
+    let e = env();
+    let out = e.root.join("out");
+    let cfg = preset("table1-fcn-signed-elus");
+    fails(
+        &[
+            "train",
+            "--config",
+            s(&cfg),
+            "--data",
+            s(&e.data),
+            "--out",
+            s(&out),
+            "--device",
+            "cuda",
+        ],
+        &out,
+        &["built without CUDA support", "--features cuda"],
+    );
+    fails(
+        &[
+            "train",
+            "--config",
+            s(&cfg),
+            "--data",
+            s(&e.data),
+            "--out",
+            s(&out),
+            "--device",
+            "tpu",
+        ],
+        &out,
+        &["unknown device `tpu`"],
+    );
+}
+
+#[test]
+fn models_lists_every_model_with_its_weight_count() {
+    let o = ok(&["models"]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    // Table 7 and REPRODUCTION-NOTES; resnet110 is the regular 18-block net.
+    for (name, count) in [
+        ("fcn", "266200"),
+        ("conv2", "4300992"),
+        ("conv4", "2425024"),
+        ("conv6", "2261184"),
+        ("conv8", "5275840"),
+        ("resnet20", "248624"),
+        ("resnet56", "834992"),
+        ("resnet110", "1705904"),
+    ] {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("{name}: {text}"));
+        assert!(line.split_whitespace().nth(1) == Some(count), "{line}");
+    }
+}
+
+#[test]
+fn missing_cifar_data_names_the_files_and_how_to_get_them() {
+    let e = env();
+    let out = e.root.join("out");
+    let cfg = preset("table2-conv2-signed-elus");
+    fails(
+        &[
+            "train",
+            "--config",
+            s(&cfg),
+            "--data",
+            s(&e.data),
+            "--out",
+            s(&out),
+        ],
+        &out,
+        &[
+            "data_batch_1.bin",
+            "test_batch.bin",
+            "supermask data fetch cifar10",
+            "cifar-10-binary.tar.gz",
+        ],
+    );
+}
