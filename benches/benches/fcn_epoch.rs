@@ -7,7 +7,7 @@
 
 use candle_core::Device;
 use std::time::Instant;
-use supermask_benches::{run_torch, synthetic_mnist};
+use supermask_benches::{run_torch, set_threads, synthetic_mnist};
 use supermask_cli::{config::RunConfig, Trainer};
 
 fn ours(config: &str, overrides: &[String], data: &supermask_datasets::Dataset) -> f64 {
@@ -62,12 +62,5 @@ fn main() {
             Some(p) => println!("{name:<22} {o:>12.3} {p:>12.3} {:>8.2}", o / p),
             None => println!("{name:<22} {o:>12.3} {:>12} {:>8}", "n/a", "n/a"),
         }
-    }
-}
-
-fn rayon_threads(n: usize) {
-    // RAYON_NUM_THREADS is read when the global pool starts; set it unless the user did.
-    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
-        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
     }
 }

@@ -3,9 +3,35 @@
 use std::process::Command;
 use supermask_datasets::Dataset;
 
-/// `n` synthetic MNIST-shaped samples, N(0,1) values via a seeded generator (the values do not
-/// matter for timing), labels uniform in 0..10.
+/// Sets the thread count of candle's CPU kernels from `SUPERMASK_BENCH_THREADS` (default 2)
+/// unless `RAYON_NUM_THREADS` is set; call before any tensor work. Returns the count.
+pub fn set_threads() -> usize {
+    let threads: usize = std::env::var("SUPERMASK_BENCH_THREADS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2);
+    // RAYON_NUM_THREADS is read when rayon's global pool starts.
+    match std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        Some(n) => n,
+        None => {
+            std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+            threads
+        }
+    }
+}
+
+/// `n` synthetic MNIST-shaped samples (see [`synthetic`]).
 pub fn synthetic_mnist(n: usize, seed: u64) -> Dataset {
+    synthetic(n, &[28, 28], 10, seed)
+}
+
+/// `n` synthetic samples of `shape`, roughly N(0,1) values from a seeded generator (the values
+/// do not matter for timing), labels uniform in `0..classes`.
+pub fn synthetic(n: usize, shape: &[usize], classes: usize, seed: u64) -> Dataset {
+    let dim: usize = shape.iter().product();
     let mut s = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
     let mut next = move || {
         s ^= s << 13;
@@ -13,22 +39,22 @@ pub fn synthetic_mnist(n: usize, seed: u64) -> Dataset {
         s ^= s << 17;
         s
     };
-    let mut images = Vec::with_capacity(n * 784);
-    for _ in 0..n * 784 {
+    let mut images = Vec::with_capacity(n * dim);
+    for _ in 0..n * dim {
         // Sum of 4 uniforms, centred and scaled: close enough to N(0,1) for timing.
         let u: f32 = (0..4)
             .map(|_| (next() >> 40) as f32 / (1u64 << 24) as f32)
             .sum();
         images.push((u - 2.0) * 1.732);
     }
-    let labels = (0..n).map(|_| (next() % 10) as u8).collect();
+    let labels = (0..n).map(|_| (next() % classes as u64) as u8).collect();
     Dataset {
         images,
         labels,
         n,
-        dim: 784,
-        shape: vec![28, 28],
-        classes: 10,
+        dim,
+        shape: shape.to_vec(),
+        classes,
     }
 }
 
