@@ -32,12 +32,7 @@ fn config_name(text: &str) -> &'static str {
 }
 
 fn main() {
-    let threads: usize = std::env::var("SUPERMASK_BENCH_THREADS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(2);
-    // candle's CPU kernels use rayon's global pool; size it before first use.
-    rayon_threads(threads);
+    let threads = set_threads();
     supermask_cli::link_plugins();
     let data = synthetic_mnist(60_000, 0);
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/torch_fcn_epoch.py");
