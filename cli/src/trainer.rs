@@ -6,6 +6,7 @@ use candle_core::{Device, Tensor, Var};
 use std::sync::Arc;
 use supermask_core::{
     build_model, loss,
+    model::masked_layers_mut,
     optim::{Optimizer, PlateauState},
     trainable_params, ForwardCtx, Layer, Model, Result, Threshold, UpdateEvery,
 };
@@ -120,17 +121,6 @@ impl Trainer {
         Ok((x, y))
     }
 
-    fn masked_scores(&self) -> Vec<Tensor> {
-        self.model
-            .layers()
-            .into_iter()
-            .filter_map(|l| match l {
-                Layer::Masked(m) => Some(m.scores().as_tensor().detach()),
-                Layer::Dense(_) => None,
-            })
-            .collect()
-    }
-
     /// Recomputes thresholds if the rule updates at `when`.
     fn update_thresholds(&mut self, when: UpdateEvery) -> Result<()> {
         let Some(th) = self.threshold.clone() else {
@@ -139,15 +129,10 @@ impl Trainer {
         if th.every() != when {
             return Ok(());
         }
-        let scores = self.masked_scores();
-        let mut masked: Vec<_> = self
-            .model
-            .layers_mut()
-            .into_iter()
-            .filter_map(|l| match l {
-                Layer::Masked(m) => Some(m),
-                Layer::Dense(_) => None,
-            })
+        let mut masked = masked_layers_mut(self.model.as_mut());
+        let scores: Vec<Tensor> = masked
+            .iter()
+            .map(|m| m.scores().as_tensor().detach())
             .collect();
         let current: Vec<_> = masked.iter().map(|m| m.taus()).collect();
         let taus = th.update(&scores, &current)?;

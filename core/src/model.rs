@@ -3,7 +3,7 @@
 
 use crate::{
     init::Initializer,
-    layer::{ForwardCtx, Layer, LayerFactory},
+    layer::{ForwardCtx, Layer, LayerFactory, MaskedLayer},
     mask::{MaskCtx, MaskFn},
     norm::BatchNorm,
     registry,
@@ -35,6 +35,18 @@ pub trait Model: Send + Sync {
     fn norms_mut(&mut self) -> Vec<&mut BatchNorm> {
         Vec::new()
     }
+}
+
+/// The masked layers of a model, in forward order.
+pub fn masked_layers_mut(model: &mut dyn Model) -> Vec<&mut MaskedLayer> {
+    model
+        .layers_mut()
+        .into_iter()
+        .filter_map(|l| match l {
+            Layer::Masked(m) => Some(m),
+            Layer::Dense(_) => None,
+        })
+        .collect()
 }
 
 /// Every trainable tensor of a model with its checkpoint name: the layers' scores (masked)
@@ -143,14 +155,7 @@ pub fn build_model(
     let mut factory = LayerFactory::new(masking.clone(), device.clone(), seed);
     let mut model = spec.build(&mut factory)?;
     if let Some(threshold) = masking.threshold() {
-        let mut layers: Vec<_> = model
-            .layers_mut()
-            .into_iter()
-            .filter_map(|l| match l {
-                Layer::Masked(m) => Some(m),
-                Layer::Dense(_) => None,
-            })
-            .collect();
+        let mut layers = masked_layers_mut(model.as_mut());
         let scores: Vec<Tensor> = layers
             .iter()
             .map(|l| l.scores().as_tensor().detach())

@@ -9,12 +9,10 @@
 //! Files are stored uncompressed; the sha256 of each uncompressed file is verified before it is
 //! written (atomically) to its final path.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{anyhow, bail, Result};
-use flate2::read::GzDecoder;
 use sha2::{Digest, Sha256};
 
 use crate::{dataset_dir, write_atomic, IdxDataset};
@@ -74,20 +72,6 @@ fn sha256_hex(bytes: &[u8]) -> String {
     format!("{:x}", Sha256::digest(bytes))
 }
 
-/// Reads a file, decompressing it if its name ends in `.gz`.
-fn read_uncompressed(path: &Path) -> Result<Vec<u8>> {
-    let raw = std::fs::read(path).map_err(|e| anyhow!("{}: cannot read: {e}", path.display()))?;
-    if path.extension().is_some_and(|e| e == "gz") {
-        let mut out = Vec::new();
-        GzDecoder::new(raw.as_slice())
-            .read_to_end(&mut out)
-            .map_err(|e| anyhow!("{}: corrupt gzip data: {e}", path.display()))?;
-        Ok(out)
-    } else {
-        Ok(raw)
-    }
-}
-
 /// Returns the path of `<dir>/<name>` (or `<dir>/<name>.gz`) if it exists and its uncompressed
 /// content has the expected sha256.
 fn present_verified(dir: &Path, name: &str, sha: &str) -> Option<PathBuf> {
@@ -95,7 +79,7 @@ fn present_verified(dir: &Path, name: &str, sha: &str) -> Option<PathBuf> {
         if !cand.is_file() {
             continue;
         }
-        match read_uncompressed(&cand) {
+        match crate::idx::read_maybe_gz(&cand) {
             Ok(bytes) if sha256_hex(&bytes) == sha => return Some(cand),
             Ok(_) => tracing::warn!("{}: checksum mismatch, will re-fetch", cand.display()),
             Err(e) => tracing::warn!("{e:#}; will re-fetch"),
@@ -142,7 +126,7 @@ fn install_one(src_dir: &Path, dst: &Path, name: &str, sha: &str) -> Result<Path
                 src_dir.display()
             )
         })?;
-    let bytes = read_uncompressed(&src)?;
+    let bytes = crate::idx::read_maybe_gz(&src)?;
     let got = sha256_hex(&bytes);
     if got != sha {
         bail!(
@@ -356,7 +340,10 @@ mod tests {
                 } else {
                     src.join(format!("{n}.gz"))
                 };
-                (n.to_string(), sha256_hex(&read_uncompressed(&p).unwrap()))
+                (
+                    n.to_string(),
+                    sha256_hex(&crate::idx::read_maybe_gz(&p).unwrap()),
+                )
             })
             .collect()
     }

@@ -24,7 +24,7 @@ fn is_gz_path(path: &Path) -> bool {
 
 /// Reads a whole file, transparently decompressing it if its name ends in `.gz` or it starts
 /// with the gzip magic bytes (an IDX file always starts with two zero bytes).
-fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
+pub(crate) fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
     let raw = std::fs::read(path).map_err(|e| anyhow!("{}: cannot read: {e}", path.display()))?;
     if is_gz_path(path) || raw.starts_with(&[0x1f, 0x8b]) {
         let mut out = Vec::new();
