@@ -254,12 +254,16 @@ pub fn write_cifar_file(path: &Path, ds: CifarDataset, pixels: &[u8], labels: &[
 /// Missing files give one error naming each of them and how to provide them.
 pub fn load_cifar(data_dir: &Path, ds: CifarDataset, split: Split) -> Result<Dataset> {
     let files = cifar_files(data_dir, ds, split);
-    let missing: Vec<String> = files
-        .iter()
-        .filter(|f| !f.is_file())
-        .map(|f| f.display().to_string())
-        .collect();
-    if !missing.is_empty() {
+    if files.iter().any(|f| !f.is_file()) {
+        // Name every file of the dataset that is missing, not only this split's.
+        let needed = [Split::Train, Split::Test]
+            .map(|s| cifar_files(data_dir, ds, s))
+            .concat();
+        let missing: Vec<String> = needed
+            .iter()
+            .filter(|f| !f.is_file())
+            .map(|f| f.display().to_string())
+            .collect();
         bail!(
             "missing {} data file(s): {}; run `supermask data fetch {} --data {}` on a machine \
              with internet, or {}",

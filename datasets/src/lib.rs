@@ -171,11 +171,18 @@ pub fn load_idx(data_dir: &Path, ds: IdxDataset, split: Split) -> Result<Dataset
     let lbl_path = find_raw_or_gz(&dir, &lbl_name);
     let (img_path, lbl_path) = match (img_path, lbl_path) {
         (Some(i), Some(l)) => (i, l),
-        (i, l) => {
-            let missing: Vec<String> = [(i, &img_name), (l, &lbl_name)]
-                .into_iter()
-                .filter(|(p, _)| p.is_none())
-                .map(|(_, name)| format!("{} (or .gz)", dir.join(name).display()))
+        _ => {
+            // Name every file of the dataset that is missing, not only this split's.
+            let missing: Vec<String> = ["train", "t10k"]
+                .iter()
+                .flat_map(|p| {
+                    [
+                        format!("{p}-images-idx3-ubyte"),
+                        format!("{p}-labels-idx1-ubyte"),
+                    ]
+                })
+                .filter(|name| find_raw_or_gz(&dir, name).is_none())
+                .map(|name| format!("{} (or .gz)", dir.join(name).display()))
                 .collect();
             return Err(anyhow!(
                 "missing {} data file(s): {}; run `supermask data fetch {} --data {}` to download them",
