@@ -184,6 +184,15 @@ pub fn train(req: TrainRequest) -> Result<Vec<EpochMetrics>> {
             m.layers.iter().map(|l| format!("{} {:.4}", l.name, l.remaining)).collect::<Vec<_>>().join(", "),
             m.seconds
         );
+        tracing::info!(
+            "epoch {} mask shares -1/0/+1: {}",
+            m.epoch,
+            m.layers
+                .iter()
+                .map(|l| format!("{} {:.4}/{:.4}/{:.4}", l.name, l.neg, l.zero, l.pos))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
         history.push(m);
         write_metrics(&out.join(METRICS_FILE), &history)?;
         checkpoint::save(
