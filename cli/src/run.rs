@@ -116,6 +116,14 @@ pub fn train(req: TrainRequest) -> Result<Vec<EpochMetrics>> {
             state.epoch
         );
         history.truncate(state.epoch);
+        anyhow::ensure!(
+            cfg.train.epochs >= state.epoch,
+            "{} already holds {} epochs; --set train.epochs={} would shorten it (use a value >= {})",
+            out.display(),
+            state.epoch,
+            cfg.train.epochs,
+            state.epoch
+        );
         start_epoch = state.epoch;
         tracing::info!("resuming {} after epoch {}", out.display(), start_epoch);
     } else {

@@ -577,3 +577,49 @@ fn missing_cifar_data_names_the_files_and_how_to_get_them() {
         ],
     );
 }
+
+#[test]
+fn resume_cannot_shorten_a_run_and_loses_nothing() {
+    let e = env();
+    let cfg = preset("table1-fcn-signed-elus");
+    let out = e.root.join("run");
+    ok(&[
+        "train",
+        "--config",
+        s(&cfg),
+        "--set",
+        "train.epochs=2",
+        "--data",
+        s(&e.data),
+        "--out",
+        s(&out),
+    ]);
+    let before = std::fs::read(out.join("summary.json")).unwrap();
+    let o = run(&[
+        "train",
+        "--resume",
+        s(&out),
+        "--set",
+        "train.epochs=1",
+        "--data",
+        s(&e.data),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("would shorten it"));
+    assert_eq!(
+        std::fs::read(out.join("summary.json")).unwrap(),
+        before,
+        "nothing lost"
+    );
+    // Extending a finished run continues it.
+    ok(&[
+        "train",
+        "--resume",
+        s(&out),
+        "--set",
+        "train.epochs=3",
+        "--data",
+        s(&e.data),
+    ]);
+    assert_eq!(metrics(&out).len(), 3);
+}
