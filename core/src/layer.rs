@@ -384,11 +384,6 @@ impl LayerFactory {
         &self.device
     }
 
-    /// Whether layers are masked (false: dense baseline).
-    pub fn is_masked(&self) -> bool {
-        matches!(self.masking, MaskingConfig::Masked { .. })
-    }
-
     /// A linear layer.
     pub fn linear(&mut self, name: &str, inputs: usize, outputs: usize) -> Result<Layer> {
         self.make(LayerSpec::linear(name, inputs, outputs)?)

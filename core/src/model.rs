@@ -133,7 +133,7 @@ impl MaskingConfig {
 }
 
 /// Checks a chain of layers: each layer's input shape is the previous one's output shape
-/// (with `between` mapping shapes across parameter-free ops such as flatten or pooling).
+/// (for sequential stacks without parameter-free ops between the layers, such as the FCN).
 /// Fails with the first offending layer's name.
 pub fn check_chain(input: &[usize], layers: &[&Layer]) -> Result<Vec<usize>> {
     let mut shape = input.to_vec();

@@ -1,7 +1,6 @@
 //! Layer, model-construction and optimizer tests.
 
 use candle_core::{Device, Tensor, Var};
-use std::sync::Arc;
 use supermask_core::{
     build_model,
     optim::{Optimizer, OptimizerConfig, Schedule},
@@ -184,7 +183,6 @@ fn masking_config_reads_from_toml() {
         panic!()
     };
     assert_eq!(mask.range(), supermask_core::MaskRange::Binary);
-    let _: Arc<_> = mask.clone();
 }
 
 /// Finite-difference check of the masked convolution (stride 2, padding 1, 3x3) in f64:
