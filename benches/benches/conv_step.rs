@@ -4,6 +4,10 @@
 //! `cargo bench -p supermask-benches --bench conv_step` (threads: `SUPERMASK_BENCH_THREADS`,
 //! default 2). Each side runs 2 warm-up steps and reports the mean of the next 5.
 
+/// The allocator the CLI uses too (it reuses freed buffers instead of faulting in new pages).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use candle_core::Device;
 use std::time::Instant;
 use supermask_benches::{run_torch, set_threads, synthetic};

@@ -51,9 +51,9 @@ pub fn save(dir: &Path, trainer: &Trainer, state: &LoopState) -> Result<()> {
         tensors.extend(bn.named_tensors());
     }
     let names = trainable_params(model);
-    for ((name, _), v) in names.iter().zip(trainer.optimizer().velocity()) {
+    for ((name, _), v) in names.iter().zip(trainer.optimizer().velocity()?) {
         if let Some(v) = v {
-            tensors.insert(format!("optim.{name}.velocity"), v.clone());
+            tensors.insert(format!("optim.{name}.velocity"), v);
         }
     }
     let path = dir.join(CHECKPOINT_FILE);

@@ -5,6 +5,7 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use std::{path::Path, sync::Arc};
 use supermask_core::{
+    fused::KernelConfig,
     optim::{OptimizerConfig, Schedule},
     registry, MaskingConfig, ModelSpec, Result,
 };
@@ -48,6 +49,9 @@ pub struct DataConfig {
 pub struct TrainConfig {
     /// Number of epochs.
     pub epochs: usize,
+    /// `[train.kernels]`: fused CPU kernels (default) or the reference path.
+    #[serde(default)]
+    pub kernels: KernelConfig,
 }
 
 /// A whole experiment.
@@ -144,6 +148,7 @@ impl RunConfig {
             "data.test_batch_size must be > 0"
         );
         anyhow::ensure!(self.train.epochs > 0, "train.epochs must be > 0");
+        self.train.kernels.validate()?;
         Ok(())
     }
 

@@ -35,13 +35,21 @@ pub struct Trainer {
 }
 
 impl Trainer {
+    /// The evaluation forward context (deterministic masks, the run's kernels).
+    fn eval_ctx(&self) -> ForwardCtx {
+        ForwardCtx {
+            kernels: self.cfg.train.kernels,
+            ..ForwardCtx::eval()
+        }
+    }
+
     /// Builds and initializes the model of `cfg` on `device`.
     pub fn new(cfg: &RunConfig, device: &Device) -> Result<Self> {
         let model = build_model(cfg.model.as_ref(), &cfg.masking, device, cfg.seed)?;
         let n = trainable_params(model.as_ref()).len();
         Ok(Self {
             cfg: cfg.clone(),
-            opt: Optimizer::new(cfg.optimizer.clone(), n),
+            opt: Optimizer::new(cfg.optimizer.clone(), n).with_path(cfg.train.kernels.path),
             threshold: cfg.masking.threshold().cloned(),
             model,
             step: 0,
@@ -158,11 +166,7 @@ impl Trainer {
                 supermask_core::rng::derive_seed(self.cfg.seed, &[0xA06, epoch as u64, i as u64])
             });
             let (x, y) = self.batch(data, idx, augment)?;
-            let ctx = ForwardCtx {
-                train: true,
-                step: self.step,
-                seed: self.cfg.seed,
-            };
+            let ctx = ForwardCtx::train(self.step, self.cfg.seed, self.cfg.train.kernels);
             let logits = self.model.forward_t(&x, &ctx)?;
             let loss = loss::cross_entropy(&logits, &y)?;
             let lv = loss.to_scalar::<f32>()? as f64;
@@ -198,7 +202,7 @@ impl Trainer {
         let (mut loss_sum, mut correct) = (0.0f64, 0usize);
         for idx in order.chunks(self.cfg.data.test_batch_size) {
             let (x, y) = self.batch(data, idx, None)?;
-            let logits = self.model.forward_t(&x, &ForwardCtx::eval())?.detach();
+            let logits = self.model.forward_t(&x, &self.eval_ctx())?.detach();
             loss_sum +=
                 loss::cross_entropy(&logits, &y)?.to_scalar::<f32>()? as f64 * idx.len() as f64;
             correct += loss::correct(&logits, &y)?;

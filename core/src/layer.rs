@@ -6,6 +6,7 @@
 //! `fc1.weight`, `fc1.scores`.
 
 use crate::{
+    fused::{with_f32, EffLayout, Effective, FusedLayer, Geometry, KernelConfig},
     init::{Fans, Initializer},
     mask::{MaskCtx, MaskFn},
     model::MaskingConfig,
@@ -133,7 +134,7 @@ impl LayerSpec {
 }
 
 /// Per-forward information every layer may need.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct ForwardCtx {
     /// Training mode (stochastic masks sample, BN uses batch statistics).
     pub train: bool,
@@ -141,15 +142,28 @@ pub struct ForwardCtx {
     pub step: u64,
     /// Run seed.
     pub seed: u64,
+    /// Fused or reference kernels.
+    pub kernels: KernelConfig,
 }
 
 impl ForwardCtx {
-    /// Evaluation context.
+    /// Evaluation context (default kernels).
     pub fn eval() -> Self {
         Self {
             train: false,
             step: 0,
             seed: 0,
+            kernels: KernelConfig::default(),
+        }
+    }
+
+    /// Training context at `step` of a run with `seed`, with `kernels`.
+    pub fn train(step: u64, seed: u64, kernels: KernelConfig) -> Self {
+        Self {
+            train: true,
+            step,
+            seed,
+            kernels,
         }
     }
 }
@@ -162,6 +176,8 @@ pub struct MaskedLayer {
     /// Index among the model's masked layers (a random-stream coordinate).
     pub index: usize,
     weight: Option<Tensor>,
+    /// `Some(|w|)` when every frozen weight has that magnitude (signed constants).
+    magnitude: Option<f32>,
     scores: Var,
     mask: Arc<dyn MaskFn>,
     taus: Taus,
@@ -207,8 +223,46 @@ impl MaskedLayer {
             w.dims(),
             self.spec.shape
         );
+        self.magnitude = common_magnitude(&w)?;
         self.weight = Some(w.detach());
         Ok(())
+    }
+
+    /// `Some(|w|)` when every frozen weight has the same magnitude (signed-constant weights).
+    pub fn magnitude(&self) -> Option<f32> {
+        self.magnitude
+    }
+
+    fn mask_ctx(&self, ctx: &ForwardCtx) -> MaskCtx {
+        MaskCtx {
+            train: ctx.train,
+            seed: rng::derive_seed(ctx.seed, &[ctx.step, self.index as u64]),
+        }
+    }
+
+    /// The effective weight `W * g(M)` of this forward pass for the fused kernels, as a
+    /// `[out, fan_in]` matrix in the given layout (the mask comes from
+    /// [`MaskFn::hard_into`] when the mask has that path, else from [`MaskFn::hard`]).
+    pub fn fused_effective(&self, ctx: &ForwardCtx, layout: EffLayout) -> Result<Effective> {
+        let mctx = self.mask_ctx(ctx);
+        let scores = self.scores.as_tensor();
+        let rows = self.spec.shape[0];
+        let cols = self.spec.numel() / rows;
+        let mut hard = vec![0.0f32; self.spec.numel()];
+        let done = with_f32(scores, |m| {
+            self.mask.hard_into(m, self.taus, &mctx, &mut hard)
+        })?;
+        if !done {
+            hard = self
+                .mask
+                .hard(&scores.detach(), self.taus, &mctx)?
+                .flatten_all()?
+                .to_dtype(DType::F32)?
+                .to_vec1()?;
+        }
+        with_f32(self.weight()?, |w| {
+            Effective::build(w, &hard, rows, cols, self.magnitude, layout)
+        })
     }
 
     /// The deterministic mask `g(M)` used for metrics and evaluation.
@@ -217,12 +271,9 @@ impl MaskedLayer {
             .hard(self.scores.as_tensor(), self.taus, &MaskCtx::eval())
     }
 
-    /// Effective weight `W * g(M)` with the straight-through gradient to `M`.
+    /// Effective weight `W * g(M)` with the straight-through gradient to `M` (reference path).
     pub fn effective_weight(&self, ctx: &ForwardCtx) -> Result<Tensor> {
-        let mctx = MaskCtx {
-            train: ctx.train,
-            seed: rng::derive_seed(ctx.seed, &[ctx.step, self.index as u64]),
-        };
+        let mctx = self.mask_ctx(ctx);
         let m = self.mask.apply(self.scores.as_tensor(), self.taus, &mctx)?;
         Ok(self.weight()?.mul(&m)?)
     }
@@ -260,8 +311,78 @@ impl Layer {
         &self.spec().name
     }
 
-    /// Forward pass of a batch.
+    /// Forward pass of a batch: the fused kernels when `ctx.kernels` asks for them and they
+    /// apply (CPU, f32, straight-through mask), else the reference.
     pub fn forward_t(&self, x: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
+        self.forward_act(x, ctx, None)
+    }
+
+    /// Forward pass followed by `elu` with `Some(alpha)`. The fused path computes the
+    /// activation inside the layer's op; the reference applies candle's `elu` afterwards.
+    pub fn forward_act(&self, x: &Tensor, ctx: &ForwardCtx, elu: Option<f64>) -> Result<Tensor> {
+        if ctx.kernels.fused_for(x) {
+            if let Some(y) = self.forward_fused(x, ctx, elu)? {
+                return Ok(y);
+            }
+        }
+        let y = self.forward_reference(x, ctx)?;
+        match elu {
+            Some(alpha) => Ok(y.elu(alpha)?),
+            None => Ok(y),
+        }
+    }
+
+    /// The fused forward (with the optional ELU epilogue), or `None` when the fused kernels do
+    /// not apply to this layer.
+    pub fn forward_fused(
+        &self,
+        x: &Tensor,
+        ctx: &ForwardCtx,
+        elu: Option<f64>,
+    ) -> Result<Option<Tensor>> {
+        let spec = self.spec();
+        let geometry = match spec.op {
+            LayerOp::Linear => Geometry::Linear,
+            LayerOp::Conv2d { stride, padding } => Geometry::Conv {
+                c_in: spec.shape[1],
+                k: spec.shape[2],
+                stride,
+                padding,
+            },
+        };
+        let (eff, weight, param) = match self {
+            Layer::Masked(l) => {
+                let w = l.weight()?;
+                if !l.mask.straight_through() || !ctx.kernels.fused_for(w) {
+                    return Ok(None);
+                }
+                let eff = l.fused_effective(ctx, ctx.kernels.layout())?;
+                (eff, Some(w.clone()), l.scores.as_tensor())
+            }
+            Layer::Dense(l) => {
+                let w = l.weight.as_tensor();
+                if !ctx.kernels.fused_for(w) {
+                    return Ok(None);
+                }
+                let rows = spec.shape[0];
+                let cols = spec.numel() / rows;
+                let data = with_f32(w, |w| w.to_vec())?;
+                (Effective::Dense { rows, cols, data }, None, w)
+            }
+        };
+        let op = FusedLayer {
+            eff,
+            geometry,
+            weight,
+            act: elu.map(|a| a as f32),
+        };
+        op.apply(x, param)
+            .map(Some)
+            .with_context(|| format!("layer {}", self.name()))
+    }
+
+    /// The reference forward: generic candle ops.
+    pub fn forward_reference(&self, x: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
         let w = match self {
             Layer::Masked(l) => l.effective_weight(ctx)?,
             Layer::Dense(l) => l.weight.as_tensor().clone(),
@@ -335,6 +456,18 @@ impl Layer {
         }
         Ok(())
     }
+}
+
+/// `Some(|w|)` when all entries of `w` share one magnitude (read on the CPU; `None` on other
+/// devices, where the fused kernels do not run).
+fn common_magnitude(w: &Tensor) -> Result<Option<f32>> {
+    if !w.device().is_cpu() || w.dtype() != DType::F32 {
+        return Ok(None);
+    }
+    with_f32(w, |v| {
+        let first = v.first()?.abs();
+        (first > 0.0 && v.iter().all(|x| x.abs() == first)).then_some(first)
+    })
 }
 
 /// Counts `(-1, 0, +1)` entries of a mask tensor.
@@ -449,6 +582,7 @@ impl LayerFactory {
                     spec,
                     index,
                     weight: None,
+                    magnitude: None,
                     scores,
                     mask: mask.clone(),
                     taus: Taus {

@@ -57,6 +57,21 @@ pub trait MaskFn: Debug + Send + Sync {
     /// The hard mask `g(M)` (no gradient), with the same shape and dtype as `scores`.
     fn hard(&self, scores: &Tensor, taus: Taus, ctx: &MaskCtx) -> Result<Tensor>;
 
+    /// Writes `g(M)` of f32 CPU scores into `out` (same length) and returns `true`, or returns
+    /// `false` when this mask has no such fast path (the fused kernels then call
+    /// [`MaskFn::hard`]). Must give exactly the values of `hard`.
+    fn hard_into(&self, scores: &[f32], taus: Taus, ctx: &MaskCtx, out: &mut [f32]) -> bool {
+        let _ = (scores, taus, ctx, out);
+        false
+    }
+
+    /// Whether the gradient to `M` is the identity straight-through estimator of the default
+    /// [`MaskFn::apply`]. The fused kernels implement exactly that; a mask that overrides
+    /// `apply` with another gradient must return `false` here and runs on the reference path.
+    fn straight_through(&self) -> bool {
+        true
+    }
+
     /// The mask as used in the forward pass: the values of `g(M)`, the gradient of the identity
     /// (`g(M).detach() + M - M.detach()`, the STE as the authors wrote it).
     fn apply(&self, scores: &Tensor, taus: Taus, ctx: &MaskCtx) -> Result<Tensor> {

@@ -14,8 +14,11 @@
 //! Plain SGD with an L2 penalty (`g += l2 p`) is available for comparison. All optimizer state
 //! is detached from the autograd graph.
 
-use crate::Result;
-use candle_core::{backprop::GradStore, Tensor, Var};
+use crate::{
+    fused::{sgdw_step, KernelPath, StepParams},
+    Result,
+};
+use candle_core::{backprop::GradStore, DType, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
 fn default_momentum() -> f64 {
@@ -207,7 +210,11 @@ impl Schedule {
 /// SGD / SGDW over a fixed list of variables.
 pub struct Optimizer {
     config: OptimizerConfig,
+    /// Velocity of the reference path (and as loaded from a checkpoint).
     velocity: Vec<Option<Tensor>>,
+    /// Velocity of the fused path, a host buffer updated in place.
+    host: Vec<Option<(Vec<f32>, Vec<usize>)>>,
+    path: KernelPath,
 }
 
 impl Optimizer {
@@ -216,12 +223,29 @@ impl Optimizer {
         Self {
             config,
             velocity: vec![None; n],
+            host: vec![None; n],
+            path: KernelPath::default(),
         }
     }
 
+    /// Selects the fused (default; in-place, CPU f32 only) or the reference update.
+    pub fn with_path(mut self, path: KernelPath) -> Self {
+        self.path = path;
+        self
+    }
+
     /// Momentum buffers (for checkpoints); `None` before the first step.
-    pub fn velocity(&self) -> &[Option<Tensor>] {
-        &self.velocity
+    pub fn velocity(&self) -> Result<Vec<Option<Tensor>>> {
+        self.velocity
+            .iter()
+            .zip(&self.host)
+            .map(|(t, h)| match (t, h) {
+                (_, Some((h, dims))) => {
+                    Ok(Some(Tensor::from_slice(h, dims.as_slice(), &Device::Cpu)?))
+                }
+                (t, None) => Ok(t.clone()),
+            })
+            .collect()
     }
 
     /// Restores momentum buffers.
@@ -231,6 +255,7 @@ impl Optimizer {
             "optimizer state has wrong length"
         );
         self.velocity = v.into_iter().map(|t| t.map(|t| t.detach())).collect();
+        self.host = vec![None; self.velocity.len()];
         Ok(())
     }
 
@@ -263,10 +288,38 @@ impl Optimizer {
         };
         let lr = lr * lr_factor;
         let wd = wd * wd_factor;
-        for (var, vel) in params.iter().zip(self.velocity.iter_mut()) {
+        for ((var, vel), host) in params
+            .iter()
+            .zip(self.velocity.iter_mut())
+            .zip(self.host.iter_mut())
+        {
             let Some(g) = grads.get(var.as_tensor()) else {
                 continue;
             };
+            let fused = self.path == KernelPath::Fused
+                && var.device().is_cpu()
+                && var.dtype() == DType::F32
+                && g.dtype() == DType::F32;
+            if fused {
+                let v = match (host.take(), vel.take()) {
+                    (Some((h, _)), _) => h,
+                    (None, Some(t)) => t.flatten_all()?.to_vec1()?,
+                    (None, None) => vec![0.0; var.elem_count()],
+                };
+                let (v, _) = host.insert((v, var.dims().to_vec()));
+                let h = StepParams {
+                    lr,
+                    momentum: m,
+                    nesterov,
+                    wd,
+                    l2,
+                };
+                sgdw_step(var.as_tensor(), &g.detach(), v, &h)?;
+                continue;
+            }
+            if let Some((h, _)) = host.take() {
+                *vel = Some(Tensor::from_vec(h, var.shape(), var.device())?);
+            }
             let p = var.as_tensor().detach();
             let mut g = g.detach();
             if l2 != 0.0 {

@@ -29,17 +29,14 @@ impl Model for ConvNet {
         let mut x = xs.clone();
         for pair in self.convs.chunks(2) {
             for conv in pair {
-                x = conv.forward_t(&x, ctx)?.elu(self.alpha)?;
+                x = conv.forward_act(&x, ctx, Some(self.alpha))?;
             }
             x = max_pool2(&x)?;
         }
         x = x.flatten_from(1)?;
         let last = self.fcs.len() - 1;
         for (i, fc) in self.fcs.iter().enumerate() {
-            x = fc.forward_t(&x, ctx)?;
-            if i < last {
-                x = x.elu(self.alpha)?;
-            }
+            x = fc.forward_act(&x, ctx, (i < last).then_some(self.alpha))?;
         }
         Ok(x)
     }

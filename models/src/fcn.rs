@@ -98,10 +98,7 @@ impl Model for Fcn {
         let mut x = xs.flatten_from(1)?;
         let last = self.layers.len() - 1;
         for (i, layer) in self.layers.iter().enumerate() {
-            x = layer.forward_t(&x, ctx)?;
-            if i < last {
-                x = x.elu(self.alpha)?;
-            }
+            x = layer.forward_act(&x, ctx, (i < last).then_some(self.alpha))?;
         }
         Ok(x)
     }

@@ -19,6 +19,7 @@
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 use supermask_core::{
+    fused::elu,
     norm::{global_avg_pool, max_pool_same_stride1},
     register_plugin, BatchNorm, BnMode, ForwardCtx, Layer, LayerFactory, Model, ModelSpec, Result,
 };
@@ -43,25 +44,32 @@ pub struct ResNet {
 
 impl Block {
     fn forward(&self, x: &Tensor, ctx: &ForwardCtx, alpha: f64) -> Result<Tensor> {
-        let h = self
-            .bn1
-            .forward_t(&self.conv1.forward_t(x, ctx)?, ctx)?
-            .elu(alpha)?;
+        let k = &ctx.kernels;
+        let h = elu(
+            &self.bn1.forward_t(&self.conv1.forward_t(x, ctx)?, ctx)?,
+            alpha,
+            k,
+        )?;
         let h = self.bn2.forward_t(&self.conv2.forward_t(&h, ctx)?, ctx)?;
         let out = match &self.shortcut {
-            Some((conv, bn)) => (h.elu(alpha)? + bn.forward_t(&conv.forward_t(x, ctx)?, ctx)?)?,
+            Some((conv, bn)) => {
+                (elu(&h, alpha, k)? + bn.forward_t(&conv.forward_t(x, ctx)?, ctx)?)?
+            }
             None => (h + x)?,
         };
-        Ok(out.elu(alpha)?)
+        elu(&out, alpha, k)
     }
 }
 
 impl Model for ResNet {
     fn forward_t(&self, xs: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
-        let x = self
-            .stem_bn
-            .forward_t(&self.stem.forward_t(xs, ctx)?, ctx)?
-            .elu(self.alpha)?;
+        let x = elu(
+            &self
+                .stem_bn
+                .forward_t(&self.stem.forward_t(xs, ctx)?, ctx)?,
+            self.alpha,
+            &ctx.kernels,
+        )?;
         let mut x = max_pool_same_stride1(&x, 3)?;
         for b in &self.blocks {
             x = b.forward(&x, ctx, self.alpha)?;

@@ -23,6 +23,13 @@ impl MaskFn for SignedMask {
         let neg = scores.le(taus.neg as f64)?.to_dtype(scores.dtype())?;
         Ok((pos - neg)?)
     }
+
+    fn hard_into(&self, scores: &[f32], taus: Taus, _ctx: &MaskCtx, out: &mut [f32]) -> bool {
+        for (o, &m) in out.iter_mut().zip(scores) {
+            *o = f32::from(m >= taus.pos) - f32::from(m <= taus.neg);
+        }
+        true
+    }
 }
 register_plugin!(
     Mask,
@@ -45,6 +52,13 @@ impl MaskFn for BinaryMask {
 
     fn hard(&self, scores: &Tensor, taus: Taus, _ctx: &MaskCtx) -> Result<Tensor> {
         Ok(scores.ge(taus.pos as f64)?.to_dtype(scores.dtype())?)
+    }
+
+    fn hard_into(&self, scores: &[f32], taus: Taus, _ctx: &MaskCtx, out: &mut [f32]) -> bool {
+        for (o, &m) in out.iter_mut().zip(scores) {
+            *o = f32::from(m >= taus.pos);
+        }
+        true
     }
 }
 register_plugin!(

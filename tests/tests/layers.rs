@@ -63,11 +63,7 @@ fn masked_conv_layer_forward_and_score_gradient() {
     .unwrap();
     let layer = Layer::Masked(l);
     let x = Tensor::ones((2, 3, 10, 10), candle_core::DType::F32, &Device::Cpu).unwrap();
-    let ctx = ForwardCtx {
-        train: true,
-        step: 0,
-        seed: 0,
-    };
+    let ctx = ForwardCtx::train(0, 0, Default::default());
     let y = layer.forward_t(&x, &ctx).unwrap();
     assert_eq!(y.dims(), [2, 8, 10, 10]);
     let g = y.sum_all().unwrap().backward().unwrap();

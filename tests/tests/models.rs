@@ -4,6 +4,7 @@
 use candle_core::{DType, Device, Tensor};
 use supermask_core::{
     build_model,
+    fused::{KernelConfig, KernelPath},
     registry::{init_from_table, mask_from_table, model_from_table, threshold_from_table},
     ForwardCtx, MaskingConfig, Model,
 };
@@ -65,11 +66,19 @@ fn weight_counts_and_forward_shapes() {
             let mut dims = vec![2];
             dims.extend(spec.input_shape());
             let x = Tensor::randn(0f32, 1.0, dims.as_slice(), &Device::Cpu).unwrap();
-            for train in [false, true] {
+            // Both kernel paths, evaluation and training mode.
+            for (train, path) in [false, true]
+                .into_iter()
+                .flat_map(|t| [(t, KernelPath::Fused), (t, KernelPath::Reference)])
+            {
                 let ctx = ForwardCtx {
                     train,
                     step: 0,
                     seed: 0,
+                    kernels: KernelConfig {
+                        path,
+                        ..Default::default()
+                    },
                 };
                 let y = m.forward_t(&x, &ctx).unwrap();
                 assert_eq!(y.dims(), [2, classes], "{spec:?}");

@@ -1,0 +1,301 @@
+//! The effective weight `W * g(M)` of one forward pass, in the form the fused kernels use:
+//! dense (a row-major matrix) or sparse ternary (per row, the kept column indices, with the
+//! signs and one magnitude when the frozen weights are signed constants, else the kept values).
+//!
+//! Both forms compute the same products: [`Effective::matmul`] `out = Weff * xt` and
+//! [`Effective::matmul_t`] `out = Weff^T * gt`, where `xt` / `gt` are row-major with `n`
+//! columns (a batch for linear layers, output positions for convolutions).
+
+use super::{
+    gemm::{self, Mat},
+    vectorized,
+};
+
+/// The kept entries of a matrix, row by row.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Ternary {
+    /// Rows of the weight matrix.
+    pub rows: usize,
+    /// Columns of the weight matrix.
+    pub cols: usize,
+    /// Row `r`'s entries are `idx[ptr[r]..ptr[r + 1]]`.
+    pub ptr: Vec<usize>,
+    /// Column index of every kept entry.
+    pub idx: Vec<u32>,
+    /// How the kept entries' values are stored.
+    pub values: Values,
+}
+
+/// Values of a [`Ternary`] matrix's kept entries.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Values {
+    /// Every kept entry is `+magnitude` or `-magnitude` (signed-constant weights): row `r`'s
+    /// positive entries come first, `idx[ptr[r]..split[r]]`, then the negative ones. The
+    /// kernels add and subtract inputs and multiply once by `magnitude`.
+    Signs {
+        /// Start of row `r`'s negative entries.
+        split: Vec<usize>,
+        /// The common magnitude `|W|` of the layer.
+        magnitude: f32,
+    },
+    /// The kept entries' values `W * g(M)`, aligned with `idx`.
+    Weights(Vec<f32>),
+}
+
+/// The effective weight of one forward pass.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Effective {
+    /// Row-major `rows x cols` values of `W * g(M)`.
+    Dense {
+        /// Rows.
+        rows: usize,
+        /// Columns.
+        cols: usize,
+        /// Values.
+        data: Vec<f32>,
+    },
+    /// Kept entries only.
+    Sparse(Ternary),
+}
+
+/// How to lay the effective weight out.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Layout {
+    /// Always dense.
+    Dense,
+    /// Always sparse ternary.
+    Sparse,
+    /// Sparse when the share of kept entries is below the given density.
+    Auto(f64),
+}
+
+impl Effective {
+    /// Builds `W * mask` as a `rows x cols` matrix. `magnitude` is `Some(|w|)` when every frozen
+    /// weight has that absolute value (then the sparse form stores signs only).
+    pub fn build(
+        weight: &[f32],
+        mask: &[f32],
+        rows: usize,
+        cols: usize,
+        magnitude: Option<f32>,
+        layout: Layout,
+    ) -> Self {
+        assert_eq!(weight.len(), rows * cols, "effective weight: weight size");
+        assert_eq!(mask.len(), rows * cols, "effective weight: mask size");
+        let sparse = match layout {
+            Layout::Dense => false,
+            Layout::Sparse => true,
+            Layout::Auto(below) => {
+                let kept = mask.iter().filter(|&&m| m != 0.0).count();
+                (kept as f64) < below * (rows * cols) as f64
+            }
+        };
+        if !sparse {
+            let data = vectorized(
+                #[inline(always)]
+                || weight.iter().zip(mask).map(|(w, m)| w * m).collect(),
+            );
+            return Effective::Dense { rows, cols, data };
+        }
+        let mut ptr = Vec::with_capacity(rows + 1);
+        let mut idx = Vec::new();
+        ptr.push(0);
+        let values = match magnitude {
+            Some(magnitude) => {
+                let mut split = Vec::with_capacity(rows);
+                for (w, m) in weight.chunks_exact(cols).zip(mask.chunks_exact(cols)) {
+                    let kept = |positive: bool| {
+                        w.iter().zip(m).enumerate().filter_map(move |(i, (w, m))| {
+                            let v = w * m;
+                            (v != 0.0 && (v > 0.0) == positive).then_some(i as u32)
+                        })
+                    };
+                    idx.extend(kept(true));
+                    split.push(idx.len());
+                    idx.extend(kept(false));
+                    ptr.push(idx.len());
+                }
+                Values::Signs { split, magnitude }
+            }
+            None => {
+                let mut vals = Vec::new();
+                for (w, m) in weight.chunks_exact(cols).zip(mask.chunks_exact(cols)) {
+                    for (i, (w, m)) in w.iter().zip(m).enumerate() {
+                        let v = w * m;
+                        if v != 0.0 {
+                            idx.push(i as u32);
+                            vals.push(v);
+                        }
+                    }
+                    ptr.push(idx.len());
+                }
+                Values::Weights(vals)
+            }
+        };
+        Effective::Sparse(Ternary {
+            rows,
+            cols,
+            ptr,
+            idx,
+            values,
+        })
+    }
+
+    /// `(rows, cols)` of the weight matrix.
+    pub fn dims(&self) -> (usize, usize) {
+        match self {
+            Effective::Dense { rows, cols, .. } => (*rows, *cols),
+            Effective::Sparse(t) => (t.rows, t.cols),
+        }
+    }
+
+    /// Whether this is the sparse form.
+    pub fn is_sparse(&self) -> bool {
+        matches!(self, Effective::Sparse(_))
+    }
+
+    /// `out[rows x n] = Weff * xt[cols x n]` (both row-major), single-threaded.
+    pub fn matmul(&self, xt: &[f32], n: usize, out: &mut [f32]) {
+        let (rows, cols) = self.dims();
+        assert!(
+            xt.len() >= cols * n && out.len() >= rows * n,
+            "matmul sizes"
+        );
+        match self {
+            Effective::Dense { data, .. } => gemm::matmul(
+                out,
+                Mat::rows(data, rows, cols),
+                Mat::rows(xt, cols, n),
+                false,
+                false,
+            ),
+            Effective::Sparse(t) => vectorized(
+                #[inline(always)]
+                || t.matmul(xt, n, out),
+            ),
+        }
+    }
+
+    /// `out[cols x n] = Weff^T * gt[rows x n]` (both row-major), single-threaded.
+    pub fn matmul_t(&self, gt: &[f32], n: usize, out: &mut [f32]) {
+        let (rows, cols) = self.dims();
+        assert!(
+            gt.len() >= rows * n && out.len() >= cols * n,
+            "matmul_t sizes"
+        );
+        match self {
+            Effective::Dense { data, .. } => gemm::matmul(
+                out,
+                Mat::rows(data, rows, cols).t(),
+                Mat::rows(gt, rows, n),
+                false,
+                false,
+            ),
+            Effective::Sparse(t) => vectorized(
+                #[inline(always)]
+                || t.matmul_t(gt, n, out),
+            ),
+        }
+    }
+}
+
+/// `acc += x` element-wise (a loop the compiler vectorizes).
+#[inline(always)]
+fn add_to(acc: &mut [f32], x: &[f32]) {
+    for (a, x) in acc.iter_mut().zip(x) {
+        *a += x;
+    }
+}
+
+/// `acc -= x` element-wise.
+#[inline(always)]
+fn sub_from(acc: &mut [f32], x: &[f32]) {
+    for (a, x) in acc.iter_mut().zip(x) {
+        *a -= x;
+    }
+}
+
+/// `acc += w * x` element-wise.
+#[inline(always)]
+fn axpy(acc: &mut [f32], w: f32, x: &[f32]) {
+    for (a, x) in acc.iter_mut().zip(x) {
+        *a += w * x;
+    }
+}
+
+#[inline(always)]
+fn scale(acc: &mut [f32], s: f32) {
+    for a in acc {
+        *a *= s;
+    }
+}
+
+impl Ternary {
+    /// Number of kept entries.
+    pub fn nnz(&self) -> usize {
+        self.idx.len()
+    }
+
+    #[inline(always)]
+    fn row(xt: &[f32], i: u32, n: usize) -> &[f32] {
+        let i = i as usize;
+        &xt[i * n..(i + 1) * n]
+    }
+
+    /// `out = Weff * xt`: every output row sums (adds or subtracts) the kept input rows.
+    #[inline(always)]
+    fn matmul(&self, xt: &[f32], n: usize, out: &mut [f32]) {
+        for (r, acc) in out.chunks_exact_mut(n).take(self.rows).enumerate() {
+            acc.fill(0.0);
+            let (start, end) = (self.ptr[r], self.ptr[r + 1]);
+            match &self.values {
+                Values::Signs { split, magnitude } => {
+                    for &i in &self.idx[start..split[r]] {
+                        add_to(acc, Self::row(xt, i, n));
+                    }
+                    for &i in &self.idx[split[r]..end] {
+                        sub_from(acc, Self::row(xt, i, n));
+                    }
+                    scale(acc, *magnitude);
+                }
+                Values::Weights(v) => {
+                    for (&i, &w) in self.idx[start..end].iter().zip(&v[start..end]) {
+                        axpy(acc, w, Self::row(xt, i, n));
+                    }
+                }
+            }
+        }
+    }
+
+    /// `out = Weff^T * gt`: every kept entry scatters its output row into its input row.
+    #[inline(always)]
+    fn matmul_t(&self, gt: &[f32], n: usize, out: &mut [f32]) {
+        let out = &mut out[..self.cols * n];
+        out.fill(0.0);
+        for r in 0..self.rows {
+            let g = &gt[r * n..(r + 1) * n];
+            let (start, end) = (self.ptr[r], self.ptr[r + 1]);
+            match &self.values {
+                Values::Signs { split, .. } => {
+                    for &i in &self.idx[start..split[r]] {
+                        let i = i as usize;
+                        add_to(&mut out[i * n..(i + 1) * n], g);
+                    }
+                    for &i in &self.idx[split[r]..end] {
+                        let i = i as usize;
+                        sub_from(&mut out[i * n..(i + 1) * n], g);
+                    }
+                }
+                Values::Weights(v) => {
+                    for (&i, &w) in self.idx[start..end].iter().zip(&v[start..end]) {
+                        let i = i as usize;
+                        axpy(&mut out[i * n..(i + 1) * n], w, g);
+                    }
+                }
+            }
+        }
+        if let Values::Signs { magnitude, .. } = self.values {
+            scale(out, magnitude);
+        }
+    }
+}

@@ -1,0 +1,657 @@
+//! Fused CPU kernels for masked (and dense) linear and convolution layers.
+//!
+//! The generic ("reference") path builds `W * g(M)` from candle ops, and candle's backward then
+//! also computes a gradient for the frozen `W` and materializes every intermediate. The fused
+//! path is one candle [`CustomOp2`] per layer, taking the input and the trainable tensor:
+//!
+//! - forward: `y = x * Weff^T` (linear) or the convolution with `Weff`, where `Weff = W * g(M)`
+//!   is built once per forward pass ([`Effective`]) either dense (GEMM) or sparse ternary (add
+//!   and subtract the kept inputs, one multiply by the layer's magnitude), chosen per layer from
+//!   the mask's density;
+//! - backward: only the gradients that exist: the input gradient `gy * Weff` (skipped for the
+//!   data input) and the score gradient `(gy^T x) * W`, the straight-through estimator of
+//!   [`crate::MaskFn::apply`]. For a dense baseline layer the same op returns `gy^T x`.
+//!
+//! Convolutions use per-sample im2col + GEMM, parallel over samples; linear layers use a
+//! parallel GEMM (dense) or split the batch over threads (sparse). Weight-gradient partial sums
+//! are formed over fixed chunks of samples and added in order, so results do not depend on the
+//! thread count. Scratch buffers (im2col columns, transposes) are per thread and reused.
+//!
+//! The reference path stays available (config `train.kernels.path = "reference"`), is the path
+//! on CUDA, and is what the tests compare the fused path against.
+
+mod effective;
+pub mod elu;
+pub mod gemm;
+mod optim;
+
+pub use effective::{Effective, Layout as EffLayout, Ternary, Values};
+pub use optim::{sgdw_step, StepParams};
+
+use crate::Result;
+use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Storage, Tensor};
+use gemm::Mat;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use std::cell::RefCell;
+
+/// Which implementation of masked layers and the optimizer to use.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KernelPath {
+    /// Fused CPU kernels (falls back to the reference on other devices and dtypes).
+    #[default]
+    Fused,
+    /// Generic candle ops: the reference implementation.
+    Reference,
+}
+
+/// `[train.kernels]`: the kernel implementation and its sparse/dense switch.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KernelConfig {
+    /// Fused (default) or reference.
+    #[serde(default)]
+    pub path: KernelPath,
+    /// A masked layer whose share of non-zero mask entries is below this uses the sparse
+    /// ternary kernels, else dense GEMM (0 = always dense, 1 = always sparse). The default is
+    /// the crossover measured by `cargo bench --bench kernels` on the development machine.
+    #[serde(default = "default_sparse_below")]
+    pub sparse_below: f64,
+}
+
+fn default_sparse_below() -> f64 {
+    DEFAULT_SPARSE_BELOW
+}
+
+/// Default density below which masked layers use the sparse kernels.
+pub const DEFAULT_SPARSE_BELOW: f64 = 0.1;
+
+impl Default for KernelConfig {
+    fn default() -> Self {
+        Self {
+            path: KernelPath::Fused,
+            sparse_below: DEFAULT_SPARSE_BELOW,
+        }
+    }
+}
+
+impl KernelConfig {
+    /// Checks `sparse_below` is in `[0, 1]`.
+    pub fn validate(&self) -> Result<()> {
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&self.sparse_below),
+            "train.kernels.sparse_below must be in [0, 1], got {}",
+            self.sparse_below
+        );
+        Ok(())
+    }
+
+    /// Whether fused kernels apply to tensors like `t` (CPU, f32).
+    pub fn fused_for(&self, t: &Tensor) -> bool {
+        self.path == KernelPath::Fused
+            && t.device().is_cpu()
+            && t.dtype() == candle_core::DType::F32
+    }
+
+    /// The effective-weight layout this config asks for: 0 always dense, 1 always sparse,
+    /// otherwise chosen per layer and forward pass from the mask's density.
+    pub fn layout(&self) -> EffLayout {
+        if self.sparse_below <= 0.0 {
+            EffLayout::Dense
+        } else if self.sparse_below >= 1.0 {
+            EffLayout::Sparse
+        } else {
+            EffLayout::Auto(self.sparse_below)
+        }
+    }
+}
+
+/// Runs `f` compiled for the best instruction set this CPU has (AVX2+FMA or AVX-512 when
+/// present, detected at run time by `pulp`), so element-wise loops vectorize without building
+/// for one CPU.
+#[inline(always)]
+pub(crate) fn vectorized<R>(f: impl FnOnce() -> R) -> R {
+    pulp::Arch::new().dispatch(f)
+}
+
+/// `elu(x)` with the fused kernel when `kernels` asks for it and it applies (CPU f32), else
+/// candle's `elu`.
+pub fn elu(x: &Tensor, alpha: f64, kernels: &KernelConfig) -> Result<Tensor> {
+    if kernels.fused_for(x) {
+        Ok(x.contiguous()?.apply_op1(elu::Elu(alpha as f32))?)
+    } else {
+        Ok(x.elu(alpha)?)
+    }
+}
+
+/// Calls `f` with the contiguous f32 data of a CPU tensor.
+pub fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    let Storage::Cpu(cpu) = &*storage else {
+        anyhow::bail!("fused kernels need a CPU tensor");
+    };
+    let data = cpu.as_slice::<f32>()?;
+    let (a, b) = layout
+        .contiguous_offsets()
+        .ok_or_else(|| anyhow::anyhow!("fused kernels need a contiguous tensor"))?;
+    Ok(f(&data[a..b]))
+}
+
+fn cpu_slice<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
+    let data = s.as_slice::<f32>()?;
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => Err(candle_core::Error::Msg(
+            "fused kernels need contiguous inputs".into(),
+        )),
+    }
+}
+
+/// The geometry of a fused layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Geometry {
+    /// `x: [batch, in]`, weight `[out, in]`.
+    Linear,
+    /// `x: [batch, c_in, h, w]`, weight `[c_out, c_in, k, k]`.
+    Conv {
+        /// Input channels.
+        c_in: usize,
+        /// Kernel size.
+        k: usize,
+        /// Stride.
+        stride: usize,
+        /// Zero padding.
+        padding: usize,
+    },
+}
+
+/// One fused layer application: the effective weight of this forward pass, the geometry, and
+/// the frozen weight for the score gradient (`None` for a dense layer, whose trainable tensor
+/// is the weight itself).
+pub struct FusedLayer {
+    /// `W * g(M)` (or `W` for a dense layer).
+    pub eff: Effective,
+    /// Linear or convolution.
+    pub geometry: Geometry,
+    /// The frozen weight of a masked layer.
+    pub weight: Option<Tensor>,
+    /// `Some(alpha)`: the op's output is `elu(layer(x))` (ELU fused as the epilogue, so the
+    /// pre-activation never becomes a graph node).
+    pub act: Option<f32>,
+}
+
+/// Samples per weight-gradient partial sum (fixed, so sums do not depend on the thread count).
+const GRAD_CHUNK: usize = 16;
+
+thread_local! {
+    static SCRATCH: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// Runs `f` with this thread's two scratch buffers resized to `a` and `b` elements.
+fn with_scratch<R>(a: usize, b: usize, f: impl FnOnce(&mut [f32], &mut [f32]) -> R) -> R {
+    SCRATCH.with(|s| {
+        let mut s = s.borrow_mut();
+        let (x, y) = &mut *s;
+        if x.len() < a {
+            x.resize(a, 0.0);
+        }
+        if y.len() < b {
+            y.resize(b, 0.0);
+        }
+        f(&mut x[..a], &mut y[..b])
+    })
+}
+
+/// `dst[c x r] = src[r x c]^T`.
+fn transpose(src: &[f32], r: usize, c: usize, dst: &mut [f32]) {
+    vectorized(
+        #[inline(always)]
+        || transpose_impl(src, r, c, dst),
+    )
+}
+
+#[inline(always)]
+fn transpose_impl(src: &[f32], r: usize, c: usize, dst: &mut [f32]) {
+    for (i, row) in src.chunks_exact(c).take(r).enumerate() {
+        for (j, v) in row.iter().enumerate() {
+            dst[j * r + i] = *v;
+        }
+    }
+}
+
+/// Convolution geometry of one sample.
+#[derive(Clone, Copy, Debug)]
+struct ConvDims {
+    c: usize,
+    h: usize,
+    w: usize,
+    k: usize,
+    stride: usize,
+    pad: usize,
+    oh: usize,
+    ow: usize,
+}
+
+impl ConvDims {
+    fn new(x_dims: &[usize], c_in: usize, k: usize, stride: usize, pad: usize) -> Option<Self> {
+        let [_, c, h, w] = *x_dims else { return None };
+        if c != c_in || h + 2 * pad < k || w + 2 * pad < k {
+            return None;
+        }
+        Some(Self {
+            c,
+            h,
+            w,
+            k,
+            stride,
+            pad,
+            oh: (h + 2 * pad - k) / stride + 1,
+            ow: (w + 2 * pad - k) / stride + 1,
+        })
+    }
+    fn input(&self) -> usize {
+        self.c * self.h * self.w
+    }
+    fn positions(&self) -> usize {
+        self.oh * self.ow
+    }
+    fn patch(&self) -> usize {
+        self.c * self.k * self.k
+    }
+    /// A 1x1, stride-1, unpadded convolution: the input already is its column matrix.
+    fn pointwise(&self) -> bool {
+        self.k == 1 && self.stride == 1 && self.pad == 0
+    }
+
+    #[inline(always)]
+    /// For kernel offset `kk` along one axis: the output range whose input index
+    /// `o * stride + kk - pad` lies inside `0..size`.
+    fn valid(&self, kk: usize, size: usize, outs: usize) -> std::ops::Range<usize> {
+        let lo = self.pad.saturating_sub(kk).div_ceil(self.stride);
+        let hi = if size + self.pad > kk {
+            ((size + self.pad - kk - 1) / self.stride + 1).min(outs)
+        } else {
+            0
+        };
+        lo.min(hi)..hi
+    }
+
+    /// `cols[(c, ki, kj), (oh, ow)] = x[c, oh*s + ki - p, ow*s + kj - p]` (0 outside).
+    fn im2col(&self, x: &[f32], cols: &mut [f32]) {
+        vectorized(
+            #[inline(always)]
+            || self.im2col_impl(x, cols),
+        )
+    }
+
+    #[inline(always)]
+    fn im2col_impl(&self, x: &[f32], cols: &mut [f32]) {
+        let p = self.positions();
+        for c in 0..self.c {
+            let plane = &x[c * self.h * self.w..(c + 1) * self.h * self.w];
+            for ki in 0..self.k {
+                let rows = self.valid(ki, self.h, self.oh);
+                for kj in 0..self.k {
+                    let cols_ok = self.valid(kj, self.w, self.ow);
+                    let r = (c * self.k + ki) * self.k + kj;
+                    let out = &mut cols[r * p..(r + 1) * p];
+                    out.fill(0.0);
+                    for oh in rows.clone() {
+                        let ih = oh * self.stride + ki - self.pad;
+                        let src = &plane[ih * self.w..(ih + 1) * self.w];
+                        let dst = &mut out[oh * self.ow..(oh + 1) * self.ow];
+                        if self.stride == 1 {
+                            let iw0 = cols_ok.start + kj - self.pad;
+                            let n = cols_ok.len();
+                            dst[cols_ok.clone()].copy_from_slice(&src[iw0..iw0 + n]);
+                        } else {
+                            for ow in cols_ok.clone() {
+                                dst[ow] = src[ow * self.stride + kj - self.pad];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The adjoint of [`ConvDims::im2col`]: `gx = sum over patches of gcols` (overwrites `gx`).
+    fn col2im(&self, gcols: &[f32], gx: &mut [f32]) {
+        vectorized(
+            #[inline(always)]
+            || self.col2im_impl(gcols, gx),
+        )
+    }
+
+    #[inline(always)]
+    fn col2im_impl(&self, gcols: &[f32], gx: &mut [f32]) {
+        let p = self.positions();
+        gx.fill(0.0);
+        for c in 0..self.c {
+            let plane = &mut gx[c * self.h * self.w..(c + 1) * self.h * self.w];
+            for ki in 0..self.k {
+                let rows = self.valid(ki, self.h, self.oh);
+                for kj in 0..self.k {
+                    let cols_ok = self.valid(kj, self.w, self.ow);
+                    let r = (c * self.k + ki) * self.k + kj;
+                    let src = &gcols[r * p..(r + 1) * p];
+                    for oh in rows.clone() {
+                        let ih = oh * self.stride + ki - self.pad;
+                        let dst = &mut plane[ih * self.w..(ih + 1) * self.w];
+                        let g = &src[oh * self.ow..(oh + 1) * self.ow];
+                        if self.stride == 1 {
+                            let iw0 = cols_ok.start + kj - self.pad;
+                            let dst = &mut dst[iw0..iw0 + cols_ok.len()];
+                            for (d, g) in dst.iter_mut().zip(&g[cols_ok.clone()]) {
+                                *d += g;
+                            }
+                        } else {
+                            for ow in cols_ok.clone() {
+                                dst[ow * self.stride + kj - self.pad] += g[ow];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl FusedLayer {
+    /// Applies the layer to `x`, with `param` (scores or dense weight) as the tensor that
+    /// receives the gradient.
+    pub fn apply(self, x: &Tensor, param: &Tensor) -> Result<Tensor> {
+        Ok(x.contiguous()?.apply_op2(param, self)?)
+    }
+
+    fn conv_dims(&self, x_dims: &[usize]) -> candle_core::Result<ConvDims> {
+        let Geometry::Conv {
+            c_in,
+            k,
+            stride,
+            padding,
+        } = self.geometry
+        else {
+            unreachable!("conv_dims of a linear layer")
+        };
+        ConvDims::new(x_dims, c_in, k, stride, padding).ok_or_else(|| {
+            candle_core::Error::Msg(format!(
+                "fused conv: input {x_dims:?} does not fit weight [{}, {c_in}, {k}, {k}]",
+                self.eff.dims().0
+            ))
+        })
+    }
+
+    fn linear_fwd(&self, x: &[f32], batch: usize) -> Vec<f32> {
+        let (out_f, in_f) = self.eff.dims();
+        let mut y = vec![0.0f32; batch * out_f];
+        match &self.eff {
+            Effective::Dense { data, .. } => gemm::matmul(
+                &mut y,
+                Mat::rows(x, batch, in_f),
+                Mat::rows(data, out_f, in_f).t(),
+                false,
+                true,
+            ),
+            Effective::Sparse(_) => {
+                let chunk = batch.div_ceil(rayon::current_num_threads()).max(1);
+                y.par_chunks_mut(chunk * out_f)
+                    .zip(x.par_chunks(chunk * in_f))
+                    .for_each(|(y, x)| {
+                        let nb = x.len() / in_f;
+                        with_scratch(in_f * nb, out_f * nb, |xt, yt| {
+                            transpose(x, nb, in_f, xt);
+                            self.eff.matmul(xt, nb, yt);
+                            transpose(yt, out_f, nb, y);
+                        })
+                    });
+            }
+        }
+        y
+    }
+
+    /// `gx = gy * Weff`.
+    fn linear_bwd_input(&self, gy: &[f32], batch: usize) -> Vec<f32> {
+        let (out_f, in_f) = self.eff.dims();
+        let mut gx = vec![0.0f32; batch * in_f];
+        match &self.eff {
+            Effective::Dense { data, .. } => gemm::matmul(
+                &mut gx,
+                Mat::rows(gy, batch, out_f),
+                Mat::rows(data, out_f, in_f),
+                false,
+                true,
+            ),
+            Effective::Sparse(_) => {
+                let chunk = batch.div_ceil(rayon::current_num_threads()).max(1);
+                gx.par_chunks_mut(chunk * in_f)
+                    .zip(gy.par_chunks(chunk * out_f))
+                    .for_each(|(gx, gy)| {
+                        let nb = gy.len() / out_f;
+                        with_scratch(out_f * nb, in_f * nb, |gt, xt| {
+                            transpose(gy, nb, out_f, gt);
+                            self.eff.matmul_t(gt, nb, xt);
+                            transpose(xt, in_f, nb, gx);
+                        })
+                    });
+            }
+        }
+        gx
+    }
+
+    fn conv_fwd(&self, x: &[f32], d: ConvDims, batch: usize) -> Vec<f32> {
+        let o = self.eff.dims().0;
+        let p = d.positions();
+        let mut y = vec![0.0f32; batch * o * p];
+        y.par_chunks_mut(o * p)
+            .zip(x.par_chunks(d.input()))
+            .for_each(|(y, x)| {
+                if d.pointwise() {
+                    self.eff.matmul(x, p, y);
+                } else {
+                    with_scratch(d.patch() * p, 0, |cols, _| {
+                        d.im2col(x, cols);
+                        self.eff.matmul(cols, p, y);
+                    })
+                }
+            });
+        y
+    }
+
+    /// Input gradient (when `want_gx`) and `gWeff = sum_b gy_b cols_b^T` of a convolution.
+    fn conv_bwd(
+        &self,
+        x: &[f32],
+        gy: &[f32],
+        d: ConvDims,
+        batch: usize,
+        want_gx: bool,
+    ) -> (Option<Vec<f32>>, Vec<f32>) {
+        let (o, patch) = self.eff.dims();
+        let p = d.positions();
+        let mut gx = vec![0.0f32; if want_gx { batch * d.input() } else { 0 }];
+        let chunks = batch.div_ceil(GRAD_CHUNK);
+        let mut gx_chunks: Vec<&mut [f32]> = if want_gx {
+            gx.chunks_mut(GRAD_CHUNK * d.input()).collect()
+        } else {
+            (0..chunks).map(|_| <&mut [f32]>::default()).collect()
+        };
+        let partial: Vec<Vec<f32>> = gx_chunks
+            .par_iter_mut()
+            .zip(x.par_chunks(GRAD_CHUNK * d.input()))
+            .zip(gy.par_chunks(GRAD_CHUNK * o * p))
+            .map(|((gx, x), gy)| {
+                let mut gw = vec![0.0f32; o * patch];
+                let samples = x.len() / d.input();
+                for s in 0..samples {
+                    let xs = &x[s * d.input()..(s + 1) * d.input()];
+                    let gys = &gy[s * o * p..(s + 1) * o * p];
+                    let cols_len = if d.pointwise() { 0 } else { patch * p };
+                    with_scratch(
+                        cols_len,
+                        if want_gx { patch * p } else { 0 },
+                        |cols, gcols| {
+                            let cols: &[f32] = if d.pointwise() {
+                                xs
+                            } else {
+                                d.im2col(xs, cols);
+                                cols
+                            };
+                            gemm::matmul(
+                                &mut gw,
+                                Mat::rows(gys, o, p),
+                                Mat::rows(cols, patch, p).t(),
+                                s > 0,
+                                false,
+                            );
+                            if want_gx {
+                                let gxs = &mut gx[s * d.input()..(s + 1) * d.input()];
+                                if d.pointwise() {
+                                    self.eff.matmul_t(gys, p, gxs);
+                                } else {
+                                    self.eff.matmul_t(gys, p, gcols);
+                                    d.col2im(gcols, gxs);
+                                }
+                            }
+                        },
+                    );
+                }
+                gw
+            })
+            .collect();
+        let mut gw = vec![0.0f32; o * patch];
+        for part in &partial {
+            for (a, b) in gw.iter_mut().zip(part) {
+                *a += b;
+            }
+        }
+        (want_gx.then_some(gx), gw)
+    }
+
+    /// Turns `gWeff` into the trainable tensor's gradient: `* W` for scores (the STE).
+    fn param_grad(&self, mut gw: Vec<f32>) -> candle_core::Result<Vec<f32>> {
+        if let Some(w) = &self.weight {
+            with_f32(w, |w| {
+                vectorized(
+                    #[inline(always)]
+                    || {
+                        for (g, w) in gw.iter_mut().zip(w) {
+                            *g *= w;
+                        }
+                    },
+                )
+            })
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        }
+        Ok(gw)
+    }
+}
+
+fn as_candle<T>(r: Result<T>) -> candle_core::Result<T> {
+    r.map_err(|e| candle_core::Error::Msg(format!("{e:#}")))
+}
+
+impl CustomOp2 for FusedLayer {
+    fn name(&self) -> &'static str {
+        "supermask-fused-layer"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        _s2: &CpuStorage,
+        _l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = cpu_slice(s1, l1)?;
+        let dims = l1.dims();
+        let (rows, cols) = self.eff.dims();
+        match self.geometry {
+            Geometry::Linear => {
+                let [batch, inputs] = *dims else {
+                    return Err(candle_core::Error::Msg(format!(
+                        "fused linear: input must be [batch, {cols}], got {dims:?}"
+                    )));
+                };
+                if inputs != cols {
+                    return Err(candle_core::Error::Msg(format!(
+                        "fused linear: input must be [batch, {cols}], got {dims:?}"
+                    )));
+                }
+                let mut y = self.linear_fwd(x, batch);
+                if let Some(alpha) = self.act {
+                    elu::elu_inplace(&mut y, alpha);
+                }
+                Ok((CpuStorage::F32(y), Shape::from((batch, rows))))
+            }
+            Geometry::Conv { .. } => {
+                let d = self.conv_dims(dims)?;
+                let mut y = self.conv_fwd(x, d, dims[0]);
+                if let Some(alpha) = self.act {
+                    elu::elu_inplace(&mut y, alpha);
+                }
+                Ok((CpuStorage::F32(y), Shape::from((dims[0], rows, d.oh, d.ow))))
+            }
+        }
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        param: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let want_gx = x.track_op();
+        // Through the ELU epilogue first: the gradient of the pre-activation.
+        let pre;
+        let grad = match self.act {
+            Some(alpha) => {
+                let g = as_candle(
+                    with_f32(res, |y| with_f32(grad, |g| elu::elu_grad(y, g, alpha)))
+                        .and_then(|r| r),
+                )?;
+                pre = Tensor::from_vec(g, grad.shape(), grad.device())?;
+                &pre
+            }
+            None => grad,
+        };
+        let dev = x.device();
+        let x_dims = x.dims().to_vec();
+        let grads: Result<(Option<Vec<f32>>, Vec<f32>)> = with_f32(x, |xs| {
+            with_f32(grad, |gy| -> Result<(Option<Vec<f32>>, Vec<f32>)> {
+                match self.geometry {
+                    Geometry::Linear => {
+                        let (out_f, in_f) = self.eff.dims();
+                        let batch = x_dims[0];
+                        let gx = want_gx.then(|| self.linear_bwd_input(gy, batch));
+                        let mut gw = vec![0.0f32; out_f * in_f];
+                        gemm::matmul(
+                            &mut gw,
+                            Mat::rows(gy, batch, out_f).t(),
+                            Mat::rows(xs, batch, in_f),
+                            false,
+                            true,
+                        );
+                        Ok((gx, gw))
+                    }
+                    Geometry::Conv { .. } => {
+                        let d = self.conv_dims(&x_dims)?;
+                        Ok(self.conv_bwd(xs, gy, d, x_dims[0], want_gx))
+                    }
+                }
+            })
+            .and_then(|r| r)
+        })
+        .and_then(|r| r);
+        let (gx, gw) = as_candle(grads)?;
+        let gparam = Tensor::from_vec(self.param_grad(gw)?, param.shape(), dev)?;
+        let gx = match gx {
+            Some(v) => Some(Tensor::from_vec(v, x_dims, dev)?),
+            None => None,
+        };
+        Ok((gx, Some(gparam)))
+    }
+}
