@@ -1,6 +1,7 @@
-//! Micro-benchmarks of the fused kernels on the FCN's first layer (300 x 784, batch 128) and
-//! Conv2's second layer: dense GEMM vs sparse ternary at several mask densities (the crossover
-//! that sets `train.kernels.sparse_below`), and the fused optimizer step.
+//! Micro-benchmarks of the fused kernels: the FCN's first layer (300 x 784, batch 128) as dense
+//! GEMM vs sparse ternary at several mask densities (the crossover that sets the default of
+//! `train.kernels.sparse_below`), building the effective weight, the fused ELU against
+//! candle's, and the fused optimizer step.
 //!
 //! `cargo bench -p supermask-benches --bench kernels`
 
@@ -101,8 +102,7 @@ fn main() {
         wd: 5e-4,
         l2: 0.0,
     };
-    let big = values(128 * 64 * 32 * 32, 6);
-    let x = Tensor::from_vec(big, (128, 64, 32, 32), &dev).unwrap();
+    let x = Tensor::from_vec(values(128 * 64 * 32 * 32, 6), (128, 64, 32, 32), &dev).unwrap();
     let kc = supermask_core::fused::KernelConfig::default();
     let e = time(10, || {
         std::hint::black_box(supermask_core::fused::elu(&x, 1.0, &kc).unwrap());
@@ -110,50 +110,6 @@ fn main() {
     let ec = time(10, || {
         std::hint::black_box(x.elu(1.0).unwrap());
     });
-    let mut buf = values(128 * 64 * 32 * 32, 6);
-    let ip = time(10, || {
-        supermask_core::fused::elu::elu_inplace(&mut buf, 1.0)
-    });
-    let mut buf2 = values(128 * 64 * 32 * 32, 6);
-    let cp = time(10, || {
-        for v in buf2.iter_mut() {
-            *v = if *v > 0.0 { *v } else { v.exp() - 1.0 }
-        }
-    });
-    let gg = values(128 * 64 * 32 * 32, 7);
-    let eg = time(10, || {
-        std::hint::black_box(supermask_core::fused::elu::elu_grad(&buf, &gg, 1.0));
-    });
-    let fresh = values(128 * 64 * 32 * 32, 9);
-    let eg4 = time(10, || {
-        std::hint::black_box(supermask_core::fused::elu::elu_grad(&fresh, &gg, 1.0));
-    });
-    let sub = buf.iter().filter(|v| v.is_subnormal()).count();
-    println!(
-        "elu grad on fresh values {:.1} ms; subnormals in buf {sub}",
-        eg4 * 1e3
-    );
-    let mut out = vec![0.0f32; gg.len()];
-    let eg2 = time(10, || {
-        for ((o, &y), &g) in out.iter_mut().zip(&buf).zip(&gg) {
-            let d = if y > 0.0 { 1.0 } else { y + 1.0 };
-            *o = g * d;
-        }
-    });
-    let eg3 = time(10, || {
-        std::hint::black_box(vec![1.0f32; gg.len()]);
-    });
-    println!(
-        "elu grad {:.1} ms, preallocated scalar-target loop {:.1} ms, fresh vec fill {:.1} ms",
-        eg * 1e3,
-        eg2 * 1e3,
-        eg3 * 1e3
-    );
-    println!(
-        "in place: {:.1} ms, scalar libm loop {:.1} ms",
-        ip * 1e3,
-        cp * 1e3
-    );
     println!(
         "ELU forward of a Conv2 activation (128 x 64 x 32 x 32): fused {:.1} ms, candle {:.1} ms",
         e * 1e3,

@@ -13,7 +13,9 @@ Models (same layers, shapes and activations as supermask's `models` crate):
       BN "none" is the authors' frozen BN (a constant scale 1/sqrt(1 + 1e-3)); "learnable" is
       batch statistics with eps 1e-3 and a trainable scale and shift.
 Signed (default): every layer W * g(M), W signed constant (magnitude gain*sqrt(2/fan_in)), M
-  Xavier uniform, g(M) = -1 if M <= -0.01, +1 if M >= 0.01 else 0, straight-through estimator.
+  Xavier uniform, g(M) = -1 if M <= -tau, +1 if M >= tau else 0, straight-through estimator;
+  tau is chosen once so that --prune-rate of all scores start at 0 (supermask's `initial-rate`
+  threshold, the presets' Table 11 rates), or is 0.01 with --prune-rate 0.
 --dense: trainable W, no mask.
 Cross entropy; SGD Nesterov 0.9 with decoupled weight decay (p -= wd * p, then the SGD step).
 Data N(0,1), not timed. Prints one JSON line: {"framework": "pytorch", "model": ...,
@@ -46,6 +48,7 @@ class Masked(torch.nn.Module):
         super().__init__()
         fi, fo = fans(shape)
         self.dense = dense
+        self.tau = TAU
         if dense:
             b = math.sqrt(6.0 / fi)
             self.m = torch.nn.Parameter(torch.empty(shape).uniform_(-b, b, generator=gen))
@@ -59,7 +62,7 @@ class Masked(torch.nn.Module):
         if self.dense:
             return self.m
         with torch.no_grad():
-            g = (self.m >= TAU).float() - (self.m <= -TAU).float()
+            g = (self.m >= self.tau).float() - (self.m <= -self.tau).float()
         return self.w * (g + self.m - self.m.detach())
 
 
@@ -164,6 +167,7 @@ def main():
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--prune-rate", type=float, default=0.0)
     ap.add_argument("--lr", type=float, default=0.05)
     ap.add_argument("--wd", type=float, default=5e-4)
     args = ap.parse_args()
@@ -174,6 +178,13 @@ def main():
     else:
         model = ConvNet({"conv2": 1, "conv4": 2}[args.model], gen, args.dense)
     model.train()
+    masked = [m for m in model.modules() if isinstance(m, Masked) and not m.dense]
+    if masked and args.prune_rate > 0:
+        scores = torch.cat([m.m.detach().abs().flatten() for m in masked])
+        k = min(int(round(args.prune_rate * scores.numel())), scores.numel() - 1)
+        tau = float(scores.sort().values[k])
+        for m in masked:
+            m.tau = tau
     params = [p for p in model.parameters()]
     opt = torch.optim.SGD(params, lr=args.lr, momentum=0.9, nesterov=True)
     x = torch.randn(args.batch, 3, 32, 32, generator=gen)
@@ -189,10 +200,11 @@ def main():
         opt.step()
         if i >= args.warmup:
             times.append(time.perf_counter() - t0)
+    final = float(loss.detach())
     print(json.dumps({"framework": "pytorch", "torch_version": torch.__version__,
                       "model": args.model, "dense": args.dense, "threads": args.threads,
                       "batch": args.batch, "step_seconds": sum(times) / len(times),
-                      "loss": float(loss)}))
+                      "loss": final if math.isfinite(final) else None}))
     print(f"steps: {times}", file=sys.stderr)
 
 

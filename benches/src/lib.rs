@@ -3,24 +3,18 @@
 use std::process::Command;
 use supermask_datasets::Dataset;
 
-/// Sets the thread count of candle's CPU kernels from `SUPERMASK_BENCH_THREADS` (default 2)
-/// unless `RAYON_NUM_THREADS` is set; call before any tensor work. Returns the count.
+/// Sets the thread count from `SUPERMASK_BENCH_THREADS` (default 2) unless
+/// `RAYON_NUM_THREADS` is set, with the CLI's pool setup ([`supermask_cli::configure_threads`]);
+/// call before any tensor work. Returns the count.
 pub fn set_threads() -> usize {
     let threads: usize = std::env::var("SUPERMASK_BENCH_THREADS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(2);
-    // RAYON_NUM_THREADS is read when rayon's global pool starts.
-    match std::env::var("RAYON_NUM_THREADS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-    {
-        Some(n) => n,
-        None => {
-            std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
-            threads
-        }
-    }
+    let requested = std::env::var_os("RAYON_NUM_THREADS")
+        .is_none()
+        .then_some(threads);
+    supermask_cli::configure_threads(requested)
 }
 
 /// `n` synthetic MNIST-shaped samples (see [`synthetic`]).

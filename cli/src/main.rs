@@ -1,6 +1,12 @@
 //! The `supermask` command-line tool.
 
 use anyhow::Context;
+
+/// mimalloc reuses freed activation-sized buffers instead of returning them to the OS and
+/// faulting fresh zeroed pages in at the next step (about 20% of a step with glibc's malloc
+/// on the FCN, docs/results/bench.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use clap::{Parser, Subcommand};
 use std::{io::IsTerminal, path::PathBuf};
 use supermask_cli::{
@@ -14,6 +20,9 @@ use supermask_datasets::{fetch_by_name, resolve_data_dir};
 #[derive(Parser)]
 #[command(name = "supermask", version, about)]
 struct Cli {
+    /// CPU threads for training and evaluation (default: all cores, or RAYON_NUM_THREADS).
+    #[arg(long, global = true, value_name = "N")]
+    threads: Option<usize>,
     #[command(subcommand)]
     command: Command,
 }
@@ -95,7 +104,9 @@ fn main() {
         .with_target(false)
         .init();
     supermask_cli::link_plugins();
-    if let Err(e) = run_cli(Cli::parse()) {
+    let cli = Cli::parse();
+    supermask_cli::configure_threads(cli.threads);
+    if let Err(e) = run_cli(cli) {
         eprintln!("error: {}", format_chain(&e));
         std::process::exit(1);
     }

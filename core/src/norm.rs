@@ -2,7 +2,11 @@
 //!
 //! Batch-norm parameters and statistics are never counted as weights and never masked.
 
-use crate::{layer::ForwardCtx, Result};
+use crate::{
+    fused::{self, KernelConfig},
+    layer::ForwardCtx,
+    Result,
+};
 use anyhow::Context;
 use candle_core::{DType, Device, Tensor, Var, D};
 use serde::{Deserialize, Serialize};
@@ -81,6 +85,11 @@ impl BatchNorm {
 
     /// Forward pass.
     pub fn forward_t(&self, x: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
+        if ctx.kernels.fused_for(x) {
+            return self
+                .forward_fused(x, ctx)
+                .with_context(|| self.name.clone());
+        }
         if self.mode == BnMode::None {
             return Ok(x.affine(1.0 / (1.0 + EPS).sqrt(), 0.0)?);
         }
@@ -120,6 +129,46 @@ impl BatchNorm {
                 .broadcast_add(&b.as_tensor().reshape(shape.as_slice())?)?),
             _ => Ok(y),
         }
+    }
+
+    /// The fused CPU path: the same statistics and running-average updates as the reference,
+    /// with the normalization as one op (batch statistics in training with learnable scale and
+    /// shift, a per-channel affine map otherwise).
+    fn forward_fused(&self, x: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
+        self.shape_for(x)?;
+        let c = self.channels;
+        let eps = EPS as f32;
+        if self.mode == BnMode::None {
+            let scale = (1.0 / (1.0 + EPS).sqrt()) as f32;
+            return fused::channel_affine(x, vec![scale; c], vec![0.0; c]);
+        }
+        if ctx.train {
+            let (mean, var) = fused::batch_stats(x)?;
+            {
+                let mut run = self.running.lock().expect("running stats lock");
+                let dev = x.device();
+                let upd = |old: &Tensor, new: &[f32]| -> Result<Tensor> {
+                    let new = Tensor::from_slice(new, c, dev)?;
+                    Ok((old.affine(MOMENTUM, 0.0)? + new.affine(1.0 - MOMENTUM, 0.0)?)?)
+                };
+                *run = (upd(&run.0, &mean)?, upd(&run.1, &var)?);
+            }
+            if let (BnMode::Learnable, Some(g), Some(b)) = (self.mode, &self.gamma, &self.beta) {
+                return fused::batch_norm_train(x, g.as_tensor(), b.as_tensor(), mean, &var, EPS);
+            }
+        }
+        // Fixed statistics: the running ones (frozen-stats mode, or evaluation).
+        let (rm, rv) = {
+            let run = self.running.lock().expect("running stats lock");
+            (run.0.to_vec1::<f32>()?, run.1.to_vec1::<f32>()?)
+        };
+        let (gamma, beta) = match (&self.gamma, &self.beta) {
+            (Some(g), Some(b)) => (g.as_tensor().to_vec1::<f32>()?, b.as_tensor().to_vec1()?),
+            _ => (vec![1.0; c], vec![0.0; c]),
+        };
+        let scale: Vec<f32> = (0..c).map(|i| gamma[i] / (rv[i] + eps).sqrt()).collect();
+        let shift = (0..c).map(|i| beta[i] - rm[i] * scale[i]).collect();
+        fused::channel_affine(x, scale, shift)
     }
 
     /// Trainable parameters (`name.gamma`, `name.beta`) in learnable mode.
@@ -165,11 +214,14 @@ impl BatchNorm {
     }
 }
 
-/// Max-pooling with a `k x k` window, stride 1 and "same" padding (padded positions never win),
-/// built from shifted element-wise maxima so it has a gradient (candle's pooling backward needs
-/// stride = kernel).
-pub fn max_pool_same_stride1(x: &Tensor, k: usize) -> Result<Tensor> {
+/// Max-pooling with a `k x k` window, stride 1 and "same" padding (padded positions never win).
+/// The fused kernel when `kernels` asks for it (CPU f32); the reference is built from shifted
+/// element-wise maxima so it has a gradient (candle's pooling backward needs stride = kernel).
+pub fn max_pool_same_stride1(x: &Tensor, k: usize, kernels: &KernelConfig) -> Result<Tensor> {
     anyhow::ensure!(k % 2 == 1, "same max-pool needs an odd window, got {k}");
+    if let Some(y) = fused::max_pool(x, k, 1, k / 2, kernels)? {
+        return Ok(y);
+    }
     let (n, c, h, w) = x.dims4().context("max_pool_same_stride1")?;
     let p = k / 2;
     let neg = |hh: usize, ww: usize| Tensor::full(f32::MIN, (n, c, hh, ww), x.device());
@@ -188,9 +240,20 @@ pub fn max_pool_same_stride1(x: &Tensor, k: usize) -> Result<Tensor> {
     Ok(out.expect("k >= 1"))
 }
 
-/// Max-pooling `2 x 2`, stride 2.
-pub fn max_pool2(x: &Tensor) -> Result<Tensor> {
-    Ok(x.max_pool2d(2)?)
+/// Max-pooling `2 x 2`, stride 2 (odd sizes are floored). The fused kernel when `kernels` asks
+/// for it (CPU f32); the reference takes the maximum over a `[n, c, h/2, 2, w/2, 2]` view,
+/// because candle's `max_pool2d` backward (0.11.1) scales the gradient by 1/4.
+pub fn max_pool2(x: &Tensor, kernels: &KernelConfig) -> Result<Tensor> {
+    if let Some(y) = fused::max_pool(x, 2, 2, 0, kernels)? {
+        return Ok(y);
+    }
+    let (n, c, h, w) = x.dims4().context("max_pool2")?;
+    let (oh, ow) = (h / 2, w / 2);
+    let x = x.narrow(2, 0, 2 * oh)?.narrow(3, 0, 2 * ow)?.contiguous()?;
+    Ok(x.reshape((n, c, oh, 2, ow, 2))?
+        .max_keepdim(5)?
+        .max_keepdim(3)?
+        .reshape((n, c, oh, ow))?)
 }
 
 /// Global average pooling `[n, c, h, w] -> [n, c]`.

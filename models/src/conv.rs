@@ -31,7 +31,7 @@ impl Model for ConvNet {
             for conv in pair {
                 x = conv.forward_act(&x, ctx, Some(self.alpha))?;
             }
-            x = max_pool2(&x)?;
+            x = max_pool2(&x, &ctx.kernels)?;
         }
         x = x.flatten_from(1)?;
         let last = self.fcs.len() - 1;

@@ -70,7 +70,7 @@ impl Model for ResNet {
             self.alpha,
             &ctx.kernels,
         )?;
-        let mut x = max_pool_same_stride1(&x, 3)?;
+        let mut x = max_pool_same_stride1(&x, 3, &ctx.kernels)?;
         for b in &self.blocks {
             x = b.forward(&x, ctx, self.alpha)?;
         }

@@ -83,11 +83,14 @@ fn run(case: &Case, c: &ForwardCtx, seed: u64) -> (Vec<f32>, Vec<f32>, Vec<f32>)
 }
 
 fn close(what: &str, a: &[f32], b: &[f32]) -> Result<(), TestCaseError> {
+    close_at(what, a, b, f32::MIN_POSITIVE)
+}
+
+/// [`close`] with the scale at least `floor` (for results that cancel far below the size of
+/// the terms they sum).
+fn close_at(what: &str, a: &[f32], b: &[f32], floor: f32) -> Result<(), TestCaseError> {
     prop_assert_eq!(a.len(), b.len(), "{}: lengths", what);
-    let scale = b
-        .iter()
-        .fold(0.0f32, |m, v| m.max(v.abs()))
-        .max(f32::MIN_POSITIVE);
+    let scale = b.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(floor);
     for (i, (x, y)) in a.iter().zip(b).enumerate() {
         prop_assert!(
             (x - y).abs() <= 1e-5 * scale,
@@ -294,5 +297,157 @@ fn fused_optimizer_step_equals_reference_bitwise() {
             vr.flatten_all().unwrap().to_vec1::<f32>().unwrap()
         );
         assert_eq!(vf.dtype(), DType::F32);
+    }
+}
+
+fn kernels(path: KernelPath) -> KernelConfig {
+    KernelConfig {
+        path,
+        ..Default::default()
+    }
+}
+
+/// `pool(x)` and the gradient of `sum(pool(x) * r)`.
+fn pool_run(
+    pool: &dyn Fn(&Tensor, &KernelConfig) -> supermask_core::Result<Tensor>,
+    dims: &[usize],
+    path: KernelPath,
+    seed: u64,
+) -> (Vec<f32>, Vec<f32>) {
+    let n: usize = dims.iter().product();
+    let x = Var::from_vec(values(n, seed), dims, &Device::Cpu).unwrap();
+    let y = pool(x.as_tensor(), &kernels(path)).unwrap();
+    let r = Tensor::from_vec(values(y.elem_count(), seed + 1), y.shape(), &Device::Cpu).unwrap();
+    let g = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+    let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    (flat(&y), flat(g.get(x.as_tensor()).unwrap()))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    /// Both max-pools, fused and reference, give identical outputs and gradients (a pool
+    /// copies values, so no rounding differs; random floats have no ties).
+    #[test]
+    fn fused_pools_match_reference(
+        n in 1usize..3, c in 1usize..4, h in 2usize..9, w in 2usize..9, seed in 0u64..1000,
+    ) {
+        let pools: [&dyn Fn(&Tensor, &KernelConfig) -> supermask_core::Result<Tensor>; 2] = [
+            &|x, k| supermask_core::norm::max_pool2(x, k),
+            &|x, k| supermask_core::norm::max_pool_same_stride1(x, 3, k),
+        ];
+        for pool in pools {
+            let fused = pool_run(pool, &[n, c, h, w], KernelPath::Fused, seed);
+            let reference = pool_run(pool, &[n, c, h, w], KernelPath::Reference, seed);
+            prop_assert_eq!(&fused, &reference);
+        }
+    }
+}
+
+/// The gradient of a 2x2 max-pool is 1 at each window's maximum and 0 elsewhere (its
+/// definition), on both paths: candle 0.11.1's own `max_pool2d` backward gives 0.25 there.
+#[test]
+fn max_pool_gradient_is_one_at_each_maximum() {
+    // Windows of a 4x4 plane: maxima 5, 7, 13, 15 at flat positions 5, 7, 13, 15.
+    let x: Vec<f32> = (0..16).map(|v| v as f32).collect();
+    for path in [KernelPath::Fused, KernelPath::Reference] {
+        let x = Var::from_vec(x.clone(), (1, 1, 4, 4), &Device::Cpu).unwrap();
+        let y = supermask_core::norm::max_pool2(x.as_tensor(), &kernels(path)).unwrap();
+        let g = y.sum_all().unwrap().backward().unwrap();
+        let g = g
+            .get(x.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let want: Vec<f32> = (0..16)
+            .map(|i| {
+                if [5, 7, 13, 15].contains(&i) {
+                    1.0
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        assert_eq!(g, want, "{path:?}");
+    }
+}
+
+/// BN output and the gradients of `sum(bn(x) * r)` for the input and (in training) the scale
+/// and shift, then the running statistics; after
+/// one training forward (which moves the running statistics) when `train` is false, so
+/// evaluation uses non-trivial statistics.
+fn bn_run(
+    mode: supermask_core::BnMode,
+    dims: &[usize],
+    path: KernelPath,
+    train: bool,
+    seed: u64,
+) -> Vec<Vec<f32>> {
+    let bn = supermask_core::BatchNorm::new("bn", dims[1], mode, &Device::Cpu).unwrap();
+    let n: usize = dims.iter().product();
+    let c = ctx(path, 0.2, true);
+    let warm = Tensor::from_vec(
+        values(n, seed + 5).iter().map(|v| v * 3.0 + 1.0).collect(),
+        dims,
+        &Device::Cpu,
+    )
+    .unwrap();
+    bn.forward_t(&warm, &c).unwrap();
+    let c = ctx(path, 0.2, train);
+    let x = Var::from_vec(
+        values(n, seed).iter().map(|v| v * 2.0 - 0.5).collect(),
+        dims,
+        &Device::Cpu,
+    )
+    .unwrap();
+    let y = bn.forward_t(x.as_tensor(), &c).unwrap();
+    let r = Tensor::from_vec(values(n, seed + 1), dims, &Device::Cpu).unwrap();
+    let g = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+    let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let mut out = vec![flat(&y), flat(g.get(x.as_tensor()).unwrap())];
+    // Scale and shift gradients exist in training (evaluation folds them into constants).
+    if train {
+        for (_, p) in bn.params() {
+            out.push(flat(g.get(p.as_tensor()).expect("scale/shift gradient")));
+        }
+    }
+    // The running statistics after the passes.
+    for (name, t) in bn.named_tensors() {
+        if name.contains("running") {
+            out.push(flat(&t));
+        }
+    }
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    /// Batch norm in every mode, training and evaluation: the fused path gives the reference's
+    /// outputs, gradients (input, scale, shift) and running statistics.
+    #[test]
+    fn fused_batch_norm_matches_reference(
+        n in 1usize..5, c in 1usize..5, h in 1usize..6, train: bool, seed in 0u64..1000,
+        mode in prop_oneof![
+            Just(supermask_core::BnMode::None),
+            Just(supermask_core::BnMode::Learnable),
+            Just(supermask_core::BnMode::FrozenStats),
+        ],
+    ) {
+        // A batch of one 1x1 sample has zero variance: the gradient through the batch
+        // statistics is then dominated by rounding on both paths, not a comparison.
+        prop_assume!(n * h * h > 1);
+        let dims = [n, c, h, h];
+        let fused = bn_run(mode, &dims, KernelPath::Fused, train, seed);
+        let reference = bn_run(mode, &dims, KernelPath::Reference, train, seed);
+        prop_assert_eq!(fused.len(), reference.len());
+        // The input gradient through the batch statistics is a difference of terms of the
+        // size of the upstream gradient times 1/std, both about 1 here (inputs of spread ~1,
+        // upstream values in [-1, 1)); it can cancel far below that, so the scale is at least 1.
+        for (i, (a, b)) in fused.iter().zip(&reference).enumerate() {
+            close_at(&format!("{mode:?} tensor {i}"), a, b, 1.0)?;
+        }
     }
 }

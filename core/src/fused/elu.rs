@@ -44,8 +44,39 @@ pub(crate) fn elu1(x: f32, alpha: f32) -> f32 {
     }
 }
 
+/// Applies ELU in place on one thread (vectorized).
+pub(crate) fn elu_slice(y: &mut [f32], alpha: f32) {
+    vectorized(
+        #[inline(always)]
+        || {
+            for y in y.iter_mut() {
+                *y = elu1(*y, alpha);
+            }
+        },
+    )
+}
+
+/// `gx = g * elu'(x)` from the output `y`, on one thread (vectorized), into `gx`.
+pub(crate) fn elu_grad_slice(y: &[f32], g: &[f32], alpha: f32, gx: &mut [f32]) {
+    vectorized(
+        #[inline(always)]
+        || elu_grad_loop(y, g, alpha, gx),
+    )
+}
+
+/// The derivative select, both sides computed first (`g * 1.0 == g`): with a conditional
+/// `y + alpha` LLVM emits a branch, nine times slower on random signs.
+#[inline(always)]
+fn elu_grad_loop(y: &[f32], g: &[f32], alpha: f32, gx: &mut [f32]) {
+    for ((gx, &y), &g) in gx.iter_mut().zip(y).zip(g) {
+        let neg = y + alpha;
+        let d = if y > 0.0 { 1.0 } else { neg };
+        *gx = g * d;
+    }
+}
+
 /// Applies ELU in place, in parallel.
-pub fn elu_inplace(y: &mut [f32], alpha: f32) {
+pub(crate) fn elu_inplace(y: &mut [f32], alpha: f32) {
     y.par_chunks_mut(CHUNK).for_each(|y| {
         vectorized(
             #[inline(always)]
@@ -59,24 +90,11 @@ pub fn elu_inplace(y: &mut [f32], alpha: f32) {
 }
 
 /// `gx = g * elu'(x)` from the ELU's output `y`: `g` where `y > 0`, else `g (y + alpha)`.
-pub fn elu_grad(y: &[f32], g: &[f32], alpha: f32) -> Vec<f32> {
+pub(crate) fn elu_grad(y: &[f32], g: &[f32], alpha: f32) -> Vec<f32> {
     let mut gx = vec![0.0f32; g.len()];
     gx.par_chunks_mut(CHUNK)
         .zip(y.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
-        .for_each(|(gx, (y, g))| {
-            vectorized(
-                #[inline(always)]
-                || {
-                    for ((gx, &y), &g) in gx.iter_mut().zip(y).zip(g) {
-                        // Both sides computed before the select (`g * 1.0 == g`): with a
-                        // conditional `y + alpha` LLVM emits a branch, 9x slower on random signs.
-                        let neg = y + alpha;
-                        let d = if y > 0.0 { 1.0 } else { neg };
-                        *gx = g * d;
-                    }
-                },
-            )
-        });
+        .for_each(|(gx, (y, g))| elu_grad_slice(y, g, alpha, gx));
     gx
 }
 

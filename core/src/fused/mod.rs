@@ -20,10 +20,12 @@
 //! The reference path stays available (config `train.kernels.path = "reference"`), is the path
 //! on CUDA, and is what the tests compare the fused path against.
 
+mod bn;
 mod effective;
-pub mod elu;
+mod elu;
 pub mod gemm;
 mod optim;
+mod pool;
 
 pub use effective::{Effective, Layout as EffLayout, Ternary, Values};
 pub use optim::{sgdw_step, StepParams};
@@ -65,7 +67,7 @@ fn default_sparse_below() -> f64 {
 }
 
 /// Default density below which masked layers use the sparse kernels.
-pub const DEFAULT_SPARSE_BELOW: f64 = 0.1;
+pub const DEFAULT_SPARSE_BELOW: f64 = 0.2;
 
 impl Default for KernelConfig {
     fn default() -> Self {
@@ -123,6 +125,54 @@ pub fn elu(x: &Tensor, alpha: f64, kernels: &KernelConfig) -> Result<Tensor> {
     } else {
         Ok(x.elu(alpha)?)
     }
+}
+
+/// Batch statistics `(mean, biased variance)` per channel of an `[n, c, ...]` CPU f32 tensor.
+pub fn batch_stats(x: &Tensor) -> Result<(Vec<f32>, Vec<f32>)> {
+    let (n, c, hw) = bn::geometry(x.dims());
+    with_f32(x, |v| bn::batch_stats(v, n, c, hw))
+}
+
+/// Training-mode batch norm `(x - mean) / sqrt(var + eps) * gamma + beta` with the given batch
+/// statistics, differentiable in `x` (through the statistics), `gamma` and `beta`.
+pub fn batch_norm_train(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    mean: Vec<f32>,
+    var: &[f32],
+    eps: f64,
+) -> Result<Tensor> {
+    let invstd = var.iter().map(|v| 1.0 / (v + eps as f32).sqrt()).collect();
+    let op = bn::BnTrain { mean, invstd };
+    Ok(x.contiguous()?
+        .apply_op3(&gamma.contiguous()?, &beta.contiguous()?, op)?)
+}
+
+/// `x * scale[c] + shift[c]` per channel of an `[n, c, ...]` tensor (gradient to `x` only).
+pub fn channel_affine(x: &Tensor, scale: Vec<f32>, shift: Vec<f32>) -> Result<Tensor> {
+    Ok(x.contiguous()?
+        .apply_op1(bn::ChannelAffine { scale, shift })?)
+}
+
+/// Max-pooling of `[n, c, h, w]` with `k x k` windows, `stride` and `-inf` padding `pad`,
+/// with the fused kernel (CPU f32), or `None` when it does not apply (the caller pools with
+/// generic ops).
+pub fn max_pool(
+    x: &Tensor,
+    k: usize,
+    stride: usize,
+    pad: usize,
+    kernels: &KernelConfig,
+) -> Result<Option<Tensor>> {
+    if !kernels.fused_for(x) {
+        return Ok(None);
+    }
+    Ok(Some(x.contiguous()?.apply_op1(pool::MaxPool {
+        k,
+        stride,
+        pad,
+    })?))
 }
 
 /// Calls `f` with the contiguous f32 data of a CPU tensor.
@@ -186,21 +236,24 @@ pub struct FusedLayer {
 const GRAD_CHUNK: usize = 16;
 
 thread_local! {
-    static SCRATCH: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+    static SCRATCH: RefCell<[Vec<f32>; 3]> = const { RefCell::new([Vec::new(), Vec::new(), Vec::new()]) };
 }
 
-/// Runs `f` with this thread's two scratch buffers resized to `a` and `b` elements.
-fn with_scratch<R>(a: usize, b: usize, f: impl FnOnce(&mut [f32], &mut [f32]) -> R) -> R {
+/// Runs `f` with this thread's three scratch buffers resized to `sizes` elements (reused
+/// between calls, so steady-state training allocates no scratch memory).
+fn with_scratch<R>(
+    sizes: [usize; 3],
+    f: impl FnOnce(&mut [f32], &mut [f32], &mut [f32]) -> R,
+) -> R {
     SCRATCH.with(|s| {
         let mut s = s.borrow_mut();
-        let (x, y) = &mut *s;
-        if x.len() < a {
-            x.resize(a, 0.0);
+        for (buf, &n) in s.iter_mut().zip(&sizes) {
+            if buf.len() < n {
+                buf.resize(n, 0.0);
+            }
         }
-        if y.len() < b {
-            y.resize(b, 0.0);
-        }
-        f(&mut x[..a], &mut y[..b])
+        let [a, b, c] = &mut *s;
+        f(&mut a[..sizes[0]], &mut b[..sizes[1]], &mut c[..sizes[2]])
     })
 }
 
@@ -401,7 +454,7 @@ impl FusedLayer {
                     .zip(x.par_chunks(chunk * in_f))
                     .for_each(|(y, x)| {
                         let nb = x.len() / in_f;
-                        with_scratch(in_f * nb, out_f * nb, |xt, yt| {
+                        with_scratch([in_f * nb, out_f * nb, 0], |xt, yt, _| {
                             transpose(x, nb, in_f, xt);
                             self.eff.matmul(xt, nb, yt);
                             transpose(yt, out_f, nb, y);
@@ -430,7 +483,7 @@ impl FusedLayer {
                     .zip(gy.par_chunks(chunk * out_f))
                     .for_each(|(gx, gy)| {
                         let nb = gy.len() / out_f;
-                        with_scratch(out_f * nb, in_f * nb, |gt, xt| {
+                        with_scratch([out_f * nb, in_f * nb, 0], |gt, xt, _| {
                             transpose(gy, nb, out_f, gt);
                             self.eff.matmul_t(gt, nb, xt);
                             transpose(xt, in_f, nb, gx);
@@ -451,20 +504,28 @@ impl FusedLayer {
                 if d.pointwise() {
                     self.eff.matmul(x, p, y);
                 } else {
-                    with_scratch(d.patch() * p, 0, |cols, _| {
+                    with_scratch([d.patch() * p, 0, 0], |cols, _, _| {
                         d.im2col(x, cols);
                         self.eff.matmul(cols, p, y);
                     })
+                }
+                // The ELU epilogue while the sample's output is in cache.
+                if let Some(alpha) = self.act {
+                    elu::elu_slice(y, alpha);
                 }
             });
         y
     }
 
     /// Input gradient (when `want_gx`) and `gWeff = sum_b gy_b cols_b^T` of a convolution.
+    ///
+    /// With the ELU epilogue, `gy` is the gradient of the activation and `y` its value; each
+    /// sample's pre-activation gradient is formed in a reused scratch buffer.
     fn conv_bwd(
         &self,
         x: &[f32],
         gy: &[f32],
+        y: &[f32],
         d: ConvDims,
         batch: usize,
         want_gx: bool,
@@ -482,41 +543,51 @@ impl FusedLayer {
             .par_iter_mut()
             .zip(x.par_chunks(GRAD_CHUNK * d.input()))
             .zip(gy.par_chunks(GRAD_CHUNK * o * p))
-            .map(|((gx, x), gy)| {
+            .zip(y.par_chunks(GRAD_CHUNK * o * p))
+            .map(|(((gx, x), gy), y)| {
                 let mut gw = vec![0.0f32; o * patch];
                 let samples = x.len() / d.input();
+                let cols_len = if d.pointwise() { 0 } else { patch * p };
+                let gcols_len = if want_gx && !d.pointwise() {
+                    patch * p
+                } else {
+                    0
+                };
+                let gz_len = if self.act.is_some() { o * p } else { 0 };
                 for s in 0..samples {
                     let xs = &x[s * d.input()..(s + 1) * d.input()];
                     let gys = &gy[s * o * p..(s + 1) * o * p];
-                    let cols_len = if d.pointwise() { 0 } else { patch * p };
-                    with_scratch(
-                        cols_len,
-                        if want_gx { patch * p } else { 0 },
-                        |cols, gcols| {
-                            let cols: &[f32] = if d.pointwise() {
-                                xs
-                            } else {
-                                d.im2col(xs, cols);
-                                cols
-                            };
-                            gemm::matmul(
-                                &mut gw,
-                                Mat::rows(gys, o, p),
-                                Mat::rows(cols, patch, p).t(),
-                                s > 0,
-                                false,
-                            );
-                            if want_gx {
-                                let gxs = &mut gx[s * d.input()..(s + 1) * d.input()];
-                                if d.pointwise() {
-                                    self.eff.matmul_t(gys, p, gxs);
-                                } else {
-                                    self.eff.matmul_t(gys, p, gcols);
-                                    d.col2im(gcols, gxs);
-                                }
+                    with_scratch([cols_len, gcols_len, gz_len], |cols, gcols, gz| {
+                        let gys: &[f32] = match self.act {
+                            Some(alpha) => {
+                                elu::elu_grad_slice(&y[s * o * p..(s + 1) * o * p], gys, alpha, gz);
+                                gz
                             }
-                        },
-                    );
+                            None => gys,
+                        };
+                        let cols: &[f32] = if d.pointwise() {
+                            xs
+                        } else {
+                            d.im2col(xs, cols);
+                            cols
+                        };
+                        gemm::matmul(
+                            &mut gw,
+                            Mat::rows(gys, o, p),
+                            Mat::rows(cols, patch, p).t(),
+                            s > 0,
+                            false,
+                        );
+                        if want_gx {
+                            let gxs = &mut gx[s * d.input()..(s + 1) * d.input()];
+                            if d.pointwise() {
+                                self.eff.matmul_t(gys, p, gxs);
+                            } else {
+                                self.eff.matmul_t(gys, p, gcols);
+                                d.col2im(gcols, gxs);
+                            }
+                        }
+                    });
                 }
                 gw
             })
@@ -588,10 +659,7 @@ impl CustomOp2 for FusedLayer {
             }
             Geometry::Conv { .. } => {
                 let d = self.conv_dims(dims)?;
-                let mut y = self.conv_fwd(x, d, dims[0]);
-                if let Some(alpha) = self.act {
-                    elu::elu_inplace(&mut y, alpha);
-                }
+                let y = self.conv_fwd(x, d, dims[0]);
                 Ok((CpuStorage::F32(y), Shape::from((dims[0], rows, d.oh, d.ow))))
             }
         }
@@ -605,43 +673,42 @@ impl CustomOp2 for FusedLayer {
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let want_gx = x.track_op();
-        // Through the ELU epilogue first: the gradient of the pre-activation.
-        let pre;
-        let grad = match self.act {
-            Some(alpha) => {
-                let g = as_candle(
-                    with_f32(res, |y| with_f32(grad, |g| elu::elu_grad(y, g, alpha)))
-                        .and_then(|r| r),
-                )?;
-                pre = Tensor::from_vec(g, grad.shape(), grad.device())?;
-                &pre
-            }
-            None => grad,
-        };
         let dev = x.device();
         let x_dims = x.dims().to_vec();
         let grads: Result<(Option<Vec<f32>>, Vec<f32>)> = with_f32(x, |xs| {
-            with_f32(grad, |gy| -> Result<(Option<Vec<f32>>, Vec<f32>)> {
-                match self.geometry {
-                    Geometry::Linear => {
-                        let (out_f, in_f) = self.eff.dims();
-                        let batch = x_dims[0];
-                        let gx = want_gx.then(|| self.linear_bwd_input(gy, batch));
-                        let mut gw = vec![0.0f32; out_f * in_f];
-                        gemm::matmul(
-                            &mut gw,
-                            Mat::rows(gy, batch, out_f).t(),
-                            Mat::rows(xs, batch, in_f),
-                            false,
-                            true,
-                        );
-                        Ok((gx, gw))
+            with_f32(res, |y| {
+                with_f32(grad, |gy| -> Result<(Option<Vec<f32>>, Vec<f32>)> {
+                    match self.geometry {
+                        Geometry::Linear => {
+                            // Through the ELU epilogue first: the pre-activation gradient.
+                            let pre;
+                            let gy = match self.act {
+                                Some(alpha) => {
+                                    pre = elu::elu_grad(y, gy, alpha);
+                                    &pre[..]
+                                }
+                                None => gy,
+                            };
+                            let (out_f, in_f) = self.eff.dims();
+                            let batch = x_dims[0];
+                            let gx = want_gx.then(|| self.linear_bwd_input(gy, batch));
+                            let mut gw = vec![0.0f32; out_f * in_f];
+                            gemm::matmul(
+                                &mut gw,
+                                Mat::rows(gy, batch, out_f).t(),
+                                Mat::rows(xs, batch, in_f),
+                                false,
+                                true,
+                            );
+                            Ok((gx, gw))
+                        }
+                        Geometry::Conv { .. } => {
+                            let d = self.conv_dims(&x_dims)?;
+                            Ok(self.conv_bwd(xs, gy, y, d, x_dims[0], want_gx))
+                        }
                     }
-                    Geometry::Conv { .. } => {
-                        let d = self.conv_dims(&x_dims)?;
-                        Ok(self.conv_bwd(xs, gy, d, x_dims[0], want_gx))
-                    }
-                }
+                })
+                .and_then(|r| r)
             })
             .and_then(|r| r)
         })
