@@ -307,13 +307,11 @@ fn kernels(path: KernelPath) -> KernelConfig {
     }
 }
 
+/// A pooling function under test.
+type Pool = dyn Fn(&Tensor, &KernelConfig) -> supermask_core::Result<Tensor>;
+
 /// `pool(x)` and the gradient of `sum(pool(x) * r)`.
-fn pool_run(
-    pool: &dyn Fn(&Tensor, &KernelConfig) -> supermask_core::Result<Tensor>,
-    dims: &[usize],
-    path: KernelPath,
-    seed: u64,
-) -> (Vec<f32>, Vec<f32>) {
+fn pool_run(pool: &Pool, dims: &[usize], path: KernelPath, seed: u64) -> (Vec<f32>, Vec<f32>) {
     let n: usize = dims.iter().product();
     let x = Var::from_vec(values(n, seed), dims, &Device::Cpu).unwrap();
     let y = pool(x.as_tensor(), &kernels(path)).unwrap();
@@ -332,7 +330,7 @@ proptest! {
     fn fused_pools_match_reference(
         n in 1usize..3, c in 1usize..4, h in 2usize..9, w in 2usize..9, seed in 0u64..1000,
     ) {
-        let pools: [&dyn Fn(&Tensor, &KernelConfig) -> supermask_core::Result<Tensor>; 2] = [
+        let pools: [&Pool; 2] = [
             &|x, k| supermask_core::norm::max_pool2(x, k),
             &|x, k| supermask_core::norm::max_pool_same_stride1(x, 3, k),
         ];
