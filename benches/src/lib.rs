@@ -4,7 +4,8 @@ use std::process::Command;
 use supermask_datasets::Dataset;
 
 /// Sets the thread count from `SUPERMASK_BENCH_THREADS` (default 2) unless
-/// `RAYON_NUM_THREADS` is set, with the CLI's pool setup ([`supermask_cli::configure_threads`]);
+/// `RAYON_NUM_THREADS` is set, with the CLI's pool and allocator setup
+/// ([`supermask_cli::configure_threads`], [`supermask_cli::configure_allocator`]);
 /// call before any tensor work. Returns the count.
 pub fn set_threads() -> usize {
     let threads: usize = std::env::var("SUPERMASK_BENCH_THREADS")
@@ -14,6 +15,7 @@ pub fn set_threads() -> usize {
     let requested = std::env::var_os("RAYON_NUM_THREADS")
         .is_none()
         .then_some(threads);
+    supermask_cli::configure_allocator();
     supermask_cli::configure_threads(requested)
 }
 

@@ -106,6 +106,7 @@ fn main() {
     supermask_cli::link_plugins();
     let cli = Cli::parse();
     supermask_cli::configure_threads(cli.threads);
+    supermask_cli::configure_allocator();
     if let Err(e) = run_cli(cli) {
         eprintln!("error: {}", format_chain(&e));
         std::process::exit(1);
