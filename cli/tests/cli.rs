@@ -281,6 +281,67 @@ fn same_seed_same_numbers() {
     assert_eq!(runs[0], runs[1]);
 }
 
+/// The fused kernels form every sum in an order that does not depend on the thread count
+/// (per-output GEMM tiles, fixed sample chunks), so 1 and 2 threads give identical runs.
+#[test]
+fn thread_count_does_not_change_the_numbers() {
+    let e = env();
+    let cfg = preset("table1-fcn-signed-elus");
+    let mut runs = Vec::new();
+    for threads in ["1", "2"] {
+        let out = e.root.join(format!("t{threads}"));
+        ok(&[
+            "--threads",
+            threads,
+            "train",
+            "--config",
+            s(&cfg),
+            "--set",
+            "train.epochs=2",
+            "--data",
+            s(&e.data),
+            "--out",
+            s(&out),
+        ]);
+        runs.push((without_timing(metrics(&out)), checkpoint_tensors(&out)));
+    }
+    assert_eq!(runs[0], runs[1]);
+}
+
+/// `train.kernels.path = "reference"` switches to the generic-op path, which computes the same
+/// training up to float rounding: the first epoch's losses agree to 1e-4 relative.
+#[test]
+fn reference_kernel_path_trains_the_same_numbers() {
+    let e = env();
+    let cfg = preset("table1-fcn-signed-elus");
+    let mut runs = Vec::new();
+    for path in ["fused", "reference"] {
+        let out = e.root.join(path);
+        ok(&[
+            "train",
+            "--config",
+            s(&cfg),
+            "--set",
+            "train.epochs=1",
+            "--set",
+            &format!("train.kernels.path=\"{path}\""),
+            "--data",
+            s(&e.data),
+            "--out",
+            s(&out),
+        ]);
+        let config = std::fs::read_to_string(out.join("config.toml")).unwrap();
+        assert!(config.contains(&format!("path = \"{path}\"")), "{config}");
+        runs.push(metrics(&out).remove(0));
+    }
+    let rel = |a: f64, b: f64| (a - b).abs() / b.abs();
+    assert!(
+        rel(runs[0].train_loss, runs[1].train_loss) < 1e-4,
+        "{runs:?}"
+    );
+    assert!(rel(runs[0].test_loss, runs[1].test_loss) < 1e-4, "{runs:?}");
+}
+
 #[test]
 fn training_lowers_the_loss_and_prunes() {
     let e = env();
