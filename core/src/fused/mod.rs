@@ -350,11 +350,16 @@ impl ConvDims {
                     let cols_ok = self.valid(kj, self.w, self.ow);
                     let r = (c * self.k + ki) * self.k + kj;
                     let out = &mut cols[r * p..(r + 1) * p];
-                    out.fill(0.0);
+                    // Zero only what padding covers: output rows outside `rows`, and the
+                    // column margins of the rows inside.
+                    out[..rows.start * self.ow].fill(0.0);
+                    out[rows.end * self.ow..].fill(0.0);
                     for oh in rows.clone() {
                         let ih = oh * self.stride + ki - self.pad;
                         let src = &plane[ih * self.w..(ih + 1) * self.w];
                         let dst = &mut out[oh * self.ow..(oh + 1) * self.ow];
+                        dst[..cols_ok.start].fill(0.0);
+                        dst[cols_ok.end..].fill(0.0);
                         if self.stride == 1 {
                             let iw0 = cols_ok.start + kj - self.pad;
                             let n = cols_ok.len();
