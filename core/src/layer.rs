@@ -320,25 +320,42 @@ impl Layer {
     /// Forward pass followed by `elu` with `Some(alpha)`. The fused path computes the
     /// activation inside the layer's op; the reference applies candle's `elu` afterwards.
     pub fn forward_act(&self, x: &Tensor, ctx: &ForwardCtx, elu: Option<f64>) -> Result<Tensor> {
+        self.forward_epilogue(x, ctx, elu, false)
+    }
+
+    /// Forward pass, then `elu` with `Some(alpha)`, then (convolutions, `pool2`) a 2x2
+    /// stride-2 max-pool ([`crate::norm::max_pool2`]). The fused path computes both inside the
+    /// layer's op, so neither the pre-activation nor the unpooled map becomes a graph node.
+    pub fn forward_epilogue(
+        &self,
+        x: &Tensor,
+        ctx: &ForwardCtx,
+        elu: Option<f64>,
+        pool2: bool,
+    ) -> Result<Tensor> {
         if ctx.kernels.fused_for(x) {
-            if let Some(y) = self.forward_fused(x, ctx, elu)? {
+            if let Some(y) = self.forward_fused(x, ctx, elu, pool2)? {
                 return Ok(y);
             }
         }
-        let y = self.forward_reference(x, ctx)?;
-        match elu {
-            Some(alpha) => Ok(y.elu(alpha)?),
-            None => Ok(y),
+        let mut y = self.forward_reference(x, ctx)?;
+        if let Some(alpha) = elu {
+            y = y.elu(alpha)?;
         }
+        if pool2 {
+            y = crate::norm::max_pool2(&y, &ctx.kernels)?;
+        }
+        Ok(y)
     }
 
-    /// The fused forward (with the optional ELU epilogue), or `None` when the fused kernels do
-    /// not apply to this layer.
+    /// The fused forward (with the optional ELU and max-pool epilogue), or `None` when the
+    /// fused kernels do not apply to this layer.
     pub fn forward_fused(
         &self,
         x: &Tensor,
         ctx: &ForwardCtx,
         elu: Option<f64>,
+        pool2: bool,
     ) -> Result<Option<Tensor>> {
         let spec = self.spec();
         let geometry = match spec.op {
@@ -370,12 +387,13 @@ impl Layer {
                 (Effective::Dense { rows, cols, data }, None, w)
             }
         };
-        let op = FusedLayer {
-            eff,
-            geometry,
-            weight,
-            act: elu.map(|a| a as f32),
-        };
+        if pool2 && !matches!(geometry, Geometry::Conv { .. }) {
+            anyhow::bail!(
+                "layer {}: a fused max-pool needs a convolution",
+                self.name()
+            );
+        }
+        let op = FusedLayer::new(eff, geometry, weight, elu.map(|a| a as f32), pool2);
         op.apply(x, param)
             .map(Some)
             .with_context(|| format!("layer {}", self.name()))

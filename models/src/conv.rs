@@ -6,9 +6,7 @@
 
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
-use supermask_core::{
-    norm::max_pool2, register_plugin, ForwardCtx, Layer, LayerFactory, Model, ModelSpec, Result,
-};
+use supermask_core::{register_plugin, ForwardCtx, Layer, LayerFactory, Model, ModelSpec, Result};
 
 fn default_classes() -> usize {
     10
@@ -28,10 +26,11 @@ impl Model for ConvNet {
     fn forward_t(&self, xs: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
         let mut x = xs.clone();
         for pair in self.convs.chunks(2) {
-            for conv in pair {
-                x = conv.forward_act(&x, ctx, Some(self.alpha))?;
+            // conv -> ELU (-> conv -> ELU) -> 2x2 max-pool; the pool is the last conv's epilogue.
+            let last = pair.len() - 1;
+            for (i, conv) in pair.iter().enumerate() {
+                x = conv.forward_epilogue(&x, ctx, Some(self.alpha), i == last)?;
             }
-            x = max_pool2(&x, &ctx.kernels)?;
         }
         x = x.flatten_from(1)?;
         let last = self.fcs.len() - 1;

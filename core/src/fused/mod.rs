@@ -230,6 +230,31 @@ pub struct FusedLayer {
     /// `Some(alpha)`: the op's output is `elu(layer(x))` (ELU fused as the epilogue, so the
     /// pre-activation never becomes a graph node).
     pub act: Option<f32>,
+    /// Convolutions: a 2x2, stride-2 max-pool after the activation, also fused (the op's
+    /// output is the pooled map; odd sizes are floored).
+    pub pool2: bool,
+    /// The activation before pooling, kept by the forward for the backward when `pool2`.
+    saved: std::sync::Mutex<Vec<f32>>,
+}
+
+impl FusedLayer {
+    /// A layer application; see the fields.
+    pub fn new(
+        eff: Effective,
+        geometry: Geometry,
+        weight: Option<Tensor>,
+        act: Option<f32>,
+        pool2: bool,
+    ) -> Self {
+        Self {
+            eff,
+            geometry,
+            weight,
+            act,
+            pool2: pool2 && matches!(geometry, Geometry::Conv { .. }),
+            saved: std::sync::Mutex::new(Vec::new()),
+        }
+    }
 }
 
 /// Samples per weight-gradient partial sum (fixed, so sums do not depend on the thread count).
@@ -502,23 +527,40 @@ impl FusedLayer {
     fn conv_fwd(&self, x: &[f32], d: ConvDims, batch: usize) -> Vec<f32> {
         let o = self.eff.dims().0;
         let p = d.positions();
-        let mut y = vec![0.0f32; batch * o * p];
-        y.par_chunks_mut(o * p)
+        // One sample: the convolution into `z`, then the ELU while it is in cache.
+        let sample = |z: &mut [f32], x: &[f32]| {
+            if d.pointwise() {
+                self.eff.matmul(x, p, z);
+            } else {
+                with_scratch([d.patch() * p, 0, 0], |cols, _, _| {
+                    d.im2col(x, cols);
+                    self.eff.matmul(cols, p, z);
+                })
+            }
+            if let Some(alpha) = self.act {
+                elu::elu_slice(z, alpha);
+            }
+        };
+        if !self.pool2 {
+            let mut y = vec![0.0f32; batch * o * p];
+            y.par_chunks_mut(o * p)
+                .zip(x.par_chunks(d.input()))
+                .for_each(|(y, x)| sample(y, x));
+            return y;
+        }
+        let (ph, pw) = (d.oh / 2, d.ow / 2);
+        let mut z = vec![0.0f32; batch * o * p];
+        let mut y = vec![0.0f32; batch * o * ph * pw];
+        y.par_chunks_mut(o * ph * pw)
+            .zip(z.par_chunks_mut(o * p))
             .zip(x.par_chunks(d.input()))
-            .for_each(|(y, x)| {
-                if d.pointwise() {
-                    self.eff.matmul(x, p, y);
-                } else {
-                    with_scratch([d.patch() * p, 0, 0], |cols, _, _| {
-                        d.im2col(x, cols);
-                        self.eff.matmul(cols, p, y);
-                    })
-                }
-                // The ELU epilogue while the sample's output is in cache.
-                if let Some(alpha) = self.act {
-                    elu::elu_slice(y, alpha);
+            .for_each(|((y, z), x)| {
+                sample(z, x);
+                for (plane, out) in z.chunks_exact(p).zip(y.chunks_exact_mut(ph * pw)) {
+                    pool2_plane(plane, d.ow, ph, pw, out);
                 }
             });
+        *self.saved.lock().expect("saved activation lock") = z;
         y
     }
 
@@ -547,7 +589,7 @@ impl FusedLayer {
         let partial: Vec<Vec<f32>> = gx_chunks
             .par_iter_mut()
             .zip(x.par_chunks(GRAD_CHUNK * d.input()))
-            .zip(gy.par_chunks(GRAD_CHUNK * o * p))
+            .zip(gy.par_chunks(GRAD_CHUNK * gy.len() / batch))
             .zip(y.par_chunks(GRAD_CHUNK * o * p))
             .map(|(((gx, x), gy), y)| {
                 let mut gw = vec![0.0f32; o * patch];
@@ -558,17 +600,37 @@ impl FusedLayer {
                 } else {
                     0
                 };
-                let gz_len = if self.act.is_some() { o * p } else { 0 };
+                let gz_len = if self.act.is_some() || self.pool2 {
+                    o * p
+                } else {
+                    0
+                };
                 for s in 0..samples {
                     let xs = &x[s * d.input()..(s + 1) * d.input()];
-                    let gys = &gy[s * o * p..(s + 1) * o * p];
                     with_scratch([cols_len, gcols_len, gz_len], |cols, gcols, gz| {
-                        let gys: &[f32] = match self.act {
-                            Some(alpha) => {
-                                elu::elu_grad_slice(&y[s * o * p..(s + 1) * o * p], gys, alpha, gz);
-                                gz
+                        let gys: &[f32] = if self.pool2 {
+                            // `gy` and `y` are pooled; `y` is the activation before pooling.
+                            let (ph, pw) = (d.oh / 2, d.ow / 2);
+                            let z = &y[s * o * p..(s + 1) * o * p];
+                            let g = &gy[s * o * ph * pw..(s + 1) * o * ph * pw];
+                            for ((gz, z), g) in gz
+                                .chunks_exact_mut(p)
+                                .zip(z.chunks_exact(p))
+                                .zip(g.chunks_exact(ph * pw))
+                            {
+                                pool2_plane_grad(z, g, d.ow, ph, pw, self.act, gz);
                             }
-                            None => gys,
+                            gz
+                        } else {
+                            let gys = &gy[s * o * p..(s + 1) * o * p];
+                            match self.act {
+                                Some(alpha) => {
+                                    let ys = &y[s * o * p..(s + 1) * o * p];
+                                    elu::elu_grad_slice(ys, gys, alpha, gz);
+                                    gz
+                                }
+                                None => gys,
+                            }
                         };
                         let cols: &[f32] = if d.pointwise() {
                             xs
@@ -625,6 +687,49 @@ impl FusedLayer {
     }
 }
 
+/// 2x2 stride-2 max-pool of one `h x w` plane (`w` columns) into `ph x pw`.
+fn pool2_plane(z: &[f32], w: usize, ph: usize, pw: usize, out: &mut [f32]) {
+    for i in 0..ph {
+        let (r0, r1) = (&z[2 * i * w..], &z[(2 * i + 1) * w..]);
+        for j in 0..pw {
+            let c = 2 * j;
+            out[i * pw + j] = r0[c].max(r0[c + 1]).max(r1[c]).max(r1[c + 1]);
+        }
+    }
+}
+
+/// The gradient of [`pool2_plane`] (and of the ELU before it, from its output `z`): each
+/// window's gradient goes to its first maximum in row-major order, as the stand-alone pool's.
+fn pool2_plane_grad(
+    z: &[f32],
+    g: &[f32],
+    w: usize,
+    ph: usize,
+    pw: usize,
+    act: Option<f32>,
+    gz: &mut [f32],
+) {
+    gz.fill(0.0);
+    for i in 0..ph {
+        for j in 0..pw {
+            let at = [
+                2 * i * w + 2 * j,
+                2 * i * w + 2 * j + 1,
+                (2 * i + 1) * w + 2 * j,
+                (2 * i + 1) * w + 2 * j + 1,
+            ];
+            let m = at.iter().fold(f32::NEG_INFINITY, |m, &k| m.max(z[k]));
+            if let Some(&k) = at.iter().find(|&&k| z[k] == m) {
+                let d = match act {
+                    Some(alpha) if z[k] <= 0.0 => z[k] + alpha,
+                    _ => 1.0,
+                };
+                gz[k] = g[i * pw + j] * d;
+            }
+        }
+    }
+}
+
 fn as_candle<T>(r: Result<T>) -> candle_core::Result<T> {
     r.map_err(|e| candle_core::Error::Msg(format!("{e:#}")))
 }
@@ -665,7 +770,12 @@ impl CustomOp2 for FusedLayer {
             Geometry::Conv { .. } => {
                 let d = self.conv_dims(dims)?;
                 let y = self.conv_fwd(x, d, dims[0]);
-                Ok((CpuStorage::F32(y), Shape::from((dims[0], rows, d.oh, d.ow))))
+                let (oh, ow) = if self.pool2 {
+                    (d.oh / 2, d.ow / 2)
+                } else {
+                    (d.oh, d.ow)
+                };
+                Ok((CpuStorage::F32(y), Shape::from((dims[0], rows, oh, ow))))
             }
         }
     }
@@ -709,7 +819,16 @@ impl CustomOp2 for FusedLayer {
                         }
                         Geometry::Conv { .. } => {
                             let d = self.conv_dims(&x_dims)?;
-                            Ok(self.conv_bwd(xs, gy, y, d, x_dims[0], want_gx))
+                            if self.pool2 {
+                                let z = self.saved.lock().expect("saved activation lock");
+                                anyhow::ensure!(
+                                    z.len() == x_dims[0] * self.eff.dims().0 * d.positions(),
+                                    "fused conv: no saved activation for the pooled backward"
+                                );
+                                Ok(self.conv_bwd(xs, gy, &z, d, x_dims[0], want_gx))
+                            } else {
+                                Ok(self.conv_bwd(xs, gy, y, d, x_dims[0], want_gx))
+                            }
                         }
                     }
                 })
