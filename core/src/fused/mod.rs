@@ -478,21 +478,39 @@ impl FusedLayer {
                 false,
                 true,
             ),
-            Effective::Sparse(_) => {
-                let chunk = batch.div_ceil(rayon::current_num_threads()).max(1);
-                y.par_chunks_mut(chunk * out_f)
-                    .zip(x.par_chunks(chunk * in_f))
-                    .for_each(|(y, x)| {
-                        let nb = x.len() / in_f;
-                        with_scratch([in_f * nb, out_f * nb, 0], |xt, yt, _| {
-                            transpose(x, nb, in_f, xt);
-                            self.eff.matmul(xt, nb, yt);
-                            transpose(yt, out_f, nb, y);
-                        })
-                    });
-            }
+            Effective::Sparse(_) => self.sparse_rows(x, batch, in_f, out_f, false, &mut y),
         }
         y
+    }
+
+    /// The sparse ternary product for a batch of rows: `out[b] = Weff * input[b]` (or
+    /// `Weff^T * input[b]` when `transposed`), `input` `[batch, a]`, `out` `[batch, c]`. Each
+    /// thread takes a contiguous block of rows and transposes it, so the kernels add whole
+    /// batch rows at a time.
+    fn sparse_rows(
+        &self,
+        input: &[f32],
+        batch: usize,
+        a: usize,
+        c: usize,
+        transposed: bool,
+        out: &mut [f32],
+    ) {
+        let chunk = batch.div_ceil(rayon::current_num_threads()).max(1);
+        out.par_chunks_mut(chunk * c)
+            .zip(input.par_chunks(chunk * a))
+            .for_each(|(out, input)| {
+                let nb = input.len() / a;
+                with_scratch([a * nb, c * nb, 0], |it, ot, _| {
+                    transpose(input, nb, a, it);
+                    if transposed {
+                        self.eff.matmul_t(it, nb, ot);
+                    } else {
+                        self.eff.matmul(it, nb, ot);
+                    }
+                    transpose(ot, c, nb, out);
+                })
+            });
     }
 
     /// `gx = gy * Weff`.
@@ -507,19 +525,7 @@ impl FusedLayer {
                 false,
                 true,
             ),
-            Effective::Sparse(_) => {
-                let chunk = batch.div_ceil(rayon::current_num_threads()).max(1);
-                gx.par_chunks_mut(chunk * in_f)
-                    .zip(gy.par_chunks(chunk * out_f))
-                    .for_each(|(gx, gy)| {
-                        let nb = gy.len() / out_f;
-                        with_scratch([out_f * nb, in_f * nb, 0], |gt, xt, _| {
-                            transpose(gy, nb, out_f, gt);
-                            self.eff.matmul_t(gt, nb, xt);
-                            transpose(xt, in_f, nb, gx);
-                        })
-                    });
-            }
+            Effective::Sparse(_) => self.sparse_rows(gy, batch, out_f, in_f, true, &mut gx),
         }
         gx
     }
