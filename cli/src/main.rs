@@ -70,6 +70,36 @@ enum Command {
         #[arg(long, default_value = "cpu")]
         device: String,
     },
+    /// Export a trained run to the compact `.ssm` format (docs/format.md).
+    Export {
+        /// A directory written by `supermask train`.
+        dir: PathBuf,
+        /// The file to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Show an `.ssm` file's layers: shape, density, encoding, bytes.
+    Inspect {
+        /// The `.ssm` file.
+        file: PathBuf,
+    },
+    /// Run an `.ssm` model on its dataset's test set with the sparse ternary engine.
+    Infer {
+        /// The `.ssm` file.
+        file: PathBuf,
+        /// Data root (default: $SUPERMASK_DATA, else ./data).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Samples per engine call.
+        #[arg(long, default_value_t = 256)]
+        batch: usize,
+        /// Also run the training model of this run directory and compare predictions and logits.
+        #[arg(long, value_name = "RUN_DIR")]
+        compare: Option<PathBuf>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// List every registered model with its weight count.
     Models,
     /// List every registered plugin, grouped by kind.
@@ -197,6 +227,36 @@ fn run_cli(cli: Cli) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
                 run::print_eval(&report, &mut std::io::stdout())?;
+            }
+            Ok(())
+        }
+        Command::Export { dir, out } => {
+            let bytes = supermask_cli::export::export(&dir, &out)?;
+            println!("wrote {} ({bytes} bytes)", out.display());
+            Ok(())
+        }
+        Command::Inspect { file } => supermask_cli::export::inspect(&file, &mut std::io::stdout()),
+        Command::Infer {
+            file,
+            data,
+            batch,
+            compare,
+            json,
+        } => {
+            let r = supermask_cli::export::infer(
+                &file,
+                &resolve_data_dir(data.as_deref()),
+                batch,
+                compare.as_deref(),
+            )?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                println!("test accuracy  {:.4} ({} samples)", r.accuracy, r.samples);
+                println!("engine time    {:.3} s (batch {batch})", r.seconds);
+                if let (Some(m), Some(d)) = (r.prediction_mismatches, r.max_relative_logit_diff) {
+                    println!("vs the run     {m} predictions differ; max relative logit difference {d:.2e}");
+                }
             }
             Ok(())
         }

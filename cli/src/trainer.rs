@@ -214,6 +214,18 @@ impl Trainer {
         })
     }
 
+    /// The evaluation-mode logits `[n, classes]` of all of `data`, in order.
+    pub fn logits(&self, data: &Dataset) -> Result<Vec<f32>> {
+        let order: Vec<usize> = (0..data.n).collect();
+        let mut out = Vec::with_capacity(data.n * data.classes);
+        for idx in order.chunks(self.cfg.data.test_batch_size) {
+            let (x, _) = self.batch(data, idx, None)?;
+            let logits = self.model.forward_t(&x, &self.eval_ctx())?.detach();
+            out.extend(logits.flatten_all()?.to_vec1::<f32>()?);
+        }
+        Ok(out)
+    }
+
     /// Mask statistics per layer and the overall remaining-weight ratio.
     pub fn layer_metrics(&self) -> Result<(f64, Vec<LayerMetrics>)> {
         let (mut kept, mut total) = (0usize, 0usize);

@@ -230,6 +230,33 @@ fn scale(acc: &mut [f32], s: f32) {
     }
 }
 
+/// Sum of the rows `xt[i]` for `i` in `idx`, with four independent accumulators so the adds
+/// do not wait on each other (one chain would be bound by the add latency).
+#[inline(always)]
+fn sum_rows<const N: usize>(xt: &[[f32; N]], idx: &[u32]) -> [f32; N] {
+    let mut acc = [[0.0f32; N]; 4];
+    let mut quads = idx.chunks_exact(4);
+    for q in &mut quads {
+        for (a, &i) in acc.iter_mut().zip(q) {
+            let v = &xt[i as usize];
+            for k in 0..N {
+                a[k] += v[k];
+            }
+        }
+    }
+    for &i in quads.remainder() {
+        let v = &xt[i as usize];
+        for k in 0..N {
+            acc[0][k] += v[k];
+        }
+    }
+    let mut out = [0.0f32; N];
+    for k in 0..N {
+        out[k] = (acc[0][k] + acc[1][k]) + (acc[2][k] + acc[3][k]);
+    }
+    out
+}
+
 impl Ternary {
     /// Number of kept entries.
     pub fn nnz(&self) -> usize {
@@ -245,6 +272,9 @@ impl Ternary {
     /// `out = Weff * xt`: every output row sums (adds or subtracts) the kept input rows.
     #[inline(always)]
     fn matmul(&self, xt: &[f32], n: usize, out: &mut [f32]) {
+        if n == 1 {
+            return self.matvec(xt, out);
+        }
         for (r, acc) in out.chunks_exact_mut(n).take(self.rows).enumerate() {
             acc.fill(0.0);
             let (start, end) = (self.ptr[r], self.ptr[r + 1]);
@@ -264,6 +294,69 @@ impl Ternary {
                     }
                 }
             }
+        }
+    }
+
+    /// `out = Weff * xt` for a block of `N` columns stored as `[f32; N]` rows (feature-major
+    /// activations of `N` samples): every kept entry is one fixed-width vector add, with no
+    /// per-entry slice handling, so short blocks that stay in L1 run at full speed. For
+    /// inference engines; `xt.len()` must be `cols` and `out.len()` `rows`.
+    pub fn matmul_block<const N: usize>(&self, xt: &[[f32; N]], out: &mut [[f32; N]]) {
+        assert!(
+            xt.len() >= self.cols && out.len() >= self.rows,
+            "matmul_block sizes"
+        );
+        vectorized(
+            #[inline(always)]
+            || {
+                for (r, o) in out.iter_mut().take(self.rows).enumerate() {
+                    let (start, end) = (self.ptr[r], self.ptr[r + 1]);
+                    let mut acc = [0.0f32; N];
+                    match &self.values {
+                        Values::Signs { split, magnitude } => {
+                            let plus = sum_rows(xt, &self.idx[start..split[r]]);
+                            let minus = sum_rows(xt, &self.idx[split[r]..end]);
+                            for k in 0..N {
+                                acc[k] = (plus[k] - minus[k]) * magnitude;
+                            }
+                        }
+                        Values::Weights(w) => {
+                            for (&i, &w) in self.idx[start..end].iter().zip(&w[start..end]) {
+                                let v = &xt[i as usize];
+                                for k in 0..N {
+                                    acc[k] += w * v[k];
+                                }
+                            }
+                        }
+                    }
+                    *o = acc;
+                }
+            },
+        )
+    }
+
+    /// `out = Weff * x` for one column (a single sample): gather-sums over the kept indices,
+    /// without the per-entry slice handling of the batched loop.
+    #[inline(always)]
+    fn matvec(&self, x: &[f32], out: &mut [f32]) {
+        let x = &x[..self.cols];
+        for (r, o) in out.iter_mut().take(self.rows).enumerate() {
+            let (start, end) = (self.ptr[r], self.ptr[r + 1]);
+            *o = match &self.values {
+                Values::Signs { split, magnitude } => {
+                    let plus: f32 = self.idx[start..split[r]]
+                        .iter()
+                        .map(|&i| x[i as usize])
+                        .sum();
+                    let minus: f32 = self.idx[split[r]..end].iter().map(|&i| x[i as usize]).sum();
+                    (plus - minus) * magnitude
+                }
+                Values::Weights(v) => self.idx[start..end]
+                    .iter()
+                    .zip(&v[start..end])
+                    .map(|(&i, &w)| w * x[i as usize])
+                    .sum(),
+            };
         }
     }
 

@@ -127,6 +127,62 @@ pub fn elu(x: &Tensor, alpha: f64, kernels: &KernelConfig) -> Result<Tensor> {
     }
 }
 
+/// One sample of a convolution: `x` is `[c_in, h, w]`, the result `[c_out, oh, ow]` with
+/// `(oh, ow)`, computed with `eff` (`[c_out, c_in k k]`) by im2col and the dense or sparse
+/// kernel, on this thread. For inference engines that run samples in parallel themselves.
+#[allow(clippy::too_many_arguments)]
+pub fn conv_sample(
+    eff: &Effective,
+    c_in: usize,
+    h: usize,
+    w: usize,
+    k: usize,
+    stride: usize,
+    pad: usize,
+    x: &[f32],
+) -> Result<(Vec<f32>, usize, usize)> {
+    let d = ConvDims::new(&[1, c_in, h, w], c_in, k, stride, pad)
+        .ok_or_else(|| anyhow::anyhow!("conv: input [{c_in}, {h}, {w}] smaller than {k}x{k}"))?;
+    anyhow::ensure!(
+        x.len() == d.input() && eff.dims().1 == d.patch(),
+        "conv: input of {} values or weight [{}, {}] do not fit [{c_in}, {h}, {w}], k {k}",
+        x.len(),
+        eff.dims().0,
+        eff.dims().1
+    );
+    let p = d.positions();
+    let mut y = vec![0.0f32; eff.dims().0 * p];
+    if d.pointwise() {
+        eff.matmul(x, p, &mut y);
+    } else {
+        with_scratch([d.patch() * p, 0, 0], |cols, _, _| {
+            d.im2col(x, cols);
+            eff.matmul(cols, p, &mut y);
+        });
+    }
+    Ok((y, d.oh, d.ow))
+}
+
+/// ELU in place on this thread (vectorized), as the fused layers compute it.
+pub fn elu_in_place(v: &mut [f32], alpha: f32) {
+    elu::elu_slice(v, alpha)
+}
+
+/// 2x2 stride-2 max-pool of `[c, h, w]` (odd sizes floored), as the fused layers compute it.
+pub fn max_pool2_sample(z: &[f32], c: usize, h: usize, w: usize) -> Vec<f32> {
+    let (ph, pw) = (h / 2, w / 2);
+    let mut out = vec![0.0f32; c * ph * pw];
+    for (plane, o) in z.chunks_exact(h * w).zip(out.chunks_exact_mut(ph * pw)) {
+        pool2_plane(plane, w, ph, pw, o);
+    }
+    out
+}
+
+/// `dst[c x r] = src[r x c]^T` (row-major).
+pub fn transpose_into(src: &[f32], r: usize, c: usize, dst: &mut [f32]) {
+    transpose(src, r, c, dst)
+}
+
 /// Batch statistics `(mean, biased variance)` per channel of an `[n, c, ...]` CPU f32 tensor.
 pub fn batch_stats(x: &Tensor) -> Result<(Vec<f32>, Vec<f32>)> {
     let (n, c, hw) = bn::geometry(x.dims());
@@ -290,11 +346,22 @@ fn transpose(src: &[f32], r: usize, c: usize, dst: &mut [f32]) {
     )
 }
 
+/// Tiles of `TILE x TILE`, so both the reads and the strided writes stay in cache lines.
+const TILE: usize = 16;
+
 #[inline(always)]
 fn transpose_impl(src: &[f32], r: usize, c: usize, dst: &mut [f32]) {
-    for (i, row) in src.chunks_exact(c).take(r).enumerate() {
-        for (j, v) in row.iter().enumerate() {
-            dst[j * r + i] = *v;
+    let (src, dst) = (&src[..r * c], &mut dst[..r * c]);
+    for i0 in (0..r).step_by(TILE) {
+        let i1 = (i0 + TILE).min(r);
+        for j0 in (0..c).step_by(TILE) {
+            let j1 = (j0 + TILE).min(c);
+            for i in i0..i1 {
+                let row = &src[i * c + j0..i * c + j1];
+                for (j, v) in (j0..j1).zip(row) {
+                    dst[j * r + i] = *v;
+                }
+            }
         }
     }
 }

@@ -1,0 +1,186 @@
+//! The exported FCN (`.ssm`, sparse ternary engine) against dense inference: file size vs
+//! dense float32 and the paper's CSR metric, and forward time at batch 1 and 256 vs a dense
+//! candle forward and dense PyTorch (when `torch` imports), in the same run with the same
+//! threads.
+//!
+//! The model is the Table 1 FCN 784-300-100-10 with the mask densities of the trained ELUS
+//! net (seed 0 of docs/results/table1-fcn.md: fc1 2.48%, fc2 8.91%, fc3 73.7% kept), random
+//! kept positions and signs, signed-constant magnitudes. `SUPERMASK_BENCH_SSM=path` times an
+//! exported file instead (e.g. `supermask export runs/... --out fcn.ssm`).
+//!
+//! `cargo bench -p supermask-benches --bench infer`
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+use candle_core::{Device, Tensor};
+use std::time::Instant;
+use supermask_benches::{run_torch, set_threads};
+use supermask_export::{format, Engine, LayerWeights, SsmLayer, SsmModel};
+
+/// xorshift values in [0, 1).
+fn uniform(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 40) as f32 / (1u64 << 24) as f32
+        })
+        .collect()
+}
+
+fn generated() -> SsmModel {
+    let dims = [
+        (784usize, 300usize, 0.0248f32),
+        (300, 100, 0.0891),
+        (100, 10, 0.737),
+    ];
+    let layers = dims
+        .iter()
+        .enumerate()
+        .map(|(i, &(inp, out, density))| {
+            let u = uniform(inp * out, i as u64 + 1);
+            let s = uniform(inp * out, i as u64 + 11);
+            let pattern = u
+                .iter()
+                .zip(&s)
+                .map(|(&u, &s)| {
+                    if u >= density {
+                        0
+                    } else if s < 0.5 {
+                        -1
+                    } else {
+                        1
+                    }
+                })
+                .collect();
+            SsmLayer {
+                name: format!("fc{}", i + 1),
+                shape: vec![out, inp],
+                weights: LayerWeights::Ternary {
+                    magnitude: (3.0f32 * 2.0 / inp as f32).sqrt(),
+                    pattern,
+                },
+            }
+        })
+        .collect();
+    SsmModel {
+        model: serde_json::json!({"spec": {"type": "fcn", "elu_alpha": 1.0}, "dataset": "mnist"}),
+        layers,
+        tensors: vec![],
+    }
+}
+
+/// Median seconds of `reps` calls.
+fn time(reps: usize, mut f: impl FnMut()) -> f64 {
+    for _ in 0..reps.min(20) {
+        f();
+    }
+    let mut t: Vec<f64> = (0..reps)
+        .map(|_| {
+            let t0 = Instant::now();
+            f();
+            t0.elapsed().as_secs_f64()
+        })
+        .collect();
+    t.sort_by(f64::total_cmp);
+    t[reps / 2]
+}
+
+fn main() {
+    let threads = set_threads();
+    let m = match std::env::var("SUPERMASK_BENCH_SSM") {
+        Ok(path) => format::read_file(std::path::Path::new(&path)).expect("model file"),
+        Err(_) => generated(),
+    };
+    let bytes = format::encode(&m).expect("encode").len();
+    let (mut numel, mut kept, mut csr) = (0usize, 0usize, 0usize);
+    for l in &m.layers {
+        let (n, k) = (l.numel(), l.kept());
+        numel += n;
+        kept += k;
+        // The paper's metric: scipy CSR of the 2-D weight, float32 data + int32 indices +
+        // int32 row pointers (rows + 1).
+        csr += 4 * k + 4 * k + 4 * (l.shape[0] + 1);
+    }
+    let dense = 4 * numel;
+    println!(
+        "model: FCN 784-300-100-10, {kept} of {numel} weights kept ({:.2}%)",
+        100.0 * kept as f64 / numel as f64
+    );
+    println!("size: .ssm {bytes} B | dense float32 {dense} B | CSR (paper's metric) {csr} B");
+    println!(
+        ".ssm is {:.2}% smaller than dense float32 and {:.2}% smaller than CSR (CSR is {:.2}% smaller than dense)",
+        100.0 * (1.0 - bytes as f64 / dense as f64),
+        100.0 * (1.0 - bytes as f64 / csr as f64),
+        100.0 * (1.0 - csr as f64 / dense as f64)
+    );
+
+    let engine = Engine::new(&m).expect("engine");
+    let dev = Device::Cpu;
+    let ws: Vec<Tensor> = m
+        .layers
+        .iter()
+        .map(|l| {
+            Tensor::from_vec(l.dense(), l.shape.as_slice(), &dev)
+                .unwrap()
+                .t()
+                .unwrap()
+                .contiguous()
+                .unwrap()
+        })
+        .collect();
+    let candle_forward = |x: &Tensor| {
+        let mut h = x.clone();
+        for (i, w) in ws.iter().enumerate() {
+            h = h.matmul(w).unwrap();
+            if i + 1 < ws.len() {
+                h = h.elu(1.0).unwrap();
+            }
+        }
+        h
+    };
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/torch_fcn_infer.py");
+    let th = threads.to_string();
+    let torch = run_torch(script, &["--threads", &th]);
+    println!("forward time, {threads} threads (median per call)");
+    println!(
+        "{:<8} {:>14} {:>14} {:>14} {:>12} {:>12}",
+        "batch", "engine [us]", "candle [us]", "pytorch [us]", "vs candle", "vs pytorch"
+    );
+    for batch in [1usize, 256] {
+        let x = uniform(batch * 784, 99);
+        let reps = if batch == 1 { 5000 } else { 300 };
+        let e = time(reps, || {
+            std::hint::black_box(engine.forward(&x, batch).unwrap());
+        });
+        let xt = Tensor::from_vec(x.clone(), (batch, 784), &dev).unwrap();
+        let c = time(reps, || {
+            std::hint::black_box(candle_forward(&xt));
+        });
+        let p = torch
+            .as_ref()
+            .and_then(|v| v[format!("batch{batch}_seconds")].as_f64());
+        let us = |s: f64| s * 1e6;
+        match p {
+            Some(p) => println!(
+                "{batch:<8} {:>14.1} {:>14.1} {:>14.1} {:>11.1}x {:>11.1}x",
+                us(e),
+                us(c),
+                us(p),
+                c / e,
+                p / e
+            ),
+            None => println!(
+                "{batch:<8} {:>14.1} {:>14.1} {:>14} {:>11.1}x {:>12}",
+                us(e),
+                us(c),
+                "n/a",
+                c / e,
+                "n/a"
+            ),
+        }
+    }
+}

@@ -1,0 +1,227 @@
+//! `supermask export`, `inspect` and `infer`: trained runs to `.ssm` files and back to
+//! predictions through the sparse ternary engine (`supermask-export`).
+
+use crate::{checkpoint, config::RunConfig, run::CONFIG_FILE, Trainer};
+use anyhow::{ensure, Context, Result};
+use candle_core::{DType, Device};
+use std::{io::Write, path::Path, time::Instant};
+use supermask_core::Layer;
+use supermask_datasets::{load_by_name, Split};
+use supermask_export::{format, Engine, LayerWeights, SsmLayer, SsmModel};
+
+/// The exported content of a finished (or checkpointed) run directory: the architecture, each
+/// masked layer's effective weight `W * g(M)` (one magnitude and a sign pattern when the
+/// weights are signed constants), dense layers' weights, and the batch-norm tensors.
+pub fn export_run(dir: &Path) -> Result<SsmModel> {
+    let cfg = RunConfig::load(Some(&dir.join(CONFIG_FILE)), &[])?;
+    let mut trainer = Trainer::new(&cfg, &Device::Cpu)?;
+    checkpoint::load(dir, &mut trainer, &Device::Cpu, false)?;
+    let model = trainer.model();
+    let mut layers = Vec::new();
+    for layer in model.layers() {
+        let spec = layer.spec();
+        let weights = match layer {
+            Layer::Masked(l) => {
+                let mask = l
+                    .eval_mask()?
+                    .flatten_all()?
+                    .to_dtype(DType::F32)?
+                    .to_vec1::<f32>()?;
+                let w = l.weight()?.flatten_all()?.to_vec1::<f32>()?;
+                match l.magnitude() {
+                    Some(magnitude) => LayerWeights::Ternary {
+                        magnitude,
+                        pattern: w
+                            .iter()
+                            .zip(&mask)
+                            .map(|(w, m)| (w.signum() * m) as i8)
+                            .collect(),
+                    },
+                    None => LayerWeights::Values(w.iter().zip(&mask).map(|(w, m)| w * m).collect()),
+                }
+            }
+            Layer::Dense(l) => LayerWeights::Values(l.weight.flatten_all()?.to_vec1::<f32>()?),
+        };
+        layers.push(SsmLayer {
+            name: spec.name.clone(),
+            shape: spec.shape.clone(),
+            weights,
+        });
+    }
+    let mut tensors = Vec::new();
+    for bn in model.norms() {
+        for (name, t) in bn.named_tensors() {
+            tensors.push((name, t.dims().to_vec(), t.flatten_all()?.to_vec1::<f32>()?));
+        }
+    }
+    let description = serde_json::json!({
+        "spec": serde_json::to_value(&cfg.model).context("describing the model")?,
+        "dataset": cfg.data.dataset,
+        "input": cfg.model.input_shape(),
+        "classes": cfg.model.classes(),
+    });
+    Ok(SsmModel {
+        model: description,
+        layers,
+        tensors,
+    })
+}
+
+/// `supermask export RUN_DIR --out FILE`: writes the file (atomically) and returns its size.
+pub fn export(dir: &Path, out: &Path) -> Result<usize> {
+    let m = export_run(dir).with_context(|| format!("exporting {}", dir.display()))?;
+    format::write_file(&m, out)?;
+    Ok(std::fs::metadata(out)?.len() as usize)
+}
+
+/// `supermask inspect FILE`: per layer shape, density, encoding and bytes.
+pub fn inspect(file: &Path, w: &mut dyn Write) -> Result<()> {
+    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let m = format::decode(&bytes).with_context(|| format!("reading {}", file.display()))?;
+    let infos = format::layer_infos(&bytes)?;
+    writeln!(
+        w,
+        "{}: {} bytes, format version {}",
+        file.display(),
+        bytes.len(),
+        format::VERSION
+    )?;
+    writeln!(w, "model: {}", m.model)?;
+    writeln!(
+        w,
+        "{:<16} {:>20} {:>10} {:>9} {:>14} {:>10}",
+        "layer", "shape", "kept", "density", "encoding", "bytes"
+    )?;
+    let (mut kept, mut total, mut payload) = (0usize, 0usize, 0usize);
+    for i in &infos {
+        let n: usize = i.shape.iter().product();
+        writeln!(
+            w,
+            "{:<16} {:>20} {:>10} {:>8.2}% {:>14} {:>10}",
+            i.name,
+            format!("{:?}", i.shape),
+            i.kept,
+            100.0 * i.kept as f64 / n.max(1) as f64,
+            i.encoding.to_string(),
+            i.bytes
+        )?;
+        (kept, total, payload) = (kept + i.kept, total + n, payload + i.bytes);
+    }
+    writeln!(
+        w,
+        "masked weights: {total}, kept {kept} ({:.2}%); layer payloads {payload} bytes; dense \
+         float32 {} bytes; this file is {:.2}% of that",
+        100.0 * kept as f64 / total.max(1) as f64,
+        4 * total,
+        100.0 * bytes.len() as f64 / (4 * total).max(1) as f64
+    )?;
+    if !m.tensors.is_empty() {
+        writeln!(w, "other tensors: {}", m.tensors.len())?;
+    }
+    Ok(())
+}
+
+/// What `supermask infer` measured.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct InferReport {
+    /// Test samples.
+    pub samples: usize,
+    /// Test accuracy (fraction).
+    pub accuracy: f64,
+    /// Seconds the engine took for all samples.
+    pub seconds: f64,
+    /// With `--compare RUN_DIR`: the training model's predictions that differ.
+    pub prediction_mismatches: Option<usize>,
+    /// With `--compare RUN_DIR`: the largest `|engine - model|` over a sample's logits,
+    /// relative to that sample's largest model logit magnitude.
+    pub max_relative_logit_diff: Option<f64>,
+}
+
+/// `supermask infer FILE --data DIR`: the test set of the model's dataset through the engine.
+pub fn infer(
+    file: &Path,
+    data_dir: &Path,
+    batch: usize,
+    compare: Option<&Path>,
+) -> Result<InferReport> {
+    ensure!(batch > 0, "--batch must be > 0");
+    let m = format::read_file(file)?;
+    let dataset = m
+        .model
+        .get("dataset")
+        .and_then(|d| d.as_str())
+        .context("the model file names no dataset")?
+        .to_string();
+    let engine = Engine::new(&m)?;
+    let test = load_by_name(data_dir, &dataset, Split::Test)?;
+    ensure!(
+        test.dim == engine.input_len(),
+        "the {dataset} test set has samples of {} values, the model expects {}",
+        test.dim,
+        engine.input_len()
+    );
+    let t0 = Instant::now();
+    let mut logits = Vec::with_capacity(test.n * engine.classes());
+    for start in (0..test.n).step_by(batch) {
+        let n = batch.min(test.n - start);
+        let x = &test.images[start * test.dim..(start + n) * test.dim];
+        logits.extend(engine.forward(x, n)?);
+    }
+    let seconds = t0.elapsed().as_secs_f64();
+    let c = engine.classes();
+    let predict = |l: &[f32]| -> Vec<usize> {
+        l.chunks_exact(c)
+            .map(|r| {
+                (0..c)
+                    .max_by(|&a, &b| r[a].total_cmp(&r[b]).then(b.cmp(&a)))
+                    .unwrap_or(0)
+            })
+            .collect()
+    };
+    let pred = predict(&logits);
+    let correct = pred
+        .iter()
+        .zip(&test.labels)
+        .filter(|(p, y)| **p == usize::from(**y))
+        .count();
+    let (mut mismatches, mut max_rel) = (None, None);
+    if let Some(dir) = compare {
+        let cfg = RunConfig::load(Some(&dir.join(CONFIG_FILE)), &[])?;
+        let mut trainer = Trainer::new(&cfg, &Device::Cpu)?;
+        checkpoint::load(dir, &mut trainer, &Device::Cpu, false)?;
+        let reference = trainer.logits(&test)?;
+        ensure!(
+            reference.len() == logits.len(),
+            "the run's model has another output size"
+        );
+        mismatches = Some(
+            pred.iter()
+                .zip(predict(&reference))
+                .filter(|(a, b)| **a != *b)
+                .count(),
+        );
+        max_rel = Some(
+            logits
+                .chunks_exact(c)
+                .zip(reference.chunks_exact(c))
+                .map(|(a, b)| {
+                    let scale = b
+                        .iter()
+                        .fold(0.0f32, |m, v| m.max(v.abs()))
+                        .max(f32::MIN_POSITIVE);
+                    a.iter()
+                        .zip(b)
+                        .map(|(x, y)| f64::from((x - y).abs() / scale))
+                        .fold(0.0, f64::max)
+                })
+                .fold(0.0, f64::max),
+        );
+    }
+    Ok(InferReport {
+        samples: test.n,
+        accuracy: correct as f64 / test.n.max(1) as f64,
+        seconds,
+        prediction_mismatches: mismatches,
+        max_relative_logit_diff: max_rel,
+    })
+}
