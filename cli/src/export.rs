@@ -16,6 +16,11 @@ pub fn export_run(dir: &Path) -> Result<SsmModel> {
     let cfg = RunConfig::load(Some(&dir.join(CONFIG_FILE)), &[])?;
     let mut trainer = Trainer::new(&cfg, &Device::Cpu)?;
     checkpoint::load(dir, &mut trainer, &Device::Cpu, false)?;
+    export_trainer(&cfg, &trainer)
+}
+
+/// The exported content of a trainer's current model (see [`export_run`]).
+pub fn export_trainer(cfg: &RunConfig, trainer: &Trainer) -> Result<SsmModel> {
     let model = trainer.model();
     let mut layers = Vec::new();
     for layer in model.layers() {

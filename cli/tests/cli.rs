@@ -342,6 +342,63 @@ fn reference_kernel_path_trains_the_same_numbers() {
     assert!(rel(runs[0].test_loss, runs[1].test_loss) < 1e-4, "{runs:?}");
 }
 
+/// `export` -> `inspect` -> `infer --compare`: the engine's predictions equal the run's on
+/// the test set and its logits agree to 1e-4 relative; the accuracy equals `eval`'s; a
+/// damaged file is one clear error.
+#[test]
+fn export_inspect_infer_round_trip() {
+    let e = env();
+    let run_dir = e.root.join("run");
+    let cfg = preset("table1-fcn-signed-elus");
+    ok(&[
+        "train",
+        "--config",
+        s(&cfg),
+        "--set",
+        "train.epochs=2",
+        "--data",
+        s(&e.data),
+        "--out",
+        s(&run_dir),
+    ]);
+    let file = e.root.join("fcn.ssm");
+    ok(&["export", s(&run_dir), "--out", s(&file)]);
+    let inspect = String::from_utf8(ok(&["inspect", s(&file)]).stdout).unwrap();
+    for name in ["fc1", "fc2", "fc3", "[300, 784]"] {
+        assert!(inspect.contains(name), "{inspect}");
+    }
+    let out = ok(&[
+        "infer",
+        s(&file),
+        "--data",
+        s(&e.data),
+        "--compare",
+        s(&run_dir),
+        "--json",
+    ]);
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["samples"], 200);
+    assert_eq!(r["prediction_mismatches"], 0, "{r}");
+    assert!(r["max_relative_logit_diff"].as_f64().unwrap() < 1e-4, "{r}");
+    let eval = ok(&["eval", s(&run_dir), "--data", s(&e.data), "--json"]);
+    let eval: serde_json::Value = serde_json::from_slice(&eval.stdout).unwrap();
+    assert_eq!(r["accuracy"], eval["test_acc"], "{r} vs {eval}");
+
+    // One flipped byte: a checksum error, exit status 1, one line.
+    let mut bytes = std::fs::read(&file).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    let bad = e.root.join("bad.ssm");
+    std::fs::write(&bad, &bytes).unwrap();
+    let out = run(&["infer", s(&bad), "--data", s(&e.data)]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("checksum") && err.lines().count() == 1,
+        "{err}"
+    );
+}
+
 #[test]
 fn training_lowers_the_loss_and_prunes() {
     let e = env();

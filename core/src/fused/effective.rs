@@ -257,6 +257,23 @@ fn sum_rows<const N: usize>(xt: &[[f32; N]], idx: &[u32]) -> [f32; N] {
     out
 }
 
+/// `sum x[i]` over `idx`, with four independent accumulators (one chain would wait on the
+/// add latency at every entry).
+#[inline(always)]
+fn gather_sum(x: &[f32], idx: &[u32]) -> f32 {
+    let mut acc = [0.0f32; 4];
+    let mut quads = idx.chunks_exact(4);
+    for q in &mut quads {
+        for (a, &i) in acc.iter_mut().zip(q) {
+            *a += x[i as usize];
+        }
+    }
+    for &i in quads.remainder() {
+        acc[0] += x[i as usize];
+    }
+    (acc[0] + acc[1]) + (acc[2] + acc[3])
+}
+
 impl Ternary {
     /// Number of kept entries.
     pub fn nnz(&self) -> usize {
@@ -344,11 +361,8 @@ impl Ternary {
             let (start, end) = (self.ptr[r], self.ptr[r + 1]);
             *o = match &self.values {
                 Values::Signs { split, magnitude } => {
-                    let plus: f32 = self.idx[start..split[r]]
-                        .iter()
-                        .map(|&i| x[i as usize])
-                        .sum();
-                    let minus: f32 = self.idx[split[r]..end].iter().map(|&i| x[i as usize]).sum();
+                    let plus = gather_sum(x, &self.idx[start..split[r]]);
+                    let minus = gather_sum(x, &self.idx[split[r]..end]);
                     (plus - minus) * magnitude
                 }
                 Values::Weights(v) => self.idx[start..end]
