@@ -14,21 +14,37 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use candle_core::{Device, Tensor};
-use std::time::Instant;
-use supermask_benches::{run_torch, set_threads};
+use supermask_benches::{median_time, run_torch, set_threads, unit_values};
 use supermask_export::{format, Engine, LayerWeights, SsmLayer, SsmModel};
 
-/// xorshift values in [0, 1).
-fn uniform(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 40) as f32 / (1u64 << 24) as f32
+/// A ternary layer with `density` of its entries kept at random positions with random signs,
+/// magnitude `sqrt(3 * 2 / fan_in)` (ELUS as the presets draw it).
+fn ternary_layer(name: String, shape: Vec<usize>, density: f32, seed: u64) -> SsmLayer {
+    let n: usize = shape.iter().product();
+    let fan_in = n / shape[0];
+    let keep = unit_values(n, seed);
+    let sign = unit_values(n, seed + 1000);
+    let pattern = keep
+        .iter()
+        .zip(&sign)
+        .map(|(&u, &s)| {
+            if u >= density {
+                0
+            } else if s < 0.5 {
+                -1
+            } else {
+                1
+            }
         })
-        .collect()
+        .collect();
+    SsmLayer {
+        name,
+        shape,
+        weights: LayerWeights::Ternary {
+            magnitude: (3.0f32 * 2.0 / fan_in as f32).sqrt(),
+            pattern,
+        },
+    }
 }
 
 /// A Conv2 (64, 64, pool, FC 256-256-10) with `density` of every layer kept.
@@ -43,33 +59,7 @@ fn generated_conv2(density: f32) -> SsmModel {
     let layers = shapes
         .iter()
         .enumerate()
-        .map(|(i, shape)| {
-            let n: usize = shape.iter().product();
-            let fan_in = n / shape[0];
-            let u = uniform(n, i as u64 + 21);
-            let s = uniform(n, i as u64 + 31);
-            let pattern = u
-                .iter()
-                .zip(&s)
-                .map(|(&u, &s)| {
-                    if u >= density {
-                        0
-                    } else if s < 0.5 {
-                        -1
-                    } else {
-                        1
-                    }
-                })
-                .collect();
-            SsmLayer {
-                name: format!("l{i}"),
-                shape: shape.clone(),
-                weights: LayerWeights::Ternary {
-                    magnitude: (3.0f32 * 2.0 / fan_in as f32).sqrt(),
-                    pattern,
-                },
-            }
-        })
+        .map(|(i, shape)| ternary_layer(format!("l{i}"), shape.clone(), density, i as u64 + 21))
         .collect();
     SsmModel {
         model: serde_json::json!({"spec": {"type": "conv2", "elu_alpha": 1.0}, "dataset": "cifar10"}),
@@ -88,29 +78,12 @@ fn generated() -> SsmModel {
         .iter()
         .enumerate()
         .map(|(i, &(inp, out, density))| {
-            let u = uniform(inp * out, i as u64 + 1);
-            let s = uniform(inp * out, i as u64 + 11);
-            let pattern = u
-                .iter()
-                .zip(&s)
-                .map(|(&u, &s)| {
-                    if u >= density {
-                        0
-                    } else if s < 0.5 {
-                        -1
-                    } else {
-                        1
-                    }
-                })
-                .collect();
-            SsmLayer {
-                name: format!("fc{}", i + 1),
-                shape: vec![out, inp],
-                weights: LayerWeights::Ternary {
-                    magnitude: (3.0f32 * 2.0 / inp as f32).sqrt(),
-                    pattern,
-                },
-            }
+            ternary_layer(
+                format!("fc{}", i + 1),
+                vec![out, inp],
+                density,
+                i as u64 + 1,
+            )
         })
         .collect();
     SsmModel {
@@ -120,20 +93,9 @@ fn generated() -> SsmModel {
     }
 }
 
-/// Median seconds of `reps` calls.
-fn time(reps: usize, mut f: impl FnMut()) -> f64 {
-    for _ in 0..reps.min(20) {
-        f();
-    }
-    let mut t: Vec<f64> = (0..reps)
-        .map(|_| {
-            let t0 = Instant::now();
-            f();
-            t0.elapsed().as_secs_f64()
-        })
-        .collect();
-    t.sort_by(f64::total_cmp);
-    t[reps / 2]
+/// Median seconds of `reps` calls after up to 20 warm-up calls.
+fn time(reps: usize, f: impl FnMut()) -> f64 {
+    median_time(reps, reps.min(20), f)
 }
 
 fn main() {
@@ -198,7 +160,7 @@ fn main() {
         "batch", "engine [us]", "candle [us]", "pytorch [us]", "vs candle", "vs pytorch"
     );
     for batch in [1usize, 256] {
-        let x = uniform(batch * 784, 99);
+        let x = unit_values(batch * 784, 99);
         let reps = if batch == 1 { 5000 } else { 300 };
         let e = time(reps, || {
             std::hint::black_box(engine.forward(&x, batch).unwrap());
@@ -234,7 +196,7 @@ fn main() {
     // Conv2 at the density of a trained signed Conv2 (Table 2: 0.6% remaining; here 2% of
     // every layer) and at 10%, against the dense candle forward of the same weights.
     let batch = 32;
-    let x = uniform(batch * 3 * 32 * 32, 77);
+    let x = unit_values(batch * 3 * 32 * 32, 77);
     let xt = Tensor::from_vec(x.clone(), (batch, 3, 32, 32), &dev).unwrap();
     println!("Conv2 forward, batch {batch}, {threads} threads (median per call)");
     println!(

@@ -10,34 +10,19 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use candle_core::{Device, Tensor};
-use std::time::Instant;
-use supermask_benches::set_threads;
+use supermask_benches::{median_time, set_threads, unit_values};
 use supermask_core::fused::{sgdw_step, EffLayout, Effective, StepParams};
 
-/// Median seconds of `reps` calls of `f` after one warm-up call.
-fn time(reps: usize, mut f: impl FnMut()) -> f64 {
-    f();
-    let mut t: Vec<f64> = (0..reps)
-        .map(|_| {
-            let t0 = Instant::now();
-            f();
-            t0.elapsed().as_secs_f64()
-        })
-        .collect();
-    t.sort_by(f64::total_cmp);
-    t[reps / 2]
+/// Median seconds of `reps` calls after one warm-up call.
+fn time(reps: usize, f: impl FnMut()) -> f64 {
+    median_time(reps, 1, f)
 }
 
-/// A deterministic pseudo-random stream in [-1, 1).
+/// Values in [-1, 1).
 fn values(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 23) as f32) - 1.0
-        })
+    unit_values(n, seed)
+        .into_iter()
+        .map(|u| 2.0 * u - 1.0)
         .collect()
 }
 

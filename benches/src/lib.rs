@@ -54,6 +54,35 @@ pub fn synthetic(n: usize, shape: &[usize], classes: usize, seed: u64) -> Datase
     }
 }
 
+/// Median seconds of `reps` calls of `f`, after `warmup` calls.
+pub fn median_time(reps: usize, warmup: usize, mut f: impl FnMut()) -> f64 {
+    for _ in 0..warmup {
+        f();
+    }
+    let mut t: Vec<f64> = (0..reps.max(1))
+        .map(|_| {
+            let t0 = std::time::Instant::now();
+            f();
+            t0.elapsed().as_secs_f64()
+        })
+        .collect();
+    t.sort_by(f64::total_cmp);
+    t[t.len() / 2]
+}
+
+/// `n` deterministic pseudo-random values in `[0, 1)` (xorshift64; only their spread matters).
+pub fn unit_values(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 40) as f32 / (1u64 << 24) as f32
+        })
+        .collect()
+}
+
 /// Runs `python3 <script> <args>` if `torch` imports; returns its JSON line.
 pub fn run_torch(script: &str, args: &[&str]) -> Option<serde_json::Value> {
     let probe = Command::new("python3")

@@ -99,6 +99,18 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
+/// `supermask [global...] train --config PRESET --set k=v... --data <env data> --out OUT`.
+fn train_preset(e: &Env, global: &[&str], preset_name: &str, sets: &[&str], out: &Path) {
+    let cfg = preset(preset_name);
+    let mut args: Vec<&str> = global.to_vec();
+    args.extend(["train", "--config", s(&cfg)]);
+    for set in sets {
+        args.extend(["--set", set]);
+    }
+    args.extend(["--data", s(&e.data), "--out", s(out)]);
+    ok(&args);
+}
+
 #[test]
 fn train_one_epoch_writes_the_run_files() {
     let e = env();
@@ -286,23 +298,17 @@ fn same_seed_same_numbers() {
 #[test]
 fn thread_count_does_not_change_the_numbers() {
     let e = env();
-    let cfg = preset("table1-fcn-signed-elus");
     let mut runs = Vec::new();
     for threads in ["1", "2"] {
         let out = e.root.join(format!("t{threads}"));
-        ok(&[
-            "--threads",
-            threads,
-            "train",
-            "--config",
-            s(&cfg),
-            "--set",
-            "train.epochs=2",
-            "--data",
-            s(&e.data),
-            "--out",
-            s(&out),
-        ]);
+        let global = ["--threads", threads];
+        train_preset(
+            &e,
+            &global,
+            "table1-fcn-signed-elus",
+            &["train.epochs=2"],
+            &out,
+        );
         runs.push((without_timing(metrics(&out)), checkpoint_tensors(&out)));
     }
     assert_eq!(runs[0], runs[1]);
@@ -313,23 +319,12 @@ fn thread_count_does_not_change_the_numbers() {
 #[test]
 fn reference_kernel_path_trains_the_same_numbers() {
     let e = env();
-    let cfg = preset("table1-fcn-signed-elus");
     let mut runs = Vec::new();
     for path in ["fused", "reference"] {
         let out = e.root.join(path);
-        ok(&[
-            "train",
-            "--config",
-            s(&cfg),
-            "--set",
-            "train.epochs=1",
-            "--set",
-            &format!("train.kernels.path=\"{path}\""),
-            "--data",
-            s(&e.data),
-            "--out",
-            s(&out),
-        ]);
+        let kernels = format!("train.kernels.path=\"{path}\"");
+        let sets = ["train.epochs=1", kernels.as_str()];
+        train_preset(&e, &[], "table1-fcn-signed-elus", &sets, &out);
         let config = std::fs::read_to_string(out.join("config.toml")).unwrap();
         assert!(config.contains(&format!("path = \"{path}\"")), "{config}");
         runs.push(metrics(&out).remove(0));
@@ -349,18 +344,13 @@ fn reference_kernel_path_trains_the_same_numbers() {
 fn export_inspect_infer_round_trip() {
     let e = env();
     let run_dir = e.root.join("run");
-    let cfg = preset("table1-fcn-signed-elus");
-    ok(&[
-        "train",
-        "--config",
-        s(&cfg),
-        "--set",
-        "train.epochs=2",
-        "--data",
-        s(&e.data),
-        "--out",
-        s(&run_dir),
-    ]);
+    train_preset(
+        &e,
+        &[],
+        "table1-fcn-signed-elus",
+        &["train.epochs=2"],
+        &run_dir,
+    );
     let file = e.root.join("fcn.ssm");
     ok(&["export", s(&run_dir), "--out", s(&file)]);
     let inspect = String::from_utf8(ok(&["inspect", s(&file)]).stdout).unwrap();
