@@ -273,21 +273,10 @@ fn resume_is_exact_with_stochastic_mask_and_adaptive_threshold() {
 #[test]
 fn same_seed_same_numbers() {
     let e = env();
-    let cfg = preset("table1-fcn-signed-elus");
     let mut runs = Vec::new();
     for name in ["a", "b"] {
         let out = e.root.join(name);
-        ok(&[
-            "train",
-            "--config",
-            s(&cfg),
-            "--set",
-            "train.epochs=1",
-            "--data",
-            s(&e.data),
-            "--out",
-            s(&out),
-        ]);
+        train_preset(&e, &[], "table1-fcn-signed-elus", &["train.epochs=1"], &out);
         runs.push(without_timing(metrics(&out)));
     }
     assert_eq!(runs[0], runs[1]);

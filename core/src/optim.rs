@@ -301,12 +301,18 @@ impl Optimizer {
                 && var.dtype() == DType::F32
                 && g.dtype() == DType::F32;
             if fused {
-                let v = match (host.take(), vel.take()) {
-                    (Some((h, _)), _) => h,
-                    (None, Some(t)) => t.flatten_all()?.to_vec1()?,
-                    (None, None) => vec![0.0; var.elem_count()],
+                // The host buffer is made once (from a loaded checkpoint's velocity, or zeros)
+                // and then updated in place every step.
+                if host.is_none() {
+                    let v = match vel.take() {
+                        Some(t) => t.flatten_all()?.to_vec1()?,
+                        None => vec![0.0; var.elem_count()],
+                    };
+                    *host = Some((v, var.dims().to_vec()));
+                }
+                let Some((v, _)) = host.as_mut() else {
+                    unreachable!("the host velocity was just set")
                 };
-                let (v, _) = host.insert((v, var.dims().to_vec()));
                 let h = StepParams {
                     lr,
                     momentum: m,

@@ -275,11 +275,6 @@ fn gather_sum(x: &[f32], idx: &[u32]) -> f32 {
 }
 
 impl Ternary {
-    /// Number of kept entries.
-    pub fn nnz(&self) -> usize {
-        self.idx.len()
-    }
-
     #[inline(always)]
     fn row(xt: &[f32], i: u32, n: usize) -> &[f32] {
         let i = i as usize;
