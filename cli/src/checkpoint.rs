@@ -1,5 +1,7 @@
-//! Checkpoints: model tensors and optimizer state in one safetensors file, the loop position
-//! in `state.json`; both written atomically (temporary file, then rename).
+//! Checkpoints: model tensors, optimizer state and the loop position in one safetensors file,
+//! written atomically (temporary file, then rename), so a process killed at any instant leaves
+//! either the previous checkpoint or the new one, never a mix. `state.json` mirrors the loop
+//! position for people and scripts; loading trusts the copy inside the checkpoint.
 
 use crate::trainer::Trainer;
 use anyhow::Context;
@@ -10,8 +12,10 @@ use supermask_core::{optim::PlateauState, trainable_params, Result};
 
 /// File name of the tensor checkpoint.
 pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
-/// File name of the loop state.
+/// File name of the loop state (a readable mirror of the checkpoint's own copy).
 pub const STATE_FILE: &str = "state.json";
+/// Name of the checkpoint tensor holding the loop state as JSON bytes (u8).
+const STATE_TENSOR: &str = "loop.state";
 
 /// Where the loop stands.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -56,15 +60,19 @@ pub fn save(dir: &Path, trainer: &Trainer, state: &LoopState) -> Result<()> {
             tensors.insert(format!("optim.{name}.velocity"), v);
         }
     }
+    let state_json = serde_json::to_string_pretty(state)?;
+    let bytes = state_json.as_bytes().to_vec();
+    let n = bytes.len();
+    tensors.insert(
+        STATE_TENSOR.to_string(),
+        Tensor::from_vec(bytes, n, &Device::Cpu)?,
+    );
     let path = dir.join(CHECKPOINT_FILE);
     let tmp = tmp_path(&path);
     candle_core::safetensors::save(&tensors, &tmp)
         .with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, &path).with_context(|| format!("renaming to {}", path.display()))?;
-    write_atomic(
-        &dir.join(STATE_FILE),
-        serde_json::to_string_pretty(state)?.as_bytes(),
-    )
+    write_atomic(&dir.join(STATE_FILE), state_json.as_bytes())
 }
 
 /// Restores tensors (and optimizer state when `with_optimizer`) from `dir`.
@@ -89,12 +97,22 @@ pub fn load(
     for bn in trainer.model_mut().norms_mut() {
         bn.load_tensors(&get)?;
     }
-    let state_path = dir.join(STATE_FILE);
-    let state: LoopState = serde_json::from_str(
-        &std::fs::read_to_string(&state_path)
-            .with_context(|| format!("reading {}", state_path.display()))?,
-    )
-    .with_context(|| format!("parsing {}", state_path.display()))?;
+    let state: LoopState = match tensors.get(STATE_TENSOR) {
+        Some(t) => {
+            let bytes = t.to_vec1::<u8>()?;
+            serde_json::from_slice(&bytes)
+                .with_context(|| format!("parsing the loop state in {}", path.display()))?
+        }
+        // Checkpoints written before the state moved into the file.
+        None => {
+            let state_path = dir.join(STATE_FILE);
+            serde_json::from_str(
+                &std::fs::read_to_string(&state_path)
+                    .with_context(|| format!("reading {}", state_path.display()))?,
+            )
+            .with_context(|| format!("parsing {}", state_path.display()))?
+        }
+    };
     if with_optimizer {
         let names: Vec<String> = trainer
             .model()

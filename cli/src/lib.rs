@@ -8,6 +8,8 @@ pub mod export;
 pub mod metrics;
 pub mod models;
 pub mod run;
+pub mod study;
+pub mod sweep;
 pub mod trainer;
 
 pub use config::RunConfig;

@@ -49,12 +49,65 @@ enum Command {
         /// Continue the run in this directory from its last checkpoint.
         #[arg(long, value_name = "DIR", conflicts_with_all = ["config", "out", "seed"])]
         resume: Option<PathBuf>,
+        /// Bring --out to a finished run of this config: skip it when finished, resume it from
+        /// its checkpoint when started, start it otherwise (what `sweep --emit` prints).
+        #[arg(long = "continue", conflicts_with = "resume")]
+        continue_run: bool,
         /// Stop after this epoch; the run can be continued with --resume.
         #[arg(long, value_name = "EPOCH")]
         stop_after: Option<usize>,
         /// Compute device: cpu, cuda or cuda:N (cuda needs a build with `--features cuda`).
         #[arg(long, default_value = "cpu")]
         device: String,
+    },
+    /// Run a grid of configs x seeds (resumable; see `supermask_cli::sweep` for the grid file).
+    Sweep {
+        /// The grid file (TOML): `presets` or `base`, `seeds`, optional `[set]` and `[grid]`.
+        #[arg(long)]
+        config: PathBuf,
+        /// Runs trained at once; each gets --threads threads (default: cores / workers).
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
+        /// Output directory (default: sweeps/<grid file name>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Data root (default: $SUPERMASK_DATA, else ./data).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Print one independent `supermask train ... --continue` command per run instead of
+        /// running them (for a Slurm job array, GNU parallel, ...).
+        #[arg(long)]
+        emit: bool,
+    },
+    /// Group finished runs by config without the seed; write aggregate.csv and aggregate.md.
+    Aggregate {
+        /// A sweep directory (or any directory of run directories).
+        dir: PathBuf,
+        /// Where to write the files (default: DIR).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Welch's t-test between two groups, `A:B` by label or unique part of it
+        /// (repeatable; default: every two groups of the same model and dataset).
+        #[arg(long, value_name = "A:B")]
+        compare: Vec<String>,
+    },
+    /// Write a markdown report (tables beside the paper's numbers, mask analyses, figures).
+    Report {
+        /// A sweep directory (or any directory of run directories).
+        dir: PathBuf,
+        /// The markdown file; figures go to `figures/` beside it.
+        #[arg(long)]
+        out: PathBuf,
+        /// Data root, for Figure 1's input sample (default: $SUPERMASK_DATA, else ./data).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Welch's t-test between two groups, `A:B` (repeatable; default: every two groups of
+        /// the same model and dataset).
+        #[arg(long, value_name = "A:B")]
+        compare: Vec<String>,
+        /// Layer drawn in the mask pattern plot (default: the second masked layer).
+        #[arg(long)]
+        pattern_layer: Option<String>,
     },
     /// Evaluate the checkpoint of a run directory on its test set.
     Eval {
@@ -143,6 +196,19 @@ fn main() {
     }
 }
 
+/// `A:B` pairs of `--compare`.
+fn parse_pairs(items: &[String]) -> anyhow::Result<Vec<(String, String)>> {
+    items
+        .iter()
+        .map(|s| {
+            s.split_once(':')
+                .filter(|(a, b)| !a.is_empty() && !b.is_empty())
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .with_context(|| format!("--compare {s}: expected GROUP_A:GROUP_B"))
+        })
+        .collect()
+}
+
 /// The error and its causes on one line.
 fn format_chain(e: &anyhow::Error) -> String {
     let text = e
@@ -154,7 +220,70 @@ fn format_chain(e: &anyhow::Error) -> String {
 }
 
 fn run_cli(cli: Cli) -> anyhow::Result<()> {
+    let threads = cli.threads;
     match cli.command {
+        Command::Sweep {
+            config,
+            workers,
+            out,
+            data,
+            emit,
+        } => {
+            use supermask_cli::sweep;
+            let plan = sweep::plan(&config)?;
+            let out = out.unwrap_or_else(|| {
+                let stem = config.file_stem().unwrap_or_default().to_string_lossy();
+                PathBuf::from(format!("sweeps/{stem}"))
+            });
+            sweep::write_plan(&out, &plan)?;
+            if emit {
+                for line in sweep::emit(&plan, &out, data.as_deref(), threads)? {
+                    println!("{line}");
+                }
+                return Ok(());
+            }
+            anyhow::ensure!(workers > 0, "--workers must be at least 1");
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let per = threads.unwrap_or((cores / workers).max(1));
+            anyhow::ensure!(
+                workers * per <= cores.max(workers),
+                "{workers} workers x {per} threads exceeds this machine's {cores} cores; lower --workers or --threads"
+            );
+            tracing::info!(
+                "sweep {}: {} runs into {} with {workers} workers x {per} threads",
+                config.display(),
+                plan.runs.len(),
+                out.display()
+            );
+            let report = sweep::execute(
+                &plan,
+                &out,
+                &resolve_data_dir(data.as_deref()),
+                workers,
+                per,
+            )?;
+            println!(
+                "{}: {} runs trained, {} already finished, {} failed",
+                out.display(),
+                report.trained,
+                report.skipped,
+                report.failed.len()
+            );
+            if !report.failed.is_empty() {
+                let list: Vec<String> = report
+                    .failed
+                    .iter()
+                    .map(|(d, e)| format!("{d}: {e}"))
+                    .collect();
+                anyhow::bail!(
+                    "{} of {} runs failed; rerun the same command to retry them: {}",
+                    report.failed.len(),
+                    plan.runs.len(),
+                    list.join("; ")
+                );
+            }
+            Ok(())
+        }
         Command::Train {
             config,
             set,
@@ -162,12 +291,13 @@ fn run_cli(cli: Cli) -> anyhow::Result<()> {
             data,
             seed,
             resume,
+            continue_run,
             stop_after,
             device,
         } => {
             let device = supermask_cli::device::device(&device)?;
             let data_dir = resolve_data_dir(data.as_deref());
-            let (config, out, resume) = match resume {
+            let (config, out, start) = match resume {
                 Some(dir) => {
                     for s in &set {
                         anyhow::ensure!(
@@ -177,7 +307,7 @@ fn run_cli(cli: Cli) -> anyhow::Result<()> {
                     }
                     let cfg = RunConfig::load(Some(&dir.join(CONFIG_FILE)), &set)
                         .with_context(|| format!("{} is not a resumable run", dir.display()))?;
-                    (cfg, dir, true)
+                    (cfg, dir, run::Start::Resume)
                 }
                 None => {
                     let mut set = set;
@@ -192,14 +322,19 @@ fn run_cli(cli: Cli) -> anyhow::Result<()> {
                         .unwrap_or_else(|| DEFAULT_CONFIG_NAME.to_string());
                     let out = out
                         .unwrap_or_else(|| PathBuf::from(format!("runs/{name}-seed{}", cfg.seed)));
-                    (cfg, out, false)
+                    let start = if continue_run {
+                        run::Start::Continue
+                    } else {
+                        run::Start::Fresh
+                    };
+                    (cfg, out, start)
                 }
             };
             let history = run::train(TrainRequest {
                 config,
                 out: out.clone(),
                 data_dir,
-                resume,
+                start,
                 stop_after,
                 progress: std::io::stderr().is_terminal(),
                 device,
@@ -213,6 +348,34 @@ fn run_cli(cli: Cli) -> anyhow::Result<()> {
                     m.remaining
                 );
             }
+            Ok(())
+        }
+        Command::Aggregate { dir, out, compare } => {
+            let pairs = parse_pairs(&compare)?;
+            let out = out.unwrap_or_else(|| dir.clone());
+            let md = supermask_cli::study::aggregate(&dir, &out, &pairs)?;
+            println!("{md}");
+            println!(
+                "wrote {} and {}",
+                out.join("aggregate.csv").display(),
+                out.join("aggregate.md").display()
+            );
+            Ok(())
+        }
+        Command::Report {
+            dir,
+            out,
+            data,
+            compare,
+            pattern_layer,
+        } => {
+            let opts = supermask_cli::study::ReportOptions {
+                data_dir: resolve_data_dir(data.as_deref()),
+                pairs: parse_pairs(&compare)?,
+                pattern_layer,
+            };
+            supermask_cli::study::report(&dir, &out, &opts)?;
+            println!("wrote {}", out.display());
             Ok(())
         }
         Command::Eval {

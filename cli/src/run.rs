@@ -24,6 +24,74 @@ pub const CONFIG_FILE: &str = "config.toml";
 pub const METRICS_FILE: &str = "metrics.jsonl";
 /// Final values; its presence marks a finished run.
 pub const SUMMARY_FILE: &str = "summary.json";
+/// Lock file: a process training a run directory holds an exclusive lock on it.
+pub const LOCK_FILE: &str = ".lock";
+
+/// An exclusive advisory lock (`flock`) on a run directory, held while a process trains it.
+/// The operating system releases it when the process exits, however it exits (SIGKILL
+/// included), so a stale lock never blocks a restart.
+#[derive(Debug)]
+pub struct RunLock {
+    _file: std::fs::File,
+}
+
+impl RunLock {
+    fn open(dir: &Path) -> Result<std::fs::File> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let path = dir.join(LOCK_FILE);
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))
+    }
+
+    /// Takes the lock of `dir` (created if missing); `None` when another process holds it.
+    pub fn try_acquire(dir: &Path) -> Result<Option<Self>> {
+        let file = Self::open(dir)?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(Self { _file: file })),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+            Err(std::fs::TryLockError::Error(e)) => {
+                Err(anyhow::Error::new(e).context(format!("locking {}", dir.display())))
+            }
+        }
+    }
+
+    /// Takes the lock of `dir`, or fails with a clear error when another process trains it.
+    pub fn acquire(dir: &Path) -> Result<Self> {
+        Self::try_acquire(dir)?.with_context(|| {
+            format!(
+                "{} is being trained by another process (it holds {}); wait for it or choose another --out",
+                dir.display(),
+                dir.join(LOCK_FILE).display()
+            )
+        })
+    }
+
+    /// Waits until the lock of `dir` is free, then takes it.
+    pub fn wait(dir: &Path) -> Result<Self> {
+        let file = Self::open(dir)?;
+        file.lock()
+            .with_context(|| format!("locking {}", dir.display()))?;
+        Ok(Self { _file: file })
+    }
+}
+
+/// How `train` treats the output directory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Start {
+    /// Start a run; fail if the directory already holds one.
+    Fresh,
+    /// Continue the run in the directory from its last checkpoint.
+    Resume,
+    /// Whatever brings the directory to a finished run of this config: nothing when it is
+    /// finished, resume when it holds a checkpoint, start otherwise. The directory's config
+    /// must equal the requested one. Sweeps and their emitted commands use this, so a killed
+    /// or requeued job picks up where it stopped.
+    Continue,
+}
 
 /// What `train` should do.
 pub struct TrainRequest {
@@ -33,8 +101,8 @@ pub struct TrainRequest {
     pub out: PathBuf,
     /// Data root.
     pub data_dir: PathBuf,
-    /// Continue the run in `out` instead of starting one.
-    pub resume: bool,
+    /// Start, resume or continue.
+    pub start: Start,
     /// Stop after this epoch (the run can be resumed later).
     pub stop_after: Option<usize>,
     /// Show a progress bar.
@@ -92,8 +160,15 @@ fn write_metrics(path: &Path, all: &[EpochMetrics]) -> Result<()> {
     write_atomic(path, text.as_bytes())
 }
 
-/// Trains as requested; returns the metrics of every epoch.
+/// Trains as requested under the output directory's lock; returns the metrics of every epoch.
 pub fn train(req: TrainRequest) -> Result<Vec<EpochMetrics>> {
+    let lock = RunLock::acquire(&req.out)?;
+    train_locked(req, lock)
+}
+
+/// [`train`] with the directory's lock already taken by the caller (a sweep worker).
+pub fn train_locked(req: TrainRequest, lock: RunLock) -> Result<Vec<EpochMetrics>> {
+    let _lock = lock;
     let cfg = &req.config;
     let device = req.device.clone();
     // Everything that can fail before training is checked before the directory is touched.
@@ -103,9 +178,26 @@ pub fn train(req: TrainRequest) -> Result<Vec<EpochMetrics>> {
     trainer.check_data(&test_set)?;
 
     let out = &req.out;
+    let mut resume = req.start == Start::Resume;
+    if req.start == Start::Continue && out.join(CONFIG_FILE).exists() {
+        let stored = RunConfig::load(Some(&out.join(CONFIG_FILE)), &[])?;
+        anyhow::ensure!(
+            stored.to_toml()? == cfg.to_toml()?,
+            "{} holds a run of another config; choose another --out",
+            out.display()
+        );
+        if out.join(SUMMARY_FILE).exists() {
+            let history = read_metrics(&out.join(METRICS_FILE))?;
+            if history.len() == cfg.train.epochs {
+                tracing::info!("{} is already finished", out.display());
+                return Ok(history);
+            }
+        }
+        resume = out.join(CHECKPOINT_FILE).exists() && out.join(STATE_FILE).exists();
+    }
     let mut history;
     let start_epoch;
-    if req.resume {
+    if resume {
         let state = checkpoint::load(out, &mut trainer, &device, true)?;
         history = read_metrics(&out.join(METRICS_FILE))?;
         anyhow::ensure!(
@@ -133,7 +225,6 @@ pub fn train(req: TrainRequest) -> Result<Vec<EpochMetrics>> {
                 out.display()
             );
         }
-        std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
         history = Vec::new();
         start_epoch = 0;
     }
