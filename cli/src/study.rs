@@ -1116,10 +1116,9 @@ pub fn report(dir: &Path, out: &Path, opts: &ReportOptions) -> Result<()> {
             .collect();
         if !fcn.is_empty() {
             md.push_str("\n### First FCN layer over runs (Figure 3)\n\nSum of |mask| over the runs of each group; an input column (pixel) is *masked in every run* when all its weights are pruned in all runs. The paper counted over 50 runs, where a column is less likely to be pruned in all of them; \"column sum <= 2n\" is the paper's \"100 outliers over 50 runs\" scaled to n runs.\n\n| group | n | fc1 remaining % | weights pruned in every run % | columns masked in every run | columns with sum <= 2n | paper (50 runs): columns, pruned % |\n|---|---|---|---|---|---|---|\n");
-            for &i in &fcn {
+            let facts = |i: usize| {
                 let runs = &masks[i];
-                let first = &runs[0][0];
-                let (rows, cols) = first.matrix_dims();
+                let (rows, cols) = runs[0][0].matrix_dims();
                 let vals: Vec<&[i8]> = runs.iter().map(|r| r[0].values.as_slice()).collect();
                 let sum = masks::abs_sum(&vals);
                 let n = runs.len() as u32;
@@ -1128,23 +1127,80 @@ pub fn report(dir: &Path, out: &Path, opts: &ReportOptions) -> Result<()> {
                     .map(|r| r[0].nnz() as f64 / r[0].values.len() as f64)
                     .sum::<f64>()
                     / runs.len() as f64;
-                let paper = PAPER_FIG3.iter().find(|(p, _, _)| {
-                    *p == groups[i].preset()
-                        && groups[i].dataset() == "mnist"
-                        && !groups[i].label.contains('_')
-                });
-                let _ = writeln!(
-                    md,
-                    "| {} | {n} | {:.2} | {:.2} | {} | {} | {} |",
-                    groups[i].label,
+                (
                     100.0 * rem,
                     100.0 * masks::always_pruned(&sum),
                     masks::quiet_columns(&sum, rows, cols, 0),
                     masks::quiet_columns(&sum, rows, cols, 2 * n),
-                    paper
+                )
+            };
+            let paper_fig3 = |g: &Group| {
+                PAPER_FIG3.iter().find(|(p, _, _)| {
+                    *p == g.preset() && g.dataset() == "mnist" && !g.label.contains('_')
+                })
+            };
+            for &i in &fcn {
+                let (rem, pruned, cols0, cols2n) = facts(i);
+                let _ = writeln!(
+                    md,
+                    "| {} | {} | {rem:.2} | {pruned:.2} | {cols0} | {cols2n} | {} |",
+                    groups[i].label,
+                    groups[i].runs.len(),
+                    paper_fig3(&groups[i])
                         .map(|(_, c, p)| format!("{c}, {p}"))
                         .unwrap_or_else(|| "-".into())
                 );
+            }
+            // Binary vs signed Supermask (Figure 3's comparison), per dataset.
+            for &bi in fcn
+                .iter()
+                .filter(|&&i| groups[i].preset() == "figure3-fcn-binary-elus")
+            {
+                let Some(&si) = fcn.iter().find(|&&i| {
+                    groups[i].preset() == "table1-fcn-signed-elus"
+                        && groups[i].dataset() == groups[bi].dataset()
+                }) else {
+                    continue;
+                };
+                let _ = writeln!(
+                    md,
+                    "\n#### Binary vs signed Supermask, ELUS, {} (Figure 3)\n\n| | n | test acc % | remaining % | fc1 remaining % | fc1 weights pruned in every run % | input columns masked in every run | paper (50 runs): acc %, remaining %, columns, pruned % |\n|---|---|---|---|---|---|---|---|",
+                    groups[bi].dataset()
+                );
+                for (name, i) in [("binary", bi), ("signed", si)] {
+                    let (rem, pruned, cols0, _) = facts(i);
+                    let st = &stats[i];
+                    let paper =
+                        paper_row(&groups[i])
+                            .zip(paper_fig3(&groups[i]))
+                            .map(|(r, (_, c, p))| {
+                                format!("{:.2}, {:.2}, {c}, {p}", r.test_acc.mean, r.remaining.mean)
+                            });
+                    let _ = writeln!(
+                        md,
+                        "| {name} ({}) | {} | {} | {} | {rem:.2} | {pruned:.2} | {cols0} | {} |",
+                        groups[i].label,
+                        st.n,
+                        band_md(&st.test_acc, 2),
+                        band_md(&st.remaining, 2),
+                        paper.unwrap_or_else(|| "-".into())
+                    );
+                }
+                if let Some(w) = comparisons(
+                    &groups,
+                    &[(groups[si].label.clone(), groups[bi].label.clone())],
+                )?
+                .first()
+                .and_then(|c| c.test)
+                {
+                    let _ = writeln!(
+                        md,
+                        "\nWelch's test, signed vs binary test accuracy: t = {:.2}, p = {:.2e}{}.",
+                        w.t,
+                        w.p,
+                        if w.p < ALPHA { " (p < 0.01)" } else { "" }
+                    );
+                }
             }
             md.push('\n');
             for &i in &fcn {

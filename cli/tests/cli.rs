@@ -1,116 +1,10 @@
 //! End-to-end tests of the `supermask` binary on small generated IDX datasets.
 
-use std::{
-    path::{Path, PathBuf},
-    process::{Command, Output},
-};
-use supermask_cli::{config::RunConfig, metrics::EpochMetrics};
-use supermask_datasets::{write_idx_images, write_idx_labels};
+mod common;
 
-const BIN: &str = env!("CARGO_BIN_EXE_supermask");
-
-fn preset(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../configs/paper")
-        .join(format!("{name}.toml"))
-}
-
-/// Writes a learnable MNIST-shaped dataset: class c lights up rows 2c..2c+3, plus noise.
-fn make_mnist(root: &Path, train: usize, test: usize) {
-    let dir = root.join("mnist");
-    let mut seed = 12345u64;
-    let mut next = || {
-        seed = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (seed >> 33) as u32
-    };
-    for (prefix, n) in [("train", train), ("t10k", test)] {
-        let mut pixels = Vec::with_capacity(n * 784);
-        let mut labels = Vec::with_capacity(n);
-        for _ in 0..n {
-            let c = (next() % 10) as usize;
-            labels.push(c as u8);
-            for r in 0..28 {
-                for _ in 0..28 {
-                    let on = r >= 2 * c + 2 && r < 2 * c + 5;
-                    let noise = (next() % 60) as u8;
-                    pixels.push(if on { 190 + noise } else { noise });
-                }
-            }
-        }
-        write_idx_images(
-            &dir.join(format!("{prefix}-images-idx3-ubyte")),
-            &pixels,
-            n,
-            28,
-            28,
-        )
-        .unwrap();
-        write_idx_labels(&dir.join(format!("{prefix}-labels-idx1-ubyte")), &labels).unwrap();
-    }
-}
-
-fn run(args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("binary runs")
-}
-
-fn ok(args: &[&str]) -> Output {
-    let out = run(args);
-    assert!(
-        out.status.success(),
-        "supermask {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn metrics(dir: &Path) -> Vec<EpochMetrics> {
-    std::fs::read_to_string(dir.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
-struct Env {
-    _tmp: tempfile::TempDir,
-    data: PathBuf,
-    root: PathBuf,
-}
-
-fn env() -> Env {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    make_mnist(&data, 640, 200);
-    let root = tmp.path().to_path_buf();
-    Env {
-        _tmp: tmp,
-        data,
-        root,
-    }
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-/// `supermask [global...] train --config PRESET --set k=v... --data <env data> --out OUT`.
-fn train_preset(e: &Env, global: &[&str], preset_name: &str, sets: &[&str], out: &Path) {
-    let cfg = preset(preset_name);
-    let mut args: Vec<&str> = global.to_vec();
-    args.extend(["train", "--config", s(&cfg)]);
-    for set in sets {
-        args.extend(["--set", set]);
-    }
-    args.extend(["--data", s(&e.data), "--out", s(out)]);
-    ok(&args);
-}
-
+use common::*;
+use std::path::Path;
+use supermask_cli::config::RunConfig;
 #[test]
 fn train_one_epoch_writes_the_run_files() {
     let e = env();
@@ -192,28 +86,6 @@ fn train_one_epoch_writes_the_run_files() {
     let ev: serde_json::Value = serde_json::from_slice(&ev.stdout).unwrap();
     assert_eq!(ev["test_acc"].as_f64().unwrap(), m.test_acc);
     assert_eq!(ev["remaining"].as_f64().unwrap(), m.remaining);
-}
-
-fn without_timing(mut m: Vec<EpochMetrics>) -> Vec<EpochMetrics> {
-    for x in &mut m {
-        x.seconds = 0.0;
-        x.eval_seconds = 0.0;
-    }
-    m
-}
-
-fn checkpoint_tensors(dir: &Path) -> Vec<(String, Vec<f32>)> {
-    let t = candle_core::safetensors::load(
-        dir.join("checkpoint.safetensors"),
-        &candle_core::Device::Cpu,
-    )
-    .unwrap();
-    let mut v: Vec<_> = t
-        .into_iter()
-        .map(|(k, t)| (k, t.flatten_all().unwrap().to_vec1::<f32>().unwrap()))
-        .collect();
-    v.sort_by(|a, b| a.0.cmp(&b.0));
-    v
 }
 
 fn resume_matches(config: &str, extra: &[&str]) {

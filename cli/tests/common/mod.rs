@@ -1,0 +1,150 @@
+//! Helpers shared by the CLI integration tests: generated datasets and binary runners.
+#![allow(dead_code)]
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Output},
+};
+use supermask_cli::metrics::EpochMetrics;
+use supermask_datasets::{write_idx_images, write_idx_labels};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_supermask");
+
+pub fn preset(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../configs/paper")
+        .join(format!("{name}.toml"))
+}
+
+/// Writes a learnable MNIST-shaped dataset: class c lights up rows 2c..2c+3, plus noise.
+pub fn make_mnist(root: &Path, train: usize, test: usize) {
+    let dir = root.join("mnist");
+    let mut seed = 12345u64;
+    let mut next = || {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (seed >> 33) as u32
+    };
+    for (prefix, n) in [("train", train), ("t10k", test)] {
+        let mut pixels = Vec::with_capacity(n * 784);
+        let mut labels = Vec::with_capacity(n);
+        for _ in 0..n {
+            let c = (next() % 10) as usize;
+            labels.push(c as u8);
+            for r in 0..28 {
+                for _ in 0..28 {
+                    let on = r >= 2 * c + 2 && r < 2 * c + 5;
+                    let noise = (next() % 60) as u8;
+                    pixels.push(if on { 190 + noise } else { noise });
+                }
+            }
+        }
+        write_idx_images(
+            &dir.join(format!("{prefix}-images-idx3-ubyte")),
+            &pixels,
+            n,
+            28,
+            28,
+        )
+        .unwrap();
+        write_idx_labels(&dir.join(format!("{prefix}-labels-idx1-ubyte")), &labels).unwrap();
+    }
+}
+
+pub fn run(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("binary runs")
+}
+
+pub fn ok(args: &[&str]) -> Output {
+    let out = run(args);
+    assert!(
+        out.status.success(),
+        "supermask {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+pub fn metrics(dir: &Path) -> Vec<EpochMetrics> {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+pub struct Env {
+    pub _tmp: tempfile::TempDir,
+    pub data: PathBuf,
+    pub root: PathBuf,
+}
+
+pub fn env() -> Env {
+    env_sized(640, 200)
+}
+
+/// A temporary directory with a generated MNIST of `train` and `test` samples.
+pub fn env_sized(train: usize, test: usize) -> Env {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    make_mnist(&data, train, test);
+    let root = tmp.path().to_path_buf();
+    Env {
+        _tmp: tmp,
+        data,
+        root,
+    }
+}
+
+pub fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// `supermask [global...] train --config PRESET --set k=v... --data <env data> --out OUT`.
+pub fn train_preset(e: &Env, global: &[&str], preset_name: &str, sets: &[&str], out: &Path) {
+    let cfg = preset(preset_name);
+    let mut args: Vec<&str> = global.to_vec();
+    args.extend(["train", "--config", s(&cfg)]);
+    for set in sets {
+        args.extend(["--set", set]);
+    }
+    args.extend(["--data", s(&e.data), "--out", s(out)]);
+    ok(&args);
+}
+
+pub fn without_timing(mut m: Vec<EpochMetrics>) -> Vec<EpochMetrics> {
+    for x in &mut m {
+        x.seconds = 0.0;
+        x.eval_seconds = 0.0;
+    }
+    m
+}
+
+pub fn checkpoint_tensors(dir: &Path) -> Vec<(String, Vec<f32>)> {
+    let t = candle_core::safetensors::load(
+        dir.join("checkpoint.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let mut v: Vec<_> = t
+        .into_iter()
+        .map(|(k, t)| {
+            (
+                k,
+                t.flatten_all()
+                    .unwrap()
+                    .to_dtype(candle_core::DType::F32)
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap(),
+            )
+        })
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
