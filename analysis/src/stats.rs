@@ -81,7 +81,7 @@ pub fn welch(a: &[f64], b: &[f64]) -> Option<Welch> {
     let (na, nb) = (a.len() as f64, b.len() as f64);
     let (va, vb) = (variance(a) / na, variance(b) / nb);
     let se2 = va + vb;
-    if !(se2 > 0.0) {
+    if se2.is_nan() || se2 <= 0.0 {
         return None;
     }
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;

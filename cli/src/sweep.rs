@@ -460,3 +460,58 @@ pub fn execute(
     })?;
     Ok(report.into_inner().expect("report lock"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn preset_dir() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/paper")
+    }
+
+    /// 2 presets x (2 lr x 2 thresholds) x 3 seeds = 24 runs, each config carrying its values.
+    #[test]
+    fn grid_expands_to_every_combination() {
+        crate::link_plugins();
+        let dir = tempfile::tempdir().unwrap();
+        let grid = dir.path().join("g.toml");
+        std::fs::write(
+            &grid,
+            format!(
+                r#"presets = [{:?}, {:?}]
+seeds = [0, 7, 9]
+[set]
+"train.epochs" = 3
+[grid]
+"optimizer.lr" = [0.05, 0.1]
+"masking.threshold" = [{{ type = "fixed", tau_n = -0.02, tau_p = 0.02 }}, {{ type = "initial-rate", rate = 0.05 }}]
+"#,
+                preset_dir().join("table1-fcn-signed-elus.toml").display().to_string(),
+                preset_dir().join("table1-fcn-signed-he.toml").display().to_string()
+            ),
+        )
+        .unwrap();
+        let plan = plan(&grid).unwrap();
+        assert_eq!(plan.runs.len(), 24);
+        let mut labels: Vec<&str> = plan.runs.iter().map(|r| r.label.as_str()).collect();
+        labels.dedup();
+        assert_eq!(labels.len(), 8, "{labels:?}");
+        let r = &plan.runs[0];
+        assert!(
+            r.dir.starts_with("table1-fcn-signed-elus_") && r.dir.contains("-s0-"),
+            "{}",
+            r.dir
+        );
+        let cfg = r.config().unwrap();
+        assert_eq!(cfg.train.epochs, 3);
+        assert_eq!(cfg.seed, 0);
+        assert!(cfg.to_toml().unwrap().contains("tau_p = 0.02"));
+        // The hash is of the effective config: stable across expansions, distinct per run.
+        assert_eq!(config_hash(&cfg).unwrap(), r.hash);
+        let again = super::plan(&grid).unwrap();
+        assert_eq!(again, plan);
+        let hashes: std::collections::HashSet<_> = plan.runs.iter().map(|r| &r.hash).collect();
+        assert_eq!(hashes.len(), 24);
+        assert_eq!(plan.runs[2].seed, 9);
+    }
+}

@@ -100,11 +100,10 @@ fn sweep_killed_mid_run_resumes_to_the_same_results() {
         .spawn()
         .unwrap();
     let t0 = Instant::now();
-    let interrupted = loop {
-        assert!(
-            t0.elapsed() < Duration::from_secs(600),
-            "the sweep never reached its second run"
-        );
+    let found = loop {
+        if t0.elapsed() > Duration::from_secs(600) {
+            break None;
+        }
         let started: Vec<PathBuf> = if killed.exists() {
             run_dirs(&killed)
         } else {
@@ -123,12 +122,13 @@ fn sweep_killed_mid_run_resumes_to_the_same_results() {
             (1..3).contains(&n) && epoch == n && !d.join("summary.json").exists()
         });
         if let (Some(mid), true) = (mid, started.len() >= 2) {
-            child.kill().unwrap(); // SIGKILL on Unix
-            child.wait().unwrap();
-            break mid.clone();
+            break Some(mid.clone());
         }
         std::thread::sleep(Duration::from_millis(5));
     };
+    child.kill().unwrap(); // SIGKILL on Unix
+    child.wait().unwrap();
+    let interrupted = found.expect("the sweep never reached its second run");
     assert!(
         !interrupted.join("summary.json").exists(),
         "the kill landed mid-run"
@@ -137,7 +137,7 @@ fn sweep_killed_mid_run_resumes_to_the_same_results() {
         .iter()
         .filter(|d| d.join("summary.json").exists())
         .count();
-    assert!(finished_before >= 1 && finished_before < 4);
+    assert!((1..4).contains(&finished_before));
     let before = metrics(&interrupted);
     let state: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(interrupted.join("state.json")).unwrap())
