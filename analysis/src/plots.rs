@@ -2,7 +2,11 @@
 //! system font library is needed). Files are written under a temporary name and renamed.
 
 use anyhow::{Context, Result};
-use plotters::{coord::Shift, prelude::*, style::FontStyle};
+use plotters::{
+    coord::{types::RangedCoordf64, Shift},
+    prelude::*,
+    style::FontStyle,
+};
 use std::path::{Path, PathBuf};
 
 /// Registers the bundled font under the family names plotters asks for.
@@ -157,15 +161,7 @@ fn draw_bands<DB: DrawingBackend>(
                 PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
             });
     }
-    chart
-        .configure_series_labels()
-        .label_font(("sans-serif", 14))
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperRight)
-        .draw()
-        .map_err(err)?;
-    Ok(())
+    legend(&mut chart)
 }
 
 /// The mask-value colors: -1 red, 0 light gray (white in pattern plots), +1 green.
@@ -334,15 +330,21 @@ fn draw_bars<DB: DrawingBackend>(
             }))
             .map_err(err)?;
     }
+    legend(&mut chart)
+}
+
+type Chart2d<'a, DB> = ChartContext<'a, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// The series legend, upper right.
+fn legend<'a, DB: DrawingBackend + 'a>(chart: &mut Chart2d<'a, DB>) -> Result<()> {
     chart
         .configure_series_labels()
-        .label_font(("sans-serif", 13))
+        .label_font(("sans-serif", 14))
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
         .position(SeriesLabelPosition::UpperRight)
         .draw()
-        .map_err(err)?;
-    Ok(())
+        .map_err(err)
 }
 
 /// A matrix to draw cell by cell.

@@ -608,17 +608,50 @@ pub fn load_masks(groups: &[Group]) -> Result<Vec<Vec<Vec<LayerMask>>>> {
         .collect()
 }
 
+/// Everything `aggregate` and `report` compute from a directory of runs.
+pub struct Study {
+    /// Finished runs by group.
+    pub groups: Vec<Group>,
+    /// Run directories left out as unfinished.
+    pub unfinished: Vec<PathBuf>,
+    /// Final masks, `[group][run][layer]`.
+    pub masks: Vec<Vec<Vec<LayerMask>>>,
+    /// Statistics per group.
+    pub stats: Vec<GroupStats>,
+    /// Welch's tests.
+    pub cmp: Vec<Comparison>,
+}
+
+impl Study {
+    /// Loads the finished runs under `dir` and computes their statistics and `pairs`' tests.
+    pub fn load(dir: &Path, pairs: &[(String, String)]) -> Result<Self> {
+        let (groups, unfinished) = load_groups(dir)?;
+        anyhow::ensure!(
+            !groups.is_empty(),
+            "{} holds no finished run (a directory with {CONFIG_FILE}, {METRICS_FILE} and {SUMMARY_FILE})",
+            dir.display()
+        );
+        let masks = load_masks(&groups)?;
+        let stats = group_stats(&groups, &masks);
+        let cmp = comparisons(&groups, pairs)?;
+        Ok(Self {
+            groups,
+            unfinished,
+            masks,
+            stats,
+            cmp,
+        })
+    }
+}
+
 /// Writes `aggregate.csv` and `aggregate.md` into `out`; returns the markdown.
 pub fn aggregate(dir: &Path, out: &Path, pairs: &[(String, String)]) -> Result<String> {
-    let (groups, unfinished) = load_groups(dir)?;
-    anyhow::ensure!(
-        !groups.is_empty(),
-        "{} holds no finished run (a directory with {CONFIG_FILE}, {METRICS_FILE} and {SUMMARY_FILE})",
-        dir.display()
-    );
-    let masks = load_masks(&groups)?;
-    let stats = group_stats(&groups, &masks);
-    let cmp = comparisons(&groups, pairs)?;
+    let Study {
+        unfinished,
+        stats,
+        cmp,
+        ..
+    } = Study::load(dir, pairs)?;
     let mut md = format!("# Aggregate of {}\n\n", dir.display());
     if !unfinished.is_empty() {
         let _ = writeln!(
@@ -881,15 +914,13 @@ fn slug(s: &str) -> String {
 
 /// Writes the report markdown to `out` and its figures (PNG and SVG) to `figures/` beside it.
 pub fn report(dir: &Path, out: &Path, opts: &ReportOptions) -> Result<()> {
-    let (groups, unfinished) = load_groups(dir)?;
-    anyhow::ensure!(
-        !groups.is_empty(),
-        "{} holds no finished run (a directory with {CONFIG_FILE}, {METRICS_FILE} and {SUMMARY_FILE})",
-        dir.display()
-    );
-    let masks = load_masks(&groups)?;
-    let stats = group_stats(&groups, &masks);
-    let cmp = comparisons(&groups, &opts.pairs)?;
+    let Study {
+        groups,
+        unfinished,
+        masks,
+        stats,
+        cmp,
+    } = Study::load(dir, &opts.pairs)?;
     let base = out
         .parent()
         .filter(|p| !p.as_os_str().is_empty())

@@ -21,6 +21,28 @@ fn write_grid(dir: &Path, epochs: usize) -> PathBuf {
     grid
 }
 
+/// `sweep --config GRID --data DATA --out OUT`.
+fn sweep_args(e: &Env, grid: &Path, out: &Path) -> Vec<String> {
+    [
+        "sweep",
+        "--config",
+        s(grid),
+        "--data",
+        s(&e.data),
+        "--out",
+        s(out),
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// Runs `sweep ... EXTRA` and checks it succeeds.
+fn sweep_ok(e: &Env, grid: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
+    let mut args = sweep_args(e, grid, out);
+    args.extend(extra.iter().map(|x| x.to_string()));
+    ok(&args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
 /// The run directories under a sweep directory, by name.
 fn run_dirs(dir: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
@@ -77,25 +99,13 @@ fn sweep_killed_mid_run_resumes_to_the_same_results() {
     let grid = write_grid(&e.root, 4);
     let reference = e.root.join("reference");
     let killed = e.root.join("killed");
-    let sweep = |out: &Path| {
-        vec![
-            "sweep".to_string(),
-            "--config".into(),
-            s(&grid).into(),
-            "--data".into(),
-            s(&e.data).into(),
-            "--out".into(),
-            s(out).into(),
-        ]
-    };
-    let args = sweep(&reference);
-    let out = ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let out = sweep_ok(&e, &grid, &reference, &[]);
     assert_eq!(counts(&out.stdout), (4, 0));
 
     // Start the same sweep elsewhere and SIGKILL it once the second run has finished an
     // epoch but not its last.
     let mut child = Command::new(BIN)
-        .args(sweep(&killed))
+        .args(sweep_args(&e, &grid, &killed))
         .env("RUST_LOG", "warn")
         .spawn()
         .unwrap();
@@ -144,10 +154,7 @@ fn sweep_killed_mid_run_resumes_to_the_same_results() {
             .unwrap();
     let checkpointed = state["epoch"].as_u64().unwrap() as usize;
 
-    let out = ok(&sweep(&killed)
-        .iter()
-        .map(String::as_str)
-        .collect::<Vec<_>>());
+    let out = sweep_ok(&e, &grid, &killed, &[]);
     let (trained, skipped) = counts(&out.stdout);
     assert_eq!(skipped, finished_before, "finished runs are skipped");
     assert_eq!(trained + skipped, 4, "every run is done exactly once");
@@ -163,10 +170,7 @@ fn sweep_killed_mid_run_resumes_to_the_same_results() {
     assert!(checkpointed >= 1);
     assert_eq!(before[..checkpointed], after[..checkpointed]);
     // A third start has nothing to do.
-    let out = ok(&sweep(&killed)
-        .iter()
-        .map(String::as_str)
-        .collect::<Vec<_>>());
+    let out = sweep_ok(&e, &grid, &killed, &[]);
     assert_eq!(counts(&out.stdout), (0, 4));
 }
 
@@ -177,15 +181,7 @@ fn two_sweeps_on_one_directory_never_train_a_run_twice() {
     let dir = e.root.join("shared");
     let spawn = || {
         Command::new(BIN)
-            .args([
-                "sweep",
-                "--config",
-                s(&grid),
-                "--data",
-                s(&e.data),
-                "--out",
-                s(&dir),
-            ])
+            .args(sweep_args(&e, &grid, &dir))
             .env("RUST_LOG", "warn")
             .output()
             .unwrap()
@@ -202,15 +198,7 @@ fn two_sweeps_on_one_directory_never_train_a_run_twice() {
     let (tb, _) = counts(&b.stdout);
     assert_eq!(ta + tb, 4, "each run trained by exactly one sweep");
     let alone = e.root.join("alone");
-    ok(&[
-        "sweep",
-        "--config",
-        s(&grid),
-        "--data",
-        s(&e.data),
-        "--out",
-        s(&alone),
-    ]);
+    sweep_ok(&e, &grid, &alone, &[]);
     assert_same_runs(&alone, &dir);
 }
 
@@ -220,27 +208,8 @@ fn emitted_commands_fill_the_same_layout_as_the_sweep() {
     let grid = write_grid(&e.root, 1);
     let swept = e.root.join("swept");
     let emitted = e.root.join("emitted");
-    ok(&[
-        "sweep",
-        "--config",
-        s(&grid),
-        "--data",
-        s(&e.data),
-        "--out",
-        s(&swept),
-        "--workers",
-        "2",
-    ]);
-    let out = ok(&[
-        "sweep",
-        "--config",
-        s(&grid),
-        "--data",
-        s(&e.data),
-        "--out",
-        s(&emitted),
-        "--emit",
-    ]);
+    sweep_ok(&e, &grid, &swept, &["--workers", "2"]);
+    let out = sweep_ok(&e, &grid, &emitted, &["--emit"]);
     let lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(str::to_string)
@@ -282,33 +251,25 @@ fn train_refuses_a_directory_another_process_holds() {
     std::fs::create_dir_all(&out).unwrap();
     let lock = std::fs::File::create(out.join(".lock")).unwrap();
     lock.try_lock().unwrap();
-    let o = run(&[
+    let cfg = preset("table1-fcn-signed-elus");
+    let args = [
         "train",
         "--config",
-        s(&preset("table1-fcn-signed-elus")),
+        s(&cfg),
         "--set",
         "train.epochs=1",
         "--data",
         s(&e.data),
         "--out",
         s(&out),
-    ]);
+    ];
+    let o = run(&args);
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("being trained by another process"), "{err}");
     assert!(!out.join("metrics.jsonl").exists(), "nothing written");
     drop(lock);
-    ok(&[
-        "train",
-        "--config",
-        s(&preset("table1-fcn-signed-elus")),
-        "--set",
-        "train.epochs=1",
-        "--data",
-        s(&e.data),
-        "--out",
-        s(&out),
-    ]);
+    ok(&args);
 }
 
 #[test]
@@ -368,17 +329,7 @@ fn aggregate_and_report_summarize_the_groups() {
     let e = env_sized(640, 200);
     let grid = write_grid(&e.root, 2);
     let dir = e.root.join("sweep");
-    ok(&[
-        "sweep",
-        "--config",
-        s(&grid),
-        "--data",
-        s(&e.data),
-        "--out",
-        s(&dir),
-        "--workers",
-        "2",
-    ]);
+    sweep_ok(&e, &grid, &dir, &["--workers", "2"]);
     ok(&["aggregate", s(&dir)]);
     let csv = std::fs::read_to_string(dir.join("aggregate.csv")).unwrap();
     let rows: Vec<&str> = csv.lines().skip(1).collect();
