@@ -15,7 +15,8 @@ use crate::{LayerWeights, SsmLayer, SsmModel};
 use anyhow::{bail, ensure, Context, Result};
 use rayon::prelude::*;
 use supermask_core::fused::{
-    conv_sample, elu_in_place, max_pool2_sample, transpose_into, EffLayout, Effective,
+    conv_sample, elu_in_place, max_pool2_sample, transpose_block16, transpose_into, EffLayout,
+    Effective,
 };
 
 /// Layers keeping fewer than this share of their entries run the sparse ternary kernels
@@ -28,7 +29,7 @@ const MIN_PARALLEL_BATCH: usize = 16;
 /// Samples per block of a linear net: a block's feature-major input (784 x 16 floats) stays in
 /// the L2 cache while the kept inputs are added, two 8-wide vector adds each (measured: 8 and
 /// 32 samples were 11% and 8% slower on the FCN at batch 256).
-const BLOCK: usize = 16;
+const BLOCK: usize = supermask_core::fused::TRANSPOSE_ROWS;
 
 /// A linear layer ready to run.
 struct Linear {
@@ -266,26 +267,39 @@ impl Engine {
     /// One full block of [`BLOCK`] samples through linear layers: feature-major `[f32; BLOCK]`
     /// rows, each kept weight one vector add.
     fn block(&self, layers: &[Linear], x: &[f32], out: &mut [f32]) {
-        let mut h: Vec<[f32; BLOCK]> = (0..self.input_len)
-            .map(|j| std::array::from_fn(|b| x[b * self.input_len + j]))
-            .collect();
-        let last = layers.len() - 1;
-        for (i, l) in layers.iter().enumerate() {
-            let mut y = vec![[0.0f32; BLOCK]; l.outputs];
-            match &l.eff {
-                Effective::Sparse(t) => t.matmul_block(&h, &mut y),
-                dense => dense.matmul(h.as_flattened(), BLOCK, y.as_flattened_mut()),
-            }
-            if i < last {
-                elu_in_place(y.as_flattened_mut(), self.alpha);
-            }
-            h = y;
+        thread_local! {
+            /// Two activation buffers per thread, reused across blocks and calls: every entry
+            /// is written before it is read, so they need no zeroing per block.
+            static SCRATCH: std::cell::RefCell<[Vec<[f32; BLOCK]>; 2]> =
+                const { std::cell::RefCell::new([Vec::new(), Vec::new()]) };
         }
-        for (c, row) in h.iter().enumerate() {
-            for (b, v) in row.iter().enumerate() {
-                out[b * self.classes + c] = *v;
+        SCRATCH.with_borrow_mut(|[a, b]| {
+            let (mut h, mut y) = (a, b);
+            h.resize(self.input_len, [0.0; BLOCK]);
+            transpose_block16(x, self.input_len, h);
+            let mut width = self.input_len;
+            let last = layers.len() - 1;
+            for (i, l) in layers.iter().enumerate() {
+                if y.len() < l.outputs {
+                    y.resize(l.outputs, [0.0; BLOCK]);
+                }
+                let (hi, yo) = (&h[..width], &mut y[..l.outputs]);
+                match &l.eff {
+                    Effective::Sparse(t) => t.matmul_block(hi, yo),
+                    dense => dense.matmul(hi.as_flattened(), BLOCK, yo.as_flattened_mut()),
+                }
+                if i < last {
+                    elu_in_place(yo.as_flattened_mut(), self.alpha);
+                }
+                width = l.outputs;
+                std::mem::swap(&mut h, &mut y);
             }
-        }
+            for (c, row) in h[..width].iter().enumerate() {
+                for (b, v) in row.iter().enumerate() {
+                    out[b * self.classes + c] = *v;
+                }
+            }
+        });
     }
 
     /// Linear layers on feature-major activations `[features, nb]`, ELU between them.

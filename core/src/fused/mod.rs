@@ -26,6 +26,7 @@ mod elu;
 pub mod gemm;
 mod optim;
 mod pool;
+mod transpose;
 
 pub use effective::{Effective, Layout as EffLayout, Ternary, Values};
 pub use optim::{sgdw_step, StepParams};
@@ -177,6 +178,8 @@ pub fn max_pool2_sample(z: &[f32], c: usize, h: usize, w: usize) -> Vec<f32> {
     }
     out
 }
+
+pub use transpose::{transpose_block16, ROWS as TRANSPOSE_ROWS};
 
 /// `dst[c x r] = src[r x c]^T` (row-major).
 pub fn transpose_into(src: &[f32], r: usize, c: usize, dst: &mut [f32]) {
