@@ -1346,3 +1346,48 @@ pub fn report(dir: &Path, out: &Path, opts: &ReportOptions) -> Result<()> {
     checkpoint::write_atomic(out, md.as_bytes())?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_names_lose_their_seed_and_hash() {
+        assert_eq!(
+            strip_seed("table1-fcn-signed-elus-s3-0123456789abcdef", 3),
+            "table1-fcn-signed-elus"
+        );
+        assert_eq!(strip_seed("elus-seed2", 2), "elus");
+        // Another seed or a short hash is part of the name.
+        assert_eq!(
+            strip_seed("x-s3-0123456789abcdef", 4),
+            "x-s3-0123456789abcdef"
+        );
+        assert_eq!(strip_seed("x-s3-0123", 3), "x-s3-0123");
+    }
+
+    /// The paper's ELUS row is 97.48 [97.3, 97.7]: 97.2 lies below the band, 97.5 inside.
+    #[test]
+    fn our_mean_is_marked_against_the_paper_band() {
+        let band = |mean| Band {
+            n: 5,
+            mean,
+            q05: mean - 0.1,
+            q95: mean + 0.1,
+        };
+        let elus = PAPER
+            .iter()
+            .find(|r| r.preset == "table1-fcn-signed-elus")
+            .unwrap();
+        assert_eq!(
+            versus(&band(97.5), &elus.test_acc, 2),
+            ("97.48 [97.3, 97.7]".into(), "inside")
+        );
+        assert_eq!(versus(&band(97.2), &elus.test_acc, 2).1, "outside");
+        let binary = PAPER
+            .iter()
+            .find(|r| r.preset == "figure3-fcn-binary-elus")
+            .unwrap();
+        assert_eq!(versus(&band(97.2), &binary.test_acc, 2).1, "(no band)");
+    }
+}
