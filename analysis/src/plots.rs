@@ -161,7 +161,19 @@ fn draw_bands<DB: DrawingBackend>(
                 PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
             });
     }
-    legend(&mut chart)
+    // The legend goes in the corner the curves leave free: below them when they end high.
+    let ends: Vec<f64> = series
+        .iter()
+        .filter_map(|s| s.mean.last().copied())
+        .collect();
+    let end = ends.iter().sum::<f64>() / ends.len().max(1) as f64;
+    let (y0, y1) = (chart.y_range().start, chart.y_range().end);
+    let position = if end > (y0 + y1) / 2.0 {
+        SeriesLabelPosition::LowerRight
+    } else {
+        SeriesLabelPosition::UpperRight
+    };
+    legend(&mut chart, position)
 }
 
 /// The mask-value colors: -1 red, 0 light gray (white in pattern plots), +1 green.
@@ -330,19 +342,22 @@ fn draw_bars<DB: DrawingBackend>(
             }))
             .map_err(err)?;
     }
-    legend(&mut chart)
+    legend(&mut chart, SeriesLabelPosition::UpperRight)
 }
 
 type Chart2d<'a, DB> = ChartContext<'a, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
 
 /// The series legend, upper right.
-fn legend<'a, DB: DrawingBackend + 'a>(chart: &mut Chart2d<'a, DB>) -> Result<()> {
+fn legend<'a, DB: DrawingBackend + 'a>(
+    chart: &mut Chart2d<'a, DB>,
+    position: SeriesLabelPosition,
+) -> Result<()> {
     chart
         .configure_series_labels()
         .label_font(("sans-serif", 14))
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperRight)
+        .position(position)
         .draw()
         .map_err(err)
 }
