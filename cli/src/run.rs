@@ -162,13 +162,13 @@ fn write_metrics(path: &Path, all: &[EpochMetrics]) -> Result<()> {
 
 /// Trains as requested under the output directory's lock; returns the metrics of every epoch.
 pub fn train(req: TrainRequest) -> Result<Vec<EpochMetrics>> {
-    let lock = RunLock::acquire(&req.out)?;
-    train_locked(req, lock)
+    train_locked(req, None)
 }
 
-/// [`train`] with the directory's lock already taken by the caller (a sweep worker).
-pub fn train_locked(req: TrainRequest, lock: RunLock) -> Result<Vec<EpochMetrics>> {
-    let _lock = lock;
+/// [`train`] with the directory's lock already taken by the caller (a sweep worker), or, with
+/// `None`, taken once the data and model checks have passed (a run that fails them leaves no
+/// directory behind).
+pub fn train_locked(req: TrainRequest, lock: Option<RunLock>) -> Result<Vec<EpochMetrics>> {
     let cfg = &req.config;
     let device = req.device.clone();
     // Everything that can fail before training is checked before the directory is touched.
@@ -178,6 +178,10 @@ pub fn train_locked(req: TrainRequest, lock: RunLock) -> Result<Vec<EpochMetrics
     trainer.check_data(&test_set)?;
 
     let out = &req.out;
+    let _lock = match lock {
+        Some(l) => l,
+        None => RunLock::acquire(out)?,
+    };
     let mut resume = req.start == Start::Resume;
     if req.start == Start::Continue && out.join(CONFIG_FILE).exists() {
         let stored = RunConfig::load(Some(&out.join(CONFIG_FILE)), &[])?;
@@ -193,7 +197,8 @@ pub fn train_locked(req: TrainRequest, lock: RunLock) -> Result<Vec<EpochMetrics
                 return Ok(history);
             }
         }
-        resume = out.join(CHECKPOINT_FILE).exists() && out.join(STATE_FILE).exists();
+        // The checkpoint holds its own loop state (state.json is a mirror written after it).
+        resume = out.join(CHECKPOINT_FILE).exists();
     }
     let mut history;
     let start_epoch;

@@ -380,7 +380,7 @@ pub fn execute(
                     progress: false,
                     device: Device::Cpu,
                 },
-                lock,
+                Some(lock),
             )?;
             Ok(true)
         })();
