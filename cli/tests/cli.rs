@@ -392,17 +392,7 @@ fn refuses_to_overwrite_a_run() {
     let e = env();
     let cfg = preset("table1-fcn-signed-elus");
     let out = e.root.join("run");
-    let args = [
-        "train",
-        "--config",
-        s(&cfg),
-        "--set",
-        "train.epochs=1",
-        "--data",
-        s(&e.data),
-        "--out",
-        s(&out),
-    ];
+    let args = one_epoch_args(&cfg, &e, &out);
     ok(&args);
     let before = std::fs::read(out.join("metrics.jsonl")).unwrap();
     let o = run(&args);

@@ -259,17 +259,7 @@ fn train_refuses_a_directory_another_process_holds() {
     let lock = std::fs::File::create(out.join(".lock")).unwrap();
     lock.try_lock().unwrap();
     let cfg = preset("table1-fcn-signed-elus");
-    let args = [
-        "train",
-        "--config",
-        s(&cfg),
-        "--set",
-        "train.epochs=1",
-        "--data",
-        s(&e.data),
-        "--out",
-        s(&out),
-    ];
+    let args = one_epoch_args(&cfg, &e, &out);
     let o = run(&args);
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);

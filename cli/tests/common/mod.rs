@@ -148,3 +148,18 @@ pub fn checkpoint_tensors(dir: &Path) -> Vec<(String, Vec<f32>)> {
     v.sort_by(|a, b| a.0.cmp(&b.0));
     v
 }
+
+/// `train --config CFG --set train.epochs=1 --data <env data> --out OUT`.
+pub fn one_epoch_args<'a>(cfg: &'a Path, e: &'a Env, out: &'a Path) -> [&'a str; 9] {
+    [
+        "train",
+        "--config",
+        s(cfg),
+        "--set",
+        "train.epochs=1",
+        "--data",
+        s(&e.data),
+        "--out",
+        s(out),
+    ]
+}
