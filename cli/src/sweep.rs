@@ -469,6 +469,20 @@ mod tests {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/paper")
     }
 
+    /// The shipped grid files expand: 7 presets x 5 seeds on MNIST, 6 x 5 on Fashion-MNIST.
+    #[test]
+    fn shipped_grids_expand() {
+        crate::link_plugins();
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/sweeps");
+        let mnist = plan(&dir.join("table1-mnist.toml")).unwrap();
+        assert_eq!(mnist.runs.len(), 35);
+        let fashion = plan(&dir.join("table1-fashion-mnist.toml")).unwrap();
+        assert_eq!(fashion.runs.len(), 30);
+        for r in &fashion.runs {
+            assert_eq!(r.config().unwrap().data.dataset, "fashion-mnist");
+        }
+    }
+
     /// 2 presets x (2 lr x 2 thresholds) x 3 seeds = 24 runs, each config carrying its values.
     #[test]
     fn grid_expands_to_every_combination() {
