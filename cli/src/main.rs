@@ -105,7 +105,8 @@ enum Command {
         /// the same model and dataset).
         #[arg(long, value_name = "A:B")]
         compare: Vec<String>,
-        /// Layer drawn in the mask pattern plot (default: the second masked layer).
+        /// Layer drawn in the mask pattern plot (default: a conv net's first fully connected
+        /// layer, else the second masked layer).
         #[arg(long)]
         pattern_layer: Option<String>,
     },

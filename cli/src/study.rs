@@ -899,7 +899,8 @@ pub struct ReportOptions {
     /// Pairs of groups to test (labels or unique substrings); none: every pair of groups of
     /// the same model and dataset.
     pub pairs: Vec<(String, String)>,
-    /// Layer for the mask pattern plot (Figure 9); default: the second masked layer.
+    /// Layer for the mask pattern plot (Figure 9); default: a conv net's first fully connected
+    /// layer (the paper's choice), else the second masked layer.
     pub pattern_layer: Option<String>,
 }
 
@@ -1324,7 +1325,16 @@ pub fn report(dir: &Path, out: &Path, opts: &ReportOptions) -> Result<()> {
                             .join(", ")
                     )
                 })?,
-            None => 1.min(runs[0].len() - 1),
+            // The paper's Figure 9 shows a conv net's first fully connected layer; a net
+            // without convs shows its second layer (the first is Figure 3's).
+            None => {
+                let layers = &runs[0];
+                if layers.iter().any(|l| l.shape.len() == 4) {
+                    layers.iter().position(|l| l.shape.len() == 2).unwrap_or(0)
+                } else {
+                    1.min(layers.len() - 1)
+                }
+            }
         };
         md.push_str("\n### Mask patterns (Figure 9)\n\n+1 green, -1 red, 0 white.\n\n");
         for (r, run) in runs.iter().zip(&groups[i].runs).take(2) {
