@@ -83,6 +83,9 @@ pub struct Group {
     pub label: String,
     /// Hash of the config without the seed.
     pub key: String,
+    /// The sweep's overrides of the preset (`key=value`; empty for unmodified presets and for
+    /// runs made outside a sweep).
+    pub overrides: Vec<String>,
     /// The runs, by seed.
     pub runs: Vec<RunRecord>,
 }
@@ -207,15 +210,13 @@ pub fn load_groups(dir: &Path) -> Result<(Vec<Group>, Vec<PathBuf>)> {
             .unwrap_or_default()
             .to_string_lossy()
             .into_owned();
-        let label = plan
+        let planned = plan
             .as_ref()
-            .and_then(|p| {
-                p.runs
-                    .iter()
-                    .find(|r| r.dir == name)
-                    .map(|r| r.label.clone())
-            })
+            .and_then(|p| p.runs.iter().find(|r| r.dir == name));
+        let label = planned
+            .map(|r| r.label.clone())
             .unwrap_or_else(|| strip_seed(&name, config.seed));
+        let overrides = planned.map(|r| r.overrides.clone()).unwrap_or_default();
         let key = group_key(&config)?;
         let pos = order(&name);
         let first = firsts.entry(key.clone()).or_insert((pos, label.clone()));
@@ -225,6 +226,7 @@ pub fn load_groups(dir: &Path) -> Result<(Vec<Group>, Vec<PathBuf>)> {
             .or_insert_with(|| Group {
                 label,
                 key,
+                overrides,
                 runs: Vec::new(),
             })
             .runs
@@ -846,10 +848,11 @@ pub const PAPER_FIG3: &[(&str, usize, f64)] = &[
     ("figure3-fcn-binary-elus", 144, 43.63),
 ];
 
-/// The paper's row for a group, when the group is an unmodified preset run on that dataset.
+/// The paper's row for a group, when the group is an unmodified preset run on that dataset
+/// (a sweep's `[set]` or `[grid]` values make it another experiment).
 pub fn paper_row(g: &Group) -> Option<&'static PaperRow> {
-    if g.label.contains('_') {
-        return None; // a grid value changed the preset
+    if !g.overrides.is_empty() || g.label.contains('_') {
+        return None; // the sweep changed the preset
     }
     PAPER
         .iter()
@@ -974,7 +977,12 @@ pub fn report(dir: &Path, out: &Path, opts: &ReportOptions) -> Result<()> {
         .filter_map(|(g, s)| paper_row(g).map(|r| (g, s, r)))
         .collect();
     if !rows.is_empty() {
-        md.push_str("## Ours vs the paper\n\n\"outside\" marks our mean outside the paper's 5-95% band.\n\n");
+        md.push_str(
+            "## Ours vs the paper\n\nGroups are matched to the paper by preset and dataset (a \
+             sweep that changes a preset with `[set]` or `[grid]` is another experiment and is \
+             not compared; runs made outside a sweep are taken as their preset). \"outside\" \
+             marks our mean outside the paper's 5-95% band.\n\n",
+        );
         md.push_str("| group | n | test acc % (ours) | paper | | remaining % (ours) | paper | | s / epoch (ours, CPU) | paper (GPU) | source |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
         for (g, s, r) in &rows {
             let (acc, acc_mark) = versus(&s.test_acc, &r.test_acc, 2);
@@ -1170,9 +1178,8 @@ pub fn report(dir: &Path, out: &Path, opts: &ReportOptions) -> Result<()> {
                 )
             };
             let paper_fig3 = |g: &Group| {
-                PAPER_FIG3.iter().find(|(p, _, _)| {
-                    *p == g.preset() && g.dataset() == "mnist" && !g.label.contains('_')
-                })
+                paper_row(g)?;
+                PAPER_FIG3.iter().find(|(p, _, _)| *p == g.preset())
             };
             for &i in &fcn {
                 let (rem, pruned, cols0, cols2n) = facts(i);

@@ -353,10 +353,8 @@ fn aggregate_and_report_summarize_the_groups() {
     let report = e.root.join("out/report.md");
     ok(&["report", s(&dir), "--out", s(&report), "--data", s(&e.data)]);
     let md = std::fs::read_to_string(&report).unwrap();
-    assert!(
-        md.contains("## Ours vs the paper") && md.contains("97.48 [97.3, 97.7]"),
-        "{md}"
-    );
+    // The grid's `[set]` shortened the presets: not the paper's experiment, no comparison.
+    assert!(!md.contains("## Ours vs the paper"), "{md}");
     for fig in [
         "fcn-mnist-test-acc",
         "fcn-mnist-remaining",
