@@ -160,6 +160,25 @@ fn write_metrics(path: &Path, all: &[EpochMetrics]) -> Result<()> {
     write_atomic(path, text.as_bytes())
 }
 
+/// The metrics of `out` when it holds a finished run of `cfg`; `None` when it holds no run or
+/// an unfinished one; an error when it holds a run of another config.
+pub fn finished_run(out: &Path, cfg: &RunConfig) -> Result<Option<Vec<EpochMetrics>>> {
+    if !out.join(CONFIG_FILE).exists() {
+        return Ok(None);
+    }
+    let stored = RunConfig::load(Some(&out.join(CONFIG_FILE)), &[])?;
+    anyhow::ensure!(
+        stored.to_toml()? == cfg.to_toml()?,
+        "{} holds a run of another config; choose another --out",
+        out.display()
+    );
+    if !out.join(SUMMARY_FILE).exists() {
+        return Ok(None);
+    }
+    let history = read_metrics(&out.join(METRICS_FILE))?;
+    Ok((history.len() == cfg.train.epochs).then_some(history))
+}
+
 /// Trains as requested under the output directory's lock; returns the metrics of every epoch.
 pub fn train(req: TrainRequest) -> Result<Vec<EpochMetrics>> {
     train_locked(req, None)
@@ -183,19 +202,10 @@ pub fn train_locked(req: TrainRequest, lock: Option<RunLock>) -> Result<Vec<Epoc
         None => RunLock::acquire(out)?,
     };
     let mut resume = req.start == Start::Resume;
-    if req.start == Start::Continue && out.join(CONFIG_FILE).exists() {
-        let stored = RunConfig::load(Some(&out.join(CONFIG_FILE)), &[])?;
-        anyhow::ensure!(
-            stored.to_toml()? == cfg.to_toml()?,
-            "{} holds a run of another config; choose another --out",
-            out.display()
-        );
-        if out.join(SUMMARY_FILE).exists() {
-            let history = read_metrics(&out.join(METRICS_FILE))?;
-            if history.len() == cfg.train.epochs {
-                tracing::info!("{} is already finished", out.display());
-                return Ok(history);
-            }
+    if req.start == Start::Continue {
+        if let Some(history) = finished_run(out, cfg)? {
+            tracing::info!("{} is already finished", out.display());
+            return Ok(history);
         }
         // The checkpoint holds its own loop state (state.json is a mirror written after it).
         resume = out.join(CHECKPOINT_FILE).exists();

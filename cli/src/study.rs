@@ -124,9 +124,16 @@ impl Group {
         self.label.split('_').next().unwrap_or(&self.label)
     }
 
-    /// The band of one final metric over the group's runs.
-    pub fn band(&self, f: impl Fn(&RunRecord) -> f64) -> Option<Band> {
-        Band::of(&self.runs.iter().map(f).collect::<Vec<_>>())
+    /// The band of one metric over the group's runs; all NaN when a value is not finite (it
+    /// shows as NaN in the tables instead of stopping the report).
+    pub fn band(&self, f: impl Fn(&RunRecord) -> f64) -> Band {
+        let v: Vec<f64> = self.runs.iter().map(f).collect();
+        Band::of(&v).unwrap_or(Band {
+            n: v.len(),
+            mean: f64::NAN,
+            q05: f64::NAN,
+            q95: f64::NAN,
+        })
     }
 }
 
@@ -156,23 +163,22 @@ fn strip_seed(name: &str, seed: u64) -> String {
 /// label. Also returns the run directories found unfinished.
 pub fn load_groups(dir: &Path) -> Result<(Vec<Group>, Vec<PathBuf>)> {
     anyhow::ensure!(dir.is_dir(), "{} is not a directory", dir.display());
+    let subdirs = |p: &Path| -> Result<Vec<PathBuf>> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(p)
+            .with_context(|| format!("reading {}", p.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_dir())
+            .collect();
+        v.sort();
+        Ok(v)
+    };
+    // The directory itself, its subdirectories and theirs.
+    let level1 = subdirs(dir)?;
     let mut candidates = vec![dir.to_path_buf()];
-    for level in 0..2 {
-        let parents: Vec<PathBuf> = if level == 0 {
-            vec![dir.to_path_buf()]
-        } else {
-            candidates[1..].to_vec()
-        };
-        for p in parents {
-            let mut entries: Vec<PathBuf> = std::fs::read_dir(&p)
-                .with_context(|| format!("reading {}", p.display()))?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.is_dir())
-                .collect();
-            entries.sort();
-            candidates.extend(entries);
-        }
+    for d in &level1 {
+        candidates.extend(subdirs(d)?);
     }
+    candidates.extend(level1);
     let plan: Option<Plan> = std::fs::read_to_string(dir.join(PLAN_FILE))
         .ok()
         .and_then(|t| serde_json::from_str(&t).ok());
@@ -183,7 +189,8 @@ pub fn load_groups(dir: &Path) -> Result<(Vec<Group>, Vec<PathBuf>)> {
     };
     let mut groups: BTreeMap<String, Group> = BTreeMap::new();
     let mut unfinished = Vec::new();
-    let mut firsts: BTreeMap<String, (usize, String)> = BTreeMap::new();
+    // Each group sorts by its earliest run in the sweep's plan.
+    let mut firsts: BTreeMap<String, usize> = BTreeMap::new();
     for d in candidates {
         if !d.join(CONFIG_FILE).exists() || !d.join(METRICS_FILE).exists() {
             continue;
@@ -219,8 +226,8 @@ pub fn load_groups(dir: &Path) -> Result<(Vec<Group>, Vec<PathBuf>)> {
         let overrides = planned.map(|r| r.overrides.clone()).unwrap_or_default();
         let key = group_key(&config)?;
         let pos = order(&name);
-        let first = firsts.entry(key.clone()).or_insert((pos, label.clone()));
-        first.0 = first.0.min(pos);
+        let first = firsts.entry(key.clone()).or_insert(pos);
+        *first = (*first).min(pos);
         groups
             .entry(key.clone())
             .or_insert_with(|| Group {
@@ -241,7 +248,7 @@ pub fn load_groups(dir: &Path) -> Result<(Vec<Group>, Vec<PathBuf>)> {
     for g in &mut out {
         g.runs.sort_by_key(|r| r.seed);
     }
-    out.sort_by(|a, b| (firsts[&a.key].0, &a.label).cmp(&(firsts[&b.key].0, &b.label)));
+    out.sort_by(|a, b| (firsts[&a.key], &a.label).cmp(&(firsts[&b.key], &b.label)));
     // Two groups with the same label (e.g. hand-named runs of different configs) get their
     // hash appended so tables stay unambiguous.
     let labels: Vec<String> = out.iter().map(|g| g.label.clone()).collect();
@@ -360,18 +367,10 @@ pub fn group_stats(groups: &[Group], masks: &[Vec<Vec<LayerMask>>]) -> Vec<Group
             GroupStats {
                 label: g.label.clone(),
                 n: g.runs.len(),
-                test_acc: g.band(|r| r.last().test_acc).expect("finite").scaled(100.0),
-                test_loss: g.band(|r| r.last().test_loss).unwrap_or(Band {
-                    n: 0,
-                    mean: f64::NAN,
-                    q05: f64::NAN,
-                    q95: f64::NAN,
-                }),
-                remaining: g
-                    .band(|r| r.last().remaining)
-                    .expect("finite")
-                    .scaled(100.0),
-                seconds: g.band(RunRecord::seconds_per_epoch).expect("finite"),
+                test_acc: g.band(|r| r.last().test_acc).scaled(100.0),
+                test_loss: g.band(|r| r.last().test_loss),
+                remaining: g.band(|r| r.last().remaining).scaled(100.0),
+                seconds: g.band(RunRecord::seconds_per_epoch),
                 dense_bytes,
                 csr_bytes,
                 compression,

@@ -21,7 +21,7 @@
 
 use crate::{
     config::RunConfig,
-    run::{self, RunLock, Start, TrainRequest, CONFIG_FILE, SUMMARY_FILE},
+    run::{self, RunLock, Start, TrainRequest},
 };
 use anyhow::Context;
 use candle_core::Device;
@@ -362,11 +362,9 @@ pub fn execute(
         let t0 = Instant::now();
         let result = (|| -> Result<bool> {
             let cfg = r.config()?;
-            if dir.join(SUMMARY_FILE).exists() && dir.join(CONFIG_FILE).exists() {
-                let stored = RunConfig::load(Some(&dir.join(CONFIG_FILE)), &[])?;
-                if stored.to_toml()? == cfg.to_toml()? {
-                    return Ok(false);
-                }
+            // Checked here, before train_locked loads the data, so finished runs cost nothing.
+            if run::finished_run(&dir, &cfg)?.is_some() {
+                return Ok(false);
             }
             let span = tracing::info_span!("run", id = %r.dir);
             let _enter = span.enter();
