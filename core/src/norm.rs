@@ -137,10 +137,9 @@ impl BatchNorm {
     fn forward_fused(&self, x: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
         self.shape_for(x)?;
         let c = self.channels;
-        let eps = EPS as f32;
         if self.mode == BnMode::None {
-            let scale = (1.0 / (1.0 + EPS).sqrt()) as f32;
-            return fused::channel_affine(x, vec![scale; c], vec![0.0; c]);
+            let (scale, shift) = fixed_affine(BnMode::None, None, &vec![0.0; c], &vec![1.0; c])?;
+            return fused::channel_affine(x, scale, shift);
         }
         if ctx.train {
             let (mean, var) = fused::batch_stats(x)?;
@@ -162,12 +161,16 @@ impl BatchNorm {
             let run = self.running.lock().expect("running stats lock");
             (run.0.to_vec1::<f32>()?, run.1.to_vec1::<f32>()?)
         };
-        let (gamma, beta) = match (&self.gamma, &self.beta) {
-            (Some(g), Some(b)) => (g.as_tensor().to_vec1::<f32>()?, b.as_tensor().to_vec1()?),
-            _ => (vec![1.0; c], vec![0.0; c]),
+        let affine = match (&self.gamma, &self.beta) {
+            (Some(g), Some(b)) => Some((g.as_tensor().to_vec1::<f32>()?, b.as_tensor().to_vec1()?)),
+            _ => None,
         };
-        let scale: Vec<f32> = (0..c).map(|i| gamma[i] / (rv[i] + eps).sqrt()).collect();
-        let shift = (0..c).map(|i| beta[i] - rm[i] * scale[i]).collect();
+        let (scale, shift) = fixed_affine(
+            self.mode,
+            affine.as_ref().map(|(g, b)| (g.as_slice(), b.as_slice())),
+            &rm,
+            &rv,
+        )?;
         fused::channel_affine(x, scale, shift)
     }
 
@@ -212,6 +215,37 @@ impl BatchNorm {
         *self.running.lock().expect("running stats lock") = stats;
         Ok(())
     }
+}
+
+/// The per-channel map `x * scale + shift` a batch-norm layer of `mode` computes with fixed
+/// statistics (evaluation, or frozen-stats training): `mean` and `var` are the running
+/// statistics, `affine` the learnable `(gamma, beta)` (`None`: 1 and 0). Mode `none` ignores
+/// the statistics (`x / sqrt(1 + eps)`). The fused path and the inference engine both use it,
+/// so they compute the same constants.
+pub fn fixed_affine(
+    mode: BnMode,
+    affine: Option<(&[f32], &[f32])>,
+    mean: &[f32],
+    var: &[f32],
+) -> Result<(Vec<f32>, Vec<f32>)> {
+    let c = mean.len();
+    anyhow::ensure!(
+        var.len() == c && affine.is_none_or(|(g, b)| g.len() == c && b.len() == c),
+        "batch norm: statistics and parameters of different lengths"
+    );
+    if mode == BnMode::None {
+        let scale = (1.0 / (1.0 + EPS).sqrt()) as f32;
+        return Ok((vec![scale; c], vec![0.0; c]));
+    }
+    let eps = EPS as f32;
+    let (scale, shift) = (0..c)
+        .map(|i| {
+            let (g, b) = affine.map_or((1.0, 0.0), |(g, b)| (g[i], b[i]));
+            let scale = g / (var[i] + eps).sqrt();
+            (scale, b - mean[i] * scale)
+        })
+        .unzip();
+    Ok((scale, shift))
 }
 
 /// Max-pooling with a `k x k` window, stride 1 and "same" padding (padded positions never win).

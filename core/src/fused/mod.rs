@@ -179,7 +179,44 @@ pub fn max_pool2_sample(z: &[f32], c: usize, h: usize, w: usize) -> Vec<f32> {
     out
 }
 
-pub use transpose::{transpose_block16, ROWS as TRANSPOSE_ROWS};
+/// Max-pool of one sample `[c, h, w]` with `k x k` windows, `stride` and `-inf` padding `pad`
+/// (the fused op's forward, on this thread): `([c, oh, ow], oh, ow)`.
+pub fn max_pool_sample(
+    z: &[f32],
+    c: usize,
+    h: usize,
+    w: usize,
+    k: usize,
+    stride: usize,
+    pad: usize,
+) -> Result<(Vec<f32>, usize, usize)> {
+    anyhow::ensure!(
+        stride > 0 && k > 0 && h + 2 * pad >= k && w + 2 * pad >= k && z.len() == c * h * w,
+        "max-pool {k}x{k}: input of {} values is not [{c}, {h}, {w}] of at least the window",
+        z.len()
+    );
+    let pool = pool::MaxPool { k, stride, pad };
+    let (oh, ow) = pool.out_dims(h, w);
+    let mut out = vec![0.0f32; c * oh * ow];
+    for (plane, o) in z.chunks_exact(h * w).zip(out.chunks_exact_mut(oh * ow)) {
+        pool.plane(plane, h, w, o);
+    }
+    Ok((out, oh, ow))
+}
+
+/// `x * scale[ch] + shift[ch]` in place for one sample `[c, hw]` (batch norm with fixed
+/// statistics, as the fused op computes it).
+pub fn channel_affine_sample(x: &mut [f32], scale: &[f32], shift: &[f32]) {
+    let hw = x.len() / scale.len().max(1);
+    for (ch, plane) in x.chunks_exact_mut(hw.max(1)).enumerate() {
+        let (a, b) = (scale[ch], shift[ch]);
+        for v in plane {
+            *v = *v * a + b;
+        }
+    }
+}
+
+pub use transpose::{transpose_block, transpose_block16, ROWS as TRANSPOSE_ROWS};
 
 /// `dst[c x r] = src[r x c]^T` (row-major).
 pub fn transpose_into(src: &[f32], r: usize, c: usize, dst: &mut [f32]) {

@@ -32,6 +32,29 @@ impl MaxPool {
         start..end
     }
 
+    /// Output size `(oh, ow)` of an `h x w` plane.
+    pub(crate) fn out_dims(&self, h: usize, w: usize) -> (usize, usize) {
+        (self.out(h), self.out(w))
+    }
+
+    /// Pools one `h x w` plane `x` into `y` (`oh x ow`).
+    pub(crate) fn plane(&self, x: &[f32], h: usize, w: usize, y: &mut [f32]) {
+        let (oh, ow) = self.out_dims(h, w);
+        for i in 0..oh {
+            let rows = self.window(i, h);
+            for j in 0..ow {
+                let cols = self.window(j, w);
+                let mut m = f32::NEG_INFINITY;
+                for r in rows.clone() {
+                    for v in &x[r * w + cols.start..r * w + cols.end] {
+                        m = m.max(*v);
+                    }
+                }
+                y[i * ow + j] = m;
+            }
+        }
+    }
+
     fn dims(&self, l: &Layout) -> candle_core::Result<(usize, usize, usize, usize)> {
         let d = l.dims();
         match *d {
@@ -58,21 +81,7 @@ impl CustomOp1 for MaxPool {
         let mut y = vec![0.0f32; planes * oh * ow];
         y.par_chunks_mut(oh * ow)
             .zip(x.par_chunks(h * w))
-            .for_each(|(y, x)| {
-                for i in 0..oh {
-                    let rows = self.window(i, h);
-                    for j in 0..ow {
-                        let cols = self.window(j, w);
-                        let mut m = f32::NEG_INFINITY;
-                        for r in rows.clone() {
-                            for v in &x[r * w + cols.start..r * w + cols.end] {
-                                m = m.max(*v);
-                            }
-                        }
-                        y[i * ow + j] = m;
-                    }
-                }
-            });
+            .for_each(|(y, x)| self.plane(x, h, w, y));
         let d = l.dims();
         Ok((CpuStorage::F32(y), Shape::from((d[0], d[1], oh, ow))))
     }

@@ -8,9 +8,16 @@ pub const ROWS: usize = 16;
 
 /// `out[j][b] = x[b * cols + j]` for the 16 rows `b` of `x` (row-major, `16 x cols`).
 pub fn transpose_block16(x: &[f32], cols: usize, out: &mut [[f32; ROWS]]) {
+    transpose_block(x, cols, out)
+}
+
+/// `out[j][b] = x[b * cols + j]` for the `N` rows `b` of `x` (row-major, `N x cols`); `N` is
+/// a multiple of 8 (one 8x8 tile per 8 rows).
+pub fn transpose_block<const N: usize>(x: &[f32], cols: usize, out: &mut [[f32; N]]) {
+    const { assert!(N % 8 == 0, "transpose_block: N must be a multiple of 8") };
     assert!(
-        x.len() >= ROWS * cols && out.len() >= cols,
-        "transpose_block16 sizes"
+        x.len() >= N * cols && out.len() >= cols,
+        "transpose_block sizes"
     );
     #[cfg(target_arch = "x86_64")]
     if let Some(simd) = pulp::x86::V3::try_new() {
@@ -21,7 +28,7 @@ pub fn transpose_block16(x: &[f32], cols: usize, out: &mut [[f32; ROWS]]) {
 
 /// Columns `from..cols`, element by element.
 #[inline(always)]
-fn scalar(x: &[f32], cols: usize, from: usize, out: &mut [[f32; ROWS]]) {
+fn scalar<const N: usize>(x: &[f32], cols: usize, from: usize, out: &mut [[f32; N]]) {
     for (j, o) in out.iter_mut().enumerate().take(cols).skip(from) {
         for (b, v) in o.iter_mut().enumerate() {
             *v = x[b * cols + j];
@@ -31,7 +38,6 @@ fn scalar(x: &[f32], cols: usize, from: usize, out: &mut [[f32; ROWS]]) {
 
 #[cfg(target_arch = "x86_64")]
 mod avx {
-    use super::ROWS;
     use core::arch::x86_64::__m256;
     use pulp::{cast, x86::V3};
 
@@ -70,14 +76,14 @@ mod avx {
     /// The transposition as a `pulp` operation, so it is inlined into the function compiled
     /// with the AVX2 features (a closure's `call_once` was not, and every intrinsic became a
     /// call).
-    pub(super) struct Transpose<'a> {
+    pub(super) struct Transpose<'a, const N: usize> {
         pub simd: V3,
         pub x: &'a [f32],
         pub cols: usize,
-        pub out: &'a mut [[f32; ROWS]],
+        pub out: &'a mut [[f32; N]],
     }
 
-    impl pulp::NullaryFnOnce for Transpose<'_> {
+    impl<const N: usize> pulp::NullaryFnOnce for Transpose<'_, N> {
         type Output = ();
 
         #[inline(always)]
@@ -87,10 +93,10 @@ mod avx {
     }
 
     #[inline(always)]
-    fn transpose(simd: V3, x: &[f32], cols: usize, out: &mut [[f32; ROWS]]) {
+    fn transpose<const N: usize>(simd: V3, x: &[f32], cols: usize, out: &mut [[f32; N]]) {
         let full = cols / 8 * 8;
         for j0 in (0..full).step_by(8) {
-            for half in 0..ROWS / 8 {
+            for half in 0..N / 8 {
                 // Plain loops, no closures: every step must inline into the AVX2 context.
                 let mut rows: [__m256; 8] = [cast([0.0f32; 8]); 8];
                 for (b, r) in rows.iter_mut().enumerate() {
@@ -122,6 +128,14 @@ mod tests {
             for (j, row) in out.iter().enumerate() {
                 for (b, v) in row.iter().enumerate() {
                     assert_eq!(*v, x[b * cols + j], "cols {cols} j {j} b {b}");
+                }
+            }
+            let x: Vec<f32> = (0..32 * cols).map(|i| i as f32).collect();
+            let mut out = vec![[0.0f32; 32]; cols];
+            transpose_block(&x, cols, &mut out);
+            for (j, row) in out.iter().enumerate() {
+                for (b, v) in row.iter().enumerate() {
+                    assert_eq!(*v, x[b * cols + j], "32 rows: cols {cols} j {j} b {b}");
                 }
             }
         }
