@@ -1,4 +1,4 @@
-//! The sparse ternary inference engine: runs an exported FCN or Conv net on plain `f32`
+//! The sparse ternary inference engine: runs an exported FCN, Conv net or ResNet on plain `f32`
 //! slices, with each masked layer's effective weight prepared once at load.
 //!
 //! A layer that keeps few entries (below [`SPARSE_BELOW`] of them, which trained signed
@@ -9,40 +9,87 @@
 //!
 //! Linear nets keep activations feature-major (`[features, block]`), so every kept weight adds
 //! a contiguous run of samples at once; batches are split into blocks of 16 samples that run
-//! the whole net in parallel. Conv nets run samples in parallel.
+//! the whole net in parallel. Conv nets and ResNets run samples in parallel; a ResNet's batch
+//! norms (evaluation mode: running statistics) are one per-channel scale and shift each,
+//! computed as the training model's fused path computes them
+//! ([`supermask_core::norm::fixed_affine`]).
 
-use crate::{LayerWeights, SsmLayer, SsmModel};
+use crate::{act::elu_in_place, grouped::Grouped, LayerWeights, SsmLayer, SsmModel};
 use anyhow::{bail, ensure, Context, Result};
 use rayon::prelude::*;
-use supermask_core::fused::{
-    conv_sample, elu_in_place, max_pool2_sample, transpose_block16, transpose_into, EffLayout,
-    Effective,
+use supermask_core::{
+    fused::{
+        channel_affine_sample, conv_sample, max_pool2_sample, max_pool_sample, transpose_block,
+        EffLayout, Effective,
+    },
+    norm::fixed_affine,
+    BnMode,
 };
 
 /// Layers keeping fewer than this share of their entries run the sparse ternary kernels
 /// (the crossover measured by `cargo bench --bench kernels`: about 25%).
 pub const SPARSE_BELOW: f64 = 0.2;
 
-/// Linear-net batches below this run on the calling thread.
-const MIN_PARALLEL_BATCH: usize = 16;
+/// Linear-net batches up to this size run sample by sample on the calling thread.
+const SAMPLE_BY_SAMPLE: usize = 2;
 
-/// Samples per block of a linear net: a block's feature-major input (784 x 16 floats) stays in
-/// the L2 cache while the kept inputs are added, two 8-wide vector adds each (measured: 8 and
-/// 32 samples were 11% and 8% slower on the FCN at batch 256).
-const BLOCK: usize = supermask_core::fused::TRANSPOSE_ROWS;
+/// Samples per block of a linear net (feature-major activations, each kept input one add of
+/// `BLOCK` values: two 16-wide vector adds with AVX-512). Measured on the Table 1 FCN at batch
+/// 256 and 2 threads (Xeon, AVX-512): blocks of 16, 32, 64 and 128 samples took 114, 94, 88
+/// and 95 us (best of five); at batch 64, 32-sample blocks (two per thread) took 30 us and
+/// 64-sample blocks (one thread busy) 41 us.
+const BLOCK: usize = 32;
 
-/// A linear layer ready to run.
+/// The block size once every thread gets at least one block of it.
+const WIDE_BLOCK: usize = 64;
+
+/// A linear layer ready to run: signed-constant layers in groups ([`Grouped`]), others as the
+/// fused kernels' sparse or dense form.
 struct Linear {
     eff: Effective,
+    grouped: Option<Grouped>,
     inputs: usize,
     outputs: usize,
 }
 
-/// A conv layer ready to run (3x3 "same", stride 1, the Conv nets' layers).
+/// A conv layer ready to run.
 struct Conv {
     eff: Effective,
     c_in: usize,
     c_out: usize,
+    k: usize,
+    stride: usize,
+    pad: usize,
+}
+
+impl Conv {
+    /// `[c_in, h, w]` -> `([c_out, oh, ow], oh, ow)` on this thread.
+    fn run(&self, x: &[f32], h: usize, w: usize) -> Result<(Vec<f32>, usize, usize)> {
+        conv_sample(&self.eff, self.c_in, h, w, self.k, self.stride, self.pad, x)
+    }
+}
+
+/// A conv layer followed by a batch norm with fixed statistics (a per-channel affine map).
+struct ConvBn {
+    conv: Conv,
+    scale: Vec<f32>,
+    shift: Vec<f32>,
+}
+
+impl ConvBn {
+    fn run(&self, x: &[f32], h: usize, w: usize) -> Result<(Vec<f32>, usize, usize)> {
+        let (mut y, oh, ow) = self.conv.run(x, h, w)?;
+        channel_affine_sample(&mut y, &self.scale, &self.shift);
+        Ok((y, oh, ow))
+    }
+}
+
+/// A residual block (`supermask_models::resnet`): `conv1 -> BN -> ELU -> conv2 -> BN`, then
+/// `ELU(ELU(main) + BN(shortcut conv(x)))` for projection blocks, `ELU(main + x)` otherwise.
+struct Block {
+    conv1: ConvBn,
+    conv2: ConvBn,
+    shortcut: Option<ConvBn>,
 }
 
 /// The architectures the engine runs.
@@ -54,6 +101,14 @@ enum Net {
     ConvNet {
         convs: Vec<Conv>,
         fcs: Vec<Linear>,
+        input: [usize; 3],
+    },
+    /// The authors' CIFAR ResNets (`resnet20`/`resnet56`/`resnet110`): stem conv -> BN ->
+    /// ELU -> 3x3 stride-1 max-pool, residual blocks, global average pool, linear head.
+    ResNet {
+        stem: ConvBn,
+        blocks: Vec<Block>,
+        head: Linear,
         input: [usize; 3],
     },
 }
@@ -97,16 +152,167 @@ fn linear(layer: &SsmLayer, inputs: usize) -> Result<Linear> {
     );
     // Linear layers always run the sparse ternary kernels: in blocks of a few samples the
     // GEMM's setup costs more than adding the kept inputs, even for the densest last layer.
+    let eff = prepare(layer, EffLayout::Sparse)?;
+    let grouped = match &eff {
+        Effective::Sparse(t) => Grouped::new(t),
+        Effective::Dense { .. } => None,
+    };
     Ok(Linear {
-        eff: prepare(layer, EffLayout::Sparse)?,
+        eff,
+        grouped,
         inputs,
         outputs: layer.shape[0],
     })
 }
 
+/// A conv layer `[c_out, c_in, k, k]` from `c_in` channels: padding `k / 2` ("same" for odd
+/// kernels), dense or sparse by the layer's density.
+fn conv(layer: &SsmLayer, c_in: usize, stride: usize) -> Result<Conv> {
+    ensure!(
+        layer.shape.len() == 4 && layer.shape[1] == c_in && layer.shape[2] == layer.shape[3],
+        "layer {}: expected a square conv from {c_in} channels, got {:?}",
+        layer.name,
+        layer.shape
+    );
+    let k = layer.shape[2];
+    Ok(Conv {
+        eff: prepare(layer, EffLayout::Auto(SPARSE_BELOW))?,
+        c_in,
+        c_out: layer.shape[0],
+        k,
+        stride,
+        pad: k / 2,
+    })
+}
+
+/// A batch-norm mode from the model description (`key`), or `default` when absent.
+fn bn_mode(spec: &serde_json::Value, key: &str, default: BnMode) -> Result<BnMode> {
+    match spec.get(key) {
+        None => Ok(default),
+        Some(v) => serde_json::from_value(v.clone())
+            .with_context(|| format!("the model description's `{key}` is not a batch-norm mode")),
+    }
+}
+
+/// The batch norm `name` of `mode` over `c` channels as a per-channel `(scale, shift)`, from
+/// the file's tensors (`name.running_mean`, `name.running_var`, and in learnable mode
+/// `name.gamma`, `name.beta`).
+fn batch_norm(m: &SsmModel, name: &str, mode: BnMode, c: usize) -> Result<(Vec<f32>, Vec<f32>)> {
+    let get = |what: &str| -> Result<&[f32]> {
+        let key = format!("{name}.{what}");
+        let (_, shape, v) = m
+            .tensors
+            .iter()
+            .find(|(n, _, _)| *n == key)
+            .with_context(|| format!("the file has no tensor `{key}`"))?;
+        ensure!(
+            shape.as_slice() == [c] && v.len() == c,
+            "tensor `{key}`: expected shape [{c}], got {shape:?}"
+        );
+        Ok(v)
+    };
+    let affine = match mode {
+        BnMode::Learnable => Some((get("gamma")?, get("beta")?)),
+        _ => None,
+    };
+    let (mean, var) = match mode {
+        BnMode::None => (vec![0.0; c], vec![1.0; c]),
+        _ => (get("running_mean")?.to_vec(), get("running_var")?.to_vec()),
+    };
+    fixed_affine(mode, affine, &mean, &var)
+}
+
+/// A ResNet with `per_stage` blocks per stage, layer by layer as
+/// `supermask_models::resnet` builds it; every name and shape is checked.
+fn resnet(m: &SsmModel, spec: &serde_json::Value, per_stage: usize) -> Result<(Net, usize)> {
+    let bn = bn_mode(spec, "bn", BnMode::None)?;
+    let stem_bn = bn_mode(spec, "stem_bn", BnMode::Learnable)?;
+    let mut layers = m.layers.iter();
+    let mut next = |name: &str| -> Result<&SsmLayer> {
+        let l = layers
+            .next()
+            .with_context(|| format!("the file ends before layer `{name}`"))?;
+        ensure!(
+            l.name == name,
+            "expected layer `{name}` of a ResNet, found `{}`",
+            l.name
+        );
+        Ok(l)
+    };
+    let conv_bn = |l: &SsmLayer, c_in: usize, stride: usize, bn_name: &str, mode: BnMode| {
+        let conv = conv(l, c_in, stride)?;
+        let (scale, shift) = batch_norm(m, bn_name, mode, conv.c_out)
+            .with_context(|| format!("batch norm of layer {}", l.name))?;
+        Ok::<_, anyhow::Error>(ConvBn { conv, scale, shift })
+    };
+    let input = [3usize, 32, 32];
+    let stem = conv_bn(next("stem.conv")?, input[0], 1, "stem.bn", stem_bn)?;
+    let mut c = stem.conv.c_out;
+    let mut blocks = Vec::new();
+    for stage in 1..=3 {
+        for b in 1..=per_stage {
+            let n = format!("s{stage}.b{b}");
+            let stride = if b == 1 && stage > 1 { 2 } else { 1 };
+            let conv1 = conv_bn(
+                next(&format!("{n}.conv1"))?,
+                c,
+                stride,
+                &format!("{n}.bn1"),
+                bn,
+            )?;
+            let mid = conv1.conv.c_out;
+            let conv2 = conv_bn(
+                next(&format!("{n}.conv2"))?,
+                mid,
+                1,
+                &format!("{n}.bn2"),
+                bn,
+            )?;
+            let shortcut = if b == 1 {
+                let sc = next(&format!("{n}.shortcut"))?;
+                Some(conv_bn(sc, c, stride, &format!("{n}.shortcut_bn"), bn)?)
+            } else {
+                None
+            };
+            let out = conv2.conv.c_out;
+            ensure!(
+                shortcut.as_ref().map_or(out == c, |s| s.conv.c_out == out),
+                "block {n}: the residual sum needs {out} channels on both sides"
+            );
+            if b == 1 {
+                // Projection blocks: the 1x1 convs change the size; stride 1 keeps it.
+                ensure!(
+                    conv1.conv.k == 1 && shortcut.as_ref().is_some_and(|s| s.conv.k == 1),
+                    "block {n}: a projection block has 1x1 conv1 and shortcut"
+                );
+            }
+            blocks.push(Block {
+                conv1,
+                conv2,
+                shortcut,
+            });
+            c = out;
+        }
+    }
+    let head = linear(next("head")?, c)?;
+    if let Some(extra) = layers.next() {
+        bail!("unexpected layer `{}` after the ResNet's head", extra.name);
+    }
+    let len = input.iter().product();
+    Ok((
+        Net::ResNet {
+            stem,
+            blocks,
+            head,
+            input,
+        },
+        len,
+    ))
+}
+
 impl Engine {
-    /// Prepares `m`; fails for architectures the engine does not run (ResNets) and for layers
-    /// that do not chain.
+    /// Prepares `m`; fails for architectures the engine does not run and for layers that do
+    /// not chain (naming the layer).
     pub fn new(m: &SsmModel) -> Result<Self> {
         let spec = m.model.get("spec").unwrap_or(&m.model);
         let kind = spec
@@ -142,11 +348,7 @@ impl Engine {
                         shape[0],
                         l.shape
                     );
-                    convs.push(Conv {
-                        eff: prepare(l, EffLayout::Auto(SPARSE_BELOW))?,
-                        c_in: shape[0],
-                        c_out: l.shape[0],
-                    });
+                    convs.push(conv(l, shape[0], 1)?);
                     shape[0] = l.shape[0];
                     if convs.len() % 2 == 0 {
                         shape = [shape[0], shape[1] / 2, shape[2] / 2];
@@ -170,14 +372,24 @@ impl Engine {
                 let len = input.iter().product();
                 (Net::ConvNet { convs, fcs, input }, len)
             }
+            "resnet20" | "resnet56" | "resnet110" => {
+                let blocks = match kind {
+                    "resnet20" => 3,
+                    "resnet56" => 9,
+                    _ => 18,
+                };
+                resnet(m, spec, blocks)?
+            }
             other => bail!(
-                "the inference engine runs `fcn` and `conv2`/`conv4`/`conv6`/`conv8` models, not \
-                 `{other}` (the file itself is fine: `supermask inspect` reads it)"
+                "the inference engine runs `fcn`, `conv2`/`conv4`/`conv6`/`conv8` and \
+                 `resnet20`/`resnet56`/`resnet110` models, not `{other}` (the file itself is \
+                 fine: `supermask inspect` reads it)"
             ),
         };
         let classes = match &net {
             Net::Fcn { layers } => layers.last().map(|l| l.outputs),
             Net::ConvNet { fcs, .. } => fcs.last().map(|l| l.outputs),
+            Net::ResNet { head, .. } => Some(head.outputs),
         }
         .context("model without layers")?;
         Ok(Self {
@@ -193,7 +405,7 @@ impl Engine {
         self.classes
     }
 
-    /// Values per input sample (784 for the FCN, 3 x 32 x 32 for the Conv nets).
+    /// Values per input sample (784 for the FCN, 3 x 32 x 32 for the Conv nets and ResNets).
     pub fn input_len(&self) -> usize {
         self.input_len
     }
@@ -212,28 +424,25 @@ impl Engine {
             return Ok(out);
         }
         match &self.net {
-            Net::Fcn { layers } if batch < MIN_PARALLEL_BATCH => {
-                // Small batches: on this thread (a task hand-off costs more than the work).
-                let mut h = vec![0.0f32; x.len()];
-                transpose_into(x, batch, self.input_len, &mut h);
-                let h = self.linears(layers, h, batch);
-                transpose_into(&h, self.classes, batch, &mut out);
+            Net::Fcn { layers } if batch <= SAMPLE_BY_SAMPLE => {
+                // One or two samples: one at a time on this thread (a task hand-off or a
+                // 16-sample block costs more than the work).
+                for (out, x) in out
+                    .chunks_exact_mut(self.classes)
+                    .zip(x.chunks_exact(self.input_len))
+                {
+                    self.sample(layers, x, out);
+                }
+            }
+            Net::Fcn { layers } if batch >= WIDE_BLOCK * rayon::current_num_threads() => {
+                out.par_chunks_mut(WIDE_BLOCK * self.classes)
+                    .zip(x.par_chunks(WIDE_BLOCK * self.input_len))
+                    .for_each(|(out, x)| self.block::<WIDE_BLOCK>(layers, x, out));
             }
             Net::Fcn { layers } => {
                 out.par_chunks_mut(BLOCK * self.classes)
                     .zip(x.par_chunks(BLOCK * self.input_len))
-                    .for_each(|(out, x)| {
-                        let nb = x.len() / self.input_len;
-                        if nb < BLOCK {
-                            // The last partial block.
-                            let mut h = vec![0.0f32; x.len()];
-                            transpose_into(x, nb, self.input_len, &mut h);
-                            let h = self.linears(layers, h, nb);
-                            transpose_into(&h, self.classes, nb, out);
-                        } else {
-                            self.block(layers, x, out);
-                        }
-                    });
+                    .for_each(|(out, x)| self.block::<BLOCK>(layers, x, out));
             }
             Net::ConvNet { convs, fcs, input } => {
                 let result: Result<()> = out
@@ -244,7 +453,7 @@ impl Engine {
                         let mut z = x.to_vec();
                         for (i, conv) in convs.iter().enumerate() {
                             debug_assert_eq!(conv.c_in, c);
-                            let (mut y, oh, ow) = conv_sample(&conv.eff, c, h, w, 3, 1, 1, &z)?;
+                            let (mut y, oh, ow) = conv.run(&z, h, w)?;
                             elu_in_place(&mut y, self.alpha);
                             (c, h, w) = (conv.c_out, oh, ow);
                             z = if i % 2 == 1 {
@@ -255,7 +464,23 @@ impl Engine {
                                 y
                             };
                         }
-                        out.copy_from_slice(&self.linears(fcs, z, 1));
+                        self.sample(fcs, &z, out);
+                        Ok(())
+                    });
+                result?;
+            }
+            Net::ResNet {
+                stem,
+                blocks,
+                head,
+                input,
+            } => {
+                let result: Result<()> = out
+                    .par_chunks_mut(self.classes)
+                    .zip(x.par_chunks(self.input_len))
+                    .try_for_each(|(out, x)| {
+                        let z = self.resnet_features(stem, blocks, *input, x)?;
+                        self.sample(std::slice::from_ref(head), &z, out);
                         Ok(())
                     });
                 result?;
@@ -264,56 +489,289 @@ impl Engine {
         Ok(out)
     }
 
-    /// One full block of [`BLOCK`] samples through linear layers: feature-major `[f32; BLOCK]`
-    /// rows, each kept weight one vector add.
-    fn block(&self, layers: &[Linear], x: &[f32], out: &mut [f32]) {
-        thread_local! {
-            /// Two activation buffers per thread, reused across blocks and calls: every entry
-            /// is written before it is read, so they need no zeroing per block.
-            static SCRATCH: std::cell::RefCell<[Vec<[f32; BLOCK]>; 2]> =
-                const { std::cell::RefCell::new([Vec::new(), Vec::new()]) };
+    /// One sample through a ResNet up to the global average pool: `[channels]`.
+    fn resnet_features(
+        &self,
+        stem: &ConvBn,
+        blocks: &[Block],
+        input: [usize; 3],
+        x: &[f32],
+    ) -> Result<Vec<f32>> {
+        let [_, h, w] = input;
+        let (mut z, h, w) = stem.run(x, h, w)?;
+        elu_in_place(&mut z, self.alpha);
+        let c = stem.conv.c_out;
+        let (mut z, mut h, mut w) = max_pool_sample(&z, c, h, w, 3, 1, 1)?;
+        for b in blocks {
+            let (mut m, mh, mw) = b.conv1.run(&z, h, w)?;
+            elu_in_place(&mut m, self.alpha);
+            let (mut m, mh, mw) = b.conv2.run(&m, mh, mw)?;
+            match &b.shortcut {
+                Some(sc) => {
+                    elu_in_place(&mut m, self.alpha);
+                    let (s, _, _) = sc.run(&z, h, w)?;
+                    ensure!(s.len() == m.len(), "shortcut and main path differ in size");
+                    for (a, b) in m.iter_mut().zip(&s) {
+                        *a += b;
+                    }
+                }
+                None => {
+                    ensure!(z.len() == m.len(), "residual and main path differ in size");
+                    for (a, b) in m.iter_mut().zip(&z) {
+                        *a += b;
+                    }
+                }
+            }
+            elu_in_place(&mut m, self.alpha);
+            (z, h, w) = (m, mh, mw);
         }
-        SCRATCH.with_borrow_mut(|[a, b]| {
-            let (mut h, mut y) = (a, b);
-            h.resize(self.input_len, [0.0; BLOCK]);
-            transpose_block16(x, self.input_len, h);
+        // Global average pool as the model computes it: the mean over each row, then over
+        // the rows.
+        let hw = h * w;
+        Ok(z.chunks_exact(hw.max(1))
+            .map(|plane| {
+                let rows: f32 = plane
+                    .chunks_exact(w)
+                    .map(|r| r.iter().sum::<f32>() / w as f32)
+                    .sum();
+                rows / h as f32
+            })
+            .collect())
+    }
+
+    /// A block of up to `N` samples (row-major `x`, `out`) through linear layers, with
+    /// feature-major `[f32; N]` activations: each kept weight is `N / 16` vector adds. A
+    /// partial block is padded with zero samples.
+    fn block<const N: usize>(&self, layers: &[Linear], x: &[f32], out: &mut [f32]) {
+        thread_local! {
+            /// Per thread, reused across blocks and calls: two activation buffers (each with
+            /// a zero row after the values, the padding slot of grouped layers) and a padded
+            /// copy of a partial block's input.
+            static SCRATCH: std::cell::RefCell<[Vec<f32>; 3]> =
+                const { std::cell::RefCell::new([Vec::new(), Vec::new(), Vec::new()]) };
+        }
+        let nb = x.len() / self.input_len;
+        SCRATCH.with_borrow_mut(|[a, b, partial]| {
+            let x = if nb == N {
+                x
+            } else {
+                partial.clear();
+                partial.extend_from_slice(x);
+                partial.resize(N * self.input_len, 0.0);
+                partial
+            };
+            // `n` feature rows of N samples and the zero row after them.
+            let rows = |v: &mut Vec<f32>, n: usize| {
+                if v.len() < (n + 1) * N {
+                    v.resize((n + 1) * N, 0.0);
+                }
+            };
+            rows(a, self.input_len);
+            let mut widest = self.input_len;
+            for l in layers {
+                widest = widest.max(l.outputs);
+            }
+            rows(a, widest);
+            rows(b, widest);
+            let (mut h, mut y) = (a.as_chunks_mut::<N>().0, b.as_chunks_mut::<N>().0);
+            transpose_block(x, self.input_len, h);
+            h[self.input_len] = [0.0; N];
             let mut width = self.input_len;
             let last = layers.len() - 1;
             for (i, l) in layers.iter().enumerate() {
-                if y.len() < l.outputs {
-                    y.resize(l.outputs, [0.0; BLOCK]);
-                }
-                let (hi, yo) = (&h[..width], &mut y[..l.outputs]);
-                match &l.eff {
-                    Effective::Sparse(t) => t.matmul_block(hi, yo),
-                    dense => dense.matmul(hi.as_flattened(), BLOCK, yo.as_flattened_mut()),
+                let (hi, yo) = (&h[..=width], &mut y[..l.outputs]);
+                match (&l.grouped, &l.eff) {
+                    (Some(g), _) => g.matmul_block(hi, yo),
+                    (None, Effective::Sparse(t)) => t.matmul_block(hi, yo),
+                    (None, dense) => {
+                        dense.matmul(hi[..width].as_flattened(), N, yo.as_flattened_mut())
+                    }
                 }
                 if i < last {
                     elu_in_place(yo.as_flattened_mut(), self.alpha);
                 }
+                y[l.outputs] = [0.0; N];
                 width = l.outputs;
                 std::mem::swap(&mut h, &mut y);
             }
             for (c, row) in h[..width].iter().enumerate() {
-                for (b, v) in row.iter().enumerate() {
+                for (b, v) in row.iter().take(nb).enumerate() {
                     out[b * self.classes + c] = *v;
                 }
             }
-        });
+        })
     }
 
-    /// Linear layers on feature-major activations `[features, nb]`, ELU between them.
-    fn linears(&self, layers: &[Linear], mut h: Vec<f32>, nb: usize) -> Vec<f32> {
-        let last = layers.len() - 1;
-        for (i, l) in layers.iter().enumerate() {
-            debug_assert_eq!(h.len(), l.inputs * nb);
-            let mut y = vec![0.0f32; l.outputs * nb];
-            l.eff.matmul(&h, nb, &mut y);
-            if i < last {
-                elu_in_place(&mut y, self.alpha);
+    /// One sample `x` through linear layers into `out`, ELU between them.
+    fn sample(&self, layers: &[Linear], x: &[f32], out: &mut [f32]) {
+        thread_local! {
+            /// Per thread: two activation buffers (with the zero slot after the values) and
+            /// the grouped kernels' row sums.
+            static SCRATCH: std::cell::RefCell<[Vec<f32>; 3]> =
+                const { std::cell::RefCell::new([Vec::new(), Vec::new(), Vec::new()]) };
+        }
+        SCRATCH.with_borrow_mut(|[a, b, acc]| {
+            let (mut h, mut y) = (a, b);
+            h.clear();
+            h.extend_from_slice(x);
+            h.push(0.0);
+            let last = layers.len() - 1;
+            for (i, l) in layers.iter().enumerate() {
+                debug_assert_eq!(h.len(), l.inputs + 1);
+                y.clear();
+                y.resize(l.outputs + 1, 0.0);
+                let yo = &mut y[..l.outputs];
+                match &l.grouped {
+                    Some(g) => {
+                        if acc.len() < l.outputs {
+                            acc.resize(l.outputs, 0.0);
+                        }
+                        g.matvec(h, acc, yo);
+                    }
+                    None => l.eff.matmul(&h[..l.inputs], 1, yo),
+                }
+                if i < last {
+                    elu_in_place(yo, self.alpha);
+                }
+                std::mem::swap(&mut h, &mut y);
+            }
+            out.copy_from_slice(&h[..out.len()]);
+        });
+    }
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `n` values in `[lo, hi)` from a seeded xorshift.
+    fn values(n: usize, seed: u64, lo: f32, hi: f32) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                lo + (hi - lo) * ((s >> 40) as f32 / (1u64 << 24) as f32)
+            })
+            .collect()
+    }
+
+    /// An FCN 50-40-30-10: a sparse signed-constant layer (8% kept), a real-valued layer (the
+    /// fused kernels' sparse form, not grouped) and a dense-ish signed-constant one (70%).
+    fn model() -> SsmModel {
+        let ternary = |name: &str, shape: [usize; 2], density: f32, seed: u64| {
+            let n = shape[0] * shape[1];
+            let keep = values(n, seed, 0.0, 1.0);
+            let sign = values(n, seed + 99, 0.0, 1.0);
+            let pattern = keep
+                .iter()
+                .zip(&sign)
+                .map(|(&k, &s)| match (k < density, s < 0.5) {
+                    (false, _) => 0,
+                    (true, true) => -1,
+                    (true, false) => 1,
+                })
+                .collect();
+            SsmLayer {
+                name: name.into(),
+                shape: shape.to_vec(),
+                weights: LayerWeights::Ternary {
+                    magnitude: 0.37,
+                    pattern,
+                },
+            }
+        };
+        let real: Vec<f32> = values(30 * 40, 5, -0.5, 0.5)
+            .into_iter()
+            .map(|v| if v.abs() < 0.4 { 0.0 } else { v })
+            .collect();
+        SsmModel {
+            model: serde_json::json!({"spec": {"type": "fcn", "elu_alpha": 0.8}}),
+            layers: vec![
+                ternary("fc1", [40, 50], 0.08, 1),
+                SsmLayer {
+                    name: "fc2".into(),
+                    shape: vec![30, 40],
+                    weights: LayerWeights::Values(real),
+                },
+                ternary("fc3", [10, 30], 0.7, 3),
+            ],
+            tensors: vec![],
+        }
+    }
+
+    /// The forward pass in f64 with dense weights: the reference.
+    fn reference(m: &SsmModel, x: &[f32], alpha: f64) -> Vec<f64> {
+        let mut h: Vec<f64> = x.iter().map(|&v| f64::from(v)).collect();
+        for (i, l) in m.layers.iter().enumerate() {
+            let (rows, cols) = (l.shape[0], l.shape[1]);
+            let w = l.dense();
+            let mut y: Vec<f64> = (0..rows)
+                .map(|r| (0..cols).map(|c| f64::from(w[r * cols + c]) * h[c]).sum())
+                .collect();
+            if i + 1 < m.layers.len() {
+                for v in &mut y {
+                    if *v < 0.0 {
+                        *v = alpha * v.exp_m1();
+                    }
+                }
             }
             h = y;
         }
         h
+    }
+
+    /// Every batch path of the linear engine (sample by sample, blocks of [`BLOCK`] and
+    /// [`WIDE_BLOCK`] samples, partial blocks padded with zero samples) against the dense f64
+    /// reference, to 1e-5 of each sample's largest logit.
+    #[test]
+    fn every_fcn_batch_path_matches_the_dense_reference() {
+        let m = model();
+        let e = Engine::new(&m).unwrap();
+        let x = values(300 * 50, 11, -2.0, 2.0);
+        let want: Vec<f64> = x
+            .chunks_exact(50)
+            .flat_map(|s| reference(&m, s, 0.8))
+            .collect();
+        let check = |got: &[f32], start: usize, what: &str| {
+            for (s, (g, w)) in got
+                .chunks_exact(10)
+                .zip(want[start * 10..].chunks_exact(10))
+                .enumerate()
+            {
+                let scale = w.iter().fold(0.0f64, |a, v| a.max(v.abs()));
+                for (a, b) in g.iter().zip(w) {
+                    assert!(
+                        (f64::from(*a) - b).abs() <= 1e-5 * scale,
+                        "{what}: sample {}: {g:?} vs {w:?}",
+                        start + s
+                    );
+                }
+            }
+        };
+        // The engine picks the path from the batch size; these sizes cover each one.
+        for n in [1, 2, 3, 31, 32, 33, 64, 300] {
+            check(
+                &e.forward(&x[..n * 50], n).unwrap(),
+                0,
+                &format!("batch {n}"),
+            );
+        }
+        // And the block sizes directly (the wide one is picked only for batches of at least
+        // WIDE_BLOCK per thread, which depends on the machine's cores).
+        for n in [1, 5, BLOCK, WIDE_BLOCK] {
+            let mut out = vec![0.0f32; n * 10];
+            let Net::Fcn { layers } = &e.net else {
+                unreachable!()
+            };
+            e.block::<BLOCK>(
+                layers,
+                &x[..n.min(BLOCK) * 50],
+                &mut out[..n.min(BLOCK) * 10],
+            );
+            check(&out[..n.min(BLOCK) * 10], 0, &format!("block {n}"));
+            e.block::<WIDE_BLOCK>(layers, &x[..n * 50], &mut out);
+            check(&out, 0, &format!("wide block {n}"));
+        }
     }
 }

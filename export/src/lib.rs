@@ -6,8 +6,10 @@
 //! any non-masked parameters), and the engine computes with it: add or subtract the kept
 //! inputs, one multiply by the layer's magnitude.
 
+mod act;
 pub mod engine;
 pub mod format;
+pub mod grouped;
 pub mod model;
 
 pub use engine::Engine;

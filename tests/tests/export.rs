@@ -1,8 +1,8 @@
 //! The exported model through the sparse ternary engine against the training model it came
-//! from: the Conv net and FCN logits agree to 1e-4 relative (the only difference is the order
-//! of float additions); the file round-trips; ResNets are refused with a clear error.
+//! from: FCN, Conv net and ResNet logits agree to 1e-4 relative (the only difference is the
+//! order of float additions); the file round-trips.
 
-use candle_core::Device;
+use candle_core::{Device, Tensor};
 use supermask_cli::{config::RunConfig, export::export_trainer, Trainer};
 use supermask_datasets::Dataset;
 use supermask_export::{format, Engine};
@@ -37,13 +37,65 @@ fn data(n: usize, shape: &[usize], seed: u64) -> Dataset {
     }
 }
 
+/// Deterministic values in `[lo, hi)` for a tensor named `key` (FNV-1a of the name seeds an
+/// xorshift), so every batch-norm tensor gets its own values.
+fn values_for(key: &str, n: usize, lo: f32, hi: f32) -> Vec<f32> {
+    let mut s = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    }) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            lo + (hi - lo) * ((s >> 40) as f32 / (1u64 << 24) as f32)
+        })
+        .collect()
+}
+
 /// Engine logits vs the trainer's evaluation logits, per sample relative to the sample's
-/// largest logit, for batch 1 and a batch of all samples.
-fn engine_matches_model(preset_name: &str, overrides: &[&str], shape: &[usize], n: usize) {
+/// largest logit, for batch 1 and a batch of all samples. With `random_bn`, the model's batch
+/// norms get random parameters and statistics first.
+fn engine_matches_model_with(
+    preset_name: &str,
+    overrides: &[&str],
+    shape: &[usize],
+    n: usize,
+    random_bn: bool,
+) {
     supermask_cli::link_plugins();
     let overrides: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
     let cfg = RunConfig::from_toml(&preset(preset_name), &overrides, preset_name).unwrap();
-    let trainer = Trainer::new(&cfg, &Device::Cpu).unwrap();
+    let mut trainer = Trainer::new(&cfg, &Device::Cpu).unwrap();
+    if random_bn {
+        for bn in trainer.model_mut().norms_mut() {
+            let sizes: Vec<(String, usize)> = bn
+                .named_tensors()
+                .into_iter()
+                .map(|(k, t)| (k, t.elem_count()))
+                .collect();
+            bn.load_tensors(&|key: &str| {
+                let n = sizes
+                    .iter()
+                    .find(|(k, _)| k == key)
+                    .map(|(_, n)| *n)
+                    .unwrap();
+                let (lo, hi) = if key.ends_with("running_var") {
+                    (0.3, 3.0)
+                } else if key.ends_with("gamma") {
+                    (0.5, 1.5)
+                } else {
+                    (-0.5, 0.5)
+                };
+                Ok(Tensor::from_vec(
+                    values_for(key, n, lo, hi),
+                    n,
+                    &Device::Cpu,
+                )?)
+            })
+            .unwrap();
+        }
+    }
     let m = export_trainer(&cfg, &trainer).unwrap();
     // Through the file format too.
     let m = format::decode(&format::encode(&m).unwrap()).unwrap();
@@ -62,11 +114,15 @@ fn engine_matches_model(preset_name: &str, overrides: &[&str], shape: &[usize], 
             for (x, y) in a.iter().zip(b) {
                 assert!(
                     (x - y).abs() <= 1e-4 * scale,
-                    "{preset_name}: {a:?} vs {b:?}"
+                    "{preset_name} {overrides:?}: {a:?} vs {b:?}"
                 );
             }
         }
     }
+}
+
+fn engine_matches_model(preset_name: &str, overrides: &[&str], shape: &[usize], n: usize) {
+    engine_matches_model_with(preset_name, overrides, shape, n, false)
 }
 
 #[test]
@@ -92,20 +148,37 @@ fn exported_conv_net_runs_like_the_training_model() {
     );
 }
 
+/// ResNet20 in every batch-norm setting the presets use, masked (dense convs at the preset's
+/// 25% kept, sparse at 5%) and dense, with random batch-norm parameters and statistics.
 #[test]
-fn exported_resnet_is_stored_but_not_run() {
+fn exported_resnet_runs_like_the_training_model() {
+    let sparse = ["masking.threshold={ type = \"initial-rate\", rate = 0.95 }"];
+    for (name, overrides) in [
+        ("table4-resnet20-x1-signed-elus", &[][..]),
+        ("table4-resnet20-x1-signed-elus", &sparse[..]),
+        ("table6-resnet20-signed-elus-bn-learnable", &sparse[..]),
+        ("table6-resnet20-signed-elus-bn-frozen-stats", &sparse[..]),
+        ("table4-resnet20-x1-baseline-he", &[][..]),
+    ] {
+        engine_matches_model_with(name, overrides, &[3, 32, 32], 3, true);
+    }
+}
+
+#[test]
+fn exported_resnet_with_a_missing_batch_norm_tensor_is_refused() {
     supermask_cli::link_plugins();
-    let name = "table4-resnet20-x1-signed-elus";
+    let name = "table6-resnet20-signed-elus-bn-learnable";
     let cfg = RunConfig::from_toml(&preset(name), &[], name).unwrap();
     let trainer = Trainer::new(&cfg, &Device::Cpu).unwrap();
-    let m = export_trainer(&cfg, &trainer).unwrap();
-    // Batch-norm tensors travel with the masked layers.
-    assert!(m
-        .tensors
-        .iter()
-        .any(|(n, _, _)| n.ends_with("running_mean")));
+    let mut m = export_trainer(&cfg, &trainer).unwrap();
+    // Batch-norm tensors travel with the masked layers and round-trip.
     let back = format::decode(&format::encode(&m).unwrap()).unwrap();
     assert_eq!(back, m);
-    let err = Engine::new(&m).err().expect("resnet engine").to_string();
-    assert!(err.contains("resnet20") && err.contains("inspect"), "{err}");
+    assert!(Engine::new(&m).is_ok());
+    m.tensors.retain(|(n, _, _)| n != "s2.b1.bn2.gamma");
+    let err = format!("{:#}", Engine::new(&m).err().expect("a missing tensor"));
+    assert!(
+        err.contains("s2.b1.bn2.gamma") && err.contains("s2.b1.conv2"),
+        "{err}"
+    );
 }

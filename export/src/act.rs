@@ -1,0 +1,103 @@
+//! The engine's ELU: the training kernels' ELU (`supermask_core::fused`, Cephes `expf`: `x = n
+//! ln 2 + r`, a degree-6 polynomial in `r`, times `2^n`) with its multiply-adds fused.
+//!
+//! The training ELU rounds every product and sum separately, so that its results do not depend
+//! on whether a CPU has FMA. Inference has no such need, and a fused multiply-add is one
+//! instruction instead of two: the polynomial and the range reduction take 9 instead of 17
+//! floating-point operations (the ELU was about a third of an FCN forward at batch 256).
+//! `f32::mul_add` is correctly rounded everywhere (hardware FMA, or a software fallback on
+//! CPUs without it), so the results are still the same on every CPU. They differ from the
+//! training ELU's by at most a few units in the last place.
+
+/// `e^x` for `x <= 0`, within 3 ulp (inputs below -87 give `e^-87`).
+#[inline(always)]
+fn exp_neg(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const C1: f32 = 0.693_359_4;
+    const C2: f32 = -2.121_944_4e-4;
+    let x = x.max(-87.0);
+    let n = x.mul_add(LOG2E, 0.5).floor();
+    let r = (-n).mul_add(C2, (-n).mul_add(C1, x));
+    let mut p = 1.987_569_1e-4f32;
+    p = p.mul_add(r, 1.398_199_9e-3);
+    p = p.mul_add(r, 8.333_452e-3);
+    p = p.mul_add(r, 4.166_579_6e-2);
+    p = p.mul_add(r, 0.166_666_65);
+    p = p.mul_add(r, 0.5);
+    let e = (p * r).mul_add(r, r) + 1.0;
+    // 2^n for integer n in [-126, 0], built in the exponent bits (as the training kernel does).
+    let biased = (n + (127.0 + 8_388_608.0)).to_bits() << 23;
+    e * f32::from_bits(biased)
+}
+
+/// ELU of one value: `x` for `x >= +0`, else `alpha (e^x - 1)`; NaN stays NaN.
+#[inline(always)]
+fn elu1(x: f32, alpha: f32) -> f32 {
+    let neg = (exp_neg(x.min(0.0)) - 1.0) * alpha;
+    let neg = if x.is_nan() { x } else { neg };
+    let sign = ((x.to_bits() as i32) >> 31) as u32;
+    f32::from_bits((x.to_bits() & !sign) | (neg.to_bits() & sign))
+}
+
+/// ELU in place on this thread, vectorized for the CPU's widest vectors.
+pub fn elu_in_place(y: &mut [f32], alpha: f32) {
+    pulp::Arch::new().dispatch(Elu { y, alpha })
+}
+
+/// The loop as a `pulp` operation (a struct, so that it inlines into the function compiled with
+/// the CPU's features; see `grouped`).
+struct Elu<'a> {
+    y: &'a mut [f32],
+    alpha: f32,
+}
+
+impl pulp::NullaryFnOnce for Elu<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn call(self) {
+        for v in self.y.iter_mut() {
+            *v = elu1(*v, self.alpha);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Against the standard library's `exp` in f64 over [-87, 0] (a dense sweep, both ends
+    /// included): within 3e-7 relative, about 2.5 ulp, as the training kernel's.
+    #[test]
+    fn exp_neg_is_within_a_few_ulp() {
+        let mut worst = 0.0f64;
+        for i in 0..=870_000 {
+            let x = -(i as f32) * 1e-4;
+            let want = f64::from(x).exp();
+            let got = f64::from(exp_neg(x));
+            worst = worst.max(((got - want) / want).abs());
+        }
+        assert!(worst < 3e-7, "max relative error {worst:e}");
+    }
+
+    /// The vectorized ELU: identity for `x >= +0`, `alpha (e^x - 1)` below (to 1e-6 against
+    /// f64), -alpha far below, NaN kept; odd lengths take the scalar tail.
+    #[test]
+    fn elu_values() {
+        let mut v: Vec<f32> = (0..37).map(|i| i as f32 * 0.37 - 6.0).collect();
+        v.extend([0.0, -0.0, -100.0, f32::NAN]);
+        let x = v.clone();
+        elu_in_place(&mut v, 0.5);
+        for (y, x) in v.iter().zip(&x) {
+            if x.is_nan() {
+                assert!(y.is_nan());
+            } else if *x >= 0.0 {
+                assert_eq!(y, x);
+            } else {
+                let want = (f64::from(*x).exp() - 1.0) * 0.5;
+                assert!((f64::from(*y) - want).abs() < 1e-6, "{x}: {y} vs {want}");
+            }
+        }
+        assert_eq!(v[x.len() - 2], -0.5);
+    }
+}
