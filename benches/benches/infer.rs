@@ -1,7 +1,9 @@
 //! The exported FCN (`.ssm`, sparse ternary engine) against dense inference: file size vs
 //! dense float32 and the paper's CSR metric, and forward time at batch 1 and 256 vs a dense
 //! candle forward and dense PyTorch (when `torch` imports), in the same run with the same
-//! threads.
+//! threads. Then a Conv2 (generated at 2% and 10% kept) and the authors' ResNet20 (built from
+//! the Table 4 preset with the paper's 21% kept weights) against dense candle / the training
+//! model and dense PyTorch.
 //!
 //! The model is the Table 1 FCN 784-300-100-10 with the mask densities of the trained ELUS
 //! net (seed 0 of docs/results/table1-fcn.md: fc1 2.48%, fc2 8.91%, fc3 73.7% kept), random
@@ -14,38 +16,12 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use candle_core::{Device, Tensor};
-use supermask_benches::{median_time, run_torch, set_threads, unit_values};
-use supermask_export::{format, Engine, LayerWeights, SsmLayer, SsmModel};
-
-/// A ternary layer with `density` of its entries kept at random positions with random signs,
-/// magnitude `sqrt(3 * 2 / fan_in)` (ELUS as the presets draw it).
-fn ternary_layer(name: String, shape: Vec<usize>, density: f32, seed: u64) -> SsmLayer {
-    let n: usize = shape.iter().product();
-    let fan_in = n / shape[0];
-    let keep = unit_values(n, seed);
-    let sign = unit_values(n, seed + 1000);
-    let pattern = keep
-        .iter()
-        .zip(&sign)
-        .map(|(&u, &s)| {
-            if u >= density {
-                0
-            } else if s < 0.5 {
-                -1
-            } else {
-                1
-            }
-        })
-        .collect();
-    SsmLayer {
-        name,
-        shape,
-        weights: LayerWeights::Ternary {
-            magnitude: (3.0f32 * 2.0 / fan_in as f32).sqrt(),
-            pattern,
-        },
-    }
-}
+use supermask_benches::{
+    generated_fcn, median_time, run_torch, set_threads, ternary_layer, unit_values,
+};
+use supermask_cli::{config::RunConfig, export::export_trainer, Trainer};
+use supermask_core::ForwardCtx;
+use supermask_export::{format, Engine, SsmModel};
 
 /// A Conv2 (64, 64, pool, FC 256-256-10) with `density` of every layer kept.
 fn generated_conv2(density: f32) -> SsmModel {
@@ -68,31 +44,6 @@ fn generated_conv2(density: f32) -> SsmModel {
     }
 }
 
-fn generated() -> SsmModel {
-    let dims = [
-        (784usize, 300usize, 0.0248f32),
-        (300, 100, 0.0891),
-        (100, 10, 0.737),
-    ];
-    let layers = dims
-        .iter()
-        .enumerate()
-        .map(|(i, &(inp, out, density))| {
-            ternary_layer(
-                format!("fc{}", i + 1),
-                vec![out, inp],
-                density,
-                i as u64 + 1,
-            )
-        })
-        .collect();
-    SsmModel {
-        model: serde_json::json!({"spec": {"type": "fcn", "elu_alpha": 1.0}, "dataset": "mnist"}),
-        layers,
-        tensors: vec![],
-    }
-}
-
 /// Median seconds of `reps` calls after up to 20 warm-up calls.
 fn time(reps: usize, f: impl FnMut()) -> f64 {
     median_time(reps, reps.min(20), f)
@@ -102,7 +53,7 @@ fn main() {
     let threads = set_threads();
     let m = match std::env::var("SUPERMASK_BENCH_SSM") {
         Ok(path) => format::read_file(std::path::Path::new(&path)).expect("model file"),
-        Err(_) => generated(),
+        Err(_) => generated_fcn(),
     };
     let bytes = format::encode(&m).expect("encode").len();
     let (mut numel, mut kept, mut csr) = (0usize, 0usize, 0usize);
@@ -153,7 +104,12 @@ fn main() {
     };
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/torch_fcn_infer.py");
     let th = threads.to_string();
-    let torch = run_torch(script, &["--threads", &th]);
+    let conv_batch = 32usize;
+    let cb = conv_batch.to_string();
+    let torch = run_torch(script, &["--threads", &th, "--conv-batch", &cb]);
+    let torch_secs = |key: &str| torch.as_ref().and_then(|v| v[key].as_f64());
+    let ratio = |p: Option<f64>, e: f64| p.map_or("n/a".to_string(), |p| format!("{:.1}x", p / e));
+    let ms = |p: Option<f64>| p.map_or("n/a".to_string(), |p| format!("{:.2}", p * 1e3));
     println!("forward time, {threads} threads (median per call)");
     println!(
         "{:<8} {:>14} {:>14} {:>14} {:>12} {:>12}",
@@ -194,14 +150,16 @@ fn main() {
     }
 
     // Conv2 at the density of a trained signed Conv2 (Table 2: 0.6% remaining; here 2% of
-    // every layer) and at 10%, against the dense candle forward of the same weights.
-    let batch = 32;
+    // every layer) and at 10%, against the dense candle forward of the same weights and a
+    // dense PyTorch Conv2 (random weights: dense time does not depend on the values).
+    let batch = conv_batch;
     let x = unit_values(batch * 3 * 32 * 32, 77);
     let xt = Tensor::from_vec(x.clone(), (batch, 3, 32, 32), &dev).unwrap();
+    let torch_conv2 = torch_secs("conv2_seconds");
     println!("Conv2 forward, batch {batch}, {threads} threads (median per call)");
     println!(
-        "{:<10} {:>14} {:>14} {:>12}",
-        "kept", "engine [ms]", "candle [ms]", "vs candle"
+        "{:<10} {:>14} {:>14} {:>14} {:>12} {:>12}",
+        "kept", "engine [ms]", "candle [ms]", "pytorch [ms]", "vs candle", "vs pytorch"
     );
     for density in [0.02f32, 0.1] {
         let m = generated_conv2(density);
@@ -230,11 +188,61 @@ fn main() {
             std::hint::black_box(dense());
         });
         println!(
-            "{:<10} {:>14.2} {:>14.2} {:>11.1}x",
+            "{:<10} {:>14.2} {:>14.2} {:>14} {:>11.1}x {:>12}",
             format!("{:.0}%", density * 100.0),
             e * 1e3,
             c * 1e3,
-            c / e
+            ms(torch_conv2),
+            c / e,
+            ratio(torch_conv2, e)
         );
     }
+
+    // ResNet20 x1 (Table 4 preset) with the paper's 21.13% remaining weights (initial rate
+    // 0.7887), against the training model's evaluation forward (fused kernels: dense GEMM at
+    // this density) and a dense PyTorch ResNet20 in evaluation mode.
+    supermask_cli::link_plugins();
+    let preset = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../configs/paper/table4-resnet20-x1-signed-elus.toml"
+    );
+    let text = std::fs::read_to_string(preset).expect("ResNet20 preset");
+    let cfg = RunConfig::from_toml(
+        &text,
+        &["masking.threshold={ type = \"initial-rate\", rate = 0.7887 }".to_string()],
+        "resnet20",
+    )
+    .expect("ResNet20 config");
+    let trainer = Trainer::new(&cfg, &dev).expect("ResNet20 model");
+    let m = export_trainer(&cfg, &trainer).expect("ResNet20 export");
+    let (kept, numel) = m
+        .layers
+        .iter()
+        .fold((0, 0), |(k, n), l| (k + l.kept(), n + l.numel()));
+    let engine = Engine::new(&m).expect("ResNet20 engine");
+    let ctx = ForwardCtx::eval();
+    let e = time(10, || {
+        std::hint::black_box(engine.forward(&x, batch).unwrap());
+    });
+    let c = time(10, || {
+        std::hint::black_box(trainer.model().forward_t(&xt, &ctx).unwrap());
+    });
+    let torch_resnet = torch_secs("resnet20_seconds");
+    println!(
+        "ResNet20 forward, batch {batch}, {:.2}% of {numel} weights kept, {threads} threads",
+        100.0 * kept as f64 / numel as f64
+    );
+    println!(
+        "{:<10} {:>14} {:>14} {:>14} {:>12} {:>12}",
+        "", "engine [ms]", "model [ms]", "pytorch [ms]", "vs model", "vs pytorch"
+    );
+    println!(
+        "{:<10} {:>14.2} {:>14.2} {:>14} {:>11.1}x {:>12}",
+        "resnet20",
+        e * 1e3,
+        c * 1e3,
+        ms(torch_resnet),
+        c / e,
+        ratio(torch_resnet, e)
+    );
 }

@@ -1,16 +1,20 @@
 //! Runs the sparse ternary engine on an `.ssm` file in a loop, for `perf record`:
-//! `cargo run --release -p supermask-benches --example profile_infer -- FILE [BATCH] [ITERS]`.
+//! `cargo run --release -p supermask-benches --example profile_infer -- FILE [BATCH] [ITERS]`
+//! (FILE `generated`: the infer bench's generated FCN).
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use supermask_benches::{median_time, set_threads, unit_values};
+use supermask_benches::{generated_fcn, median_time, set_threads, unit_values};
 use supermask_export::{format, Engine};
 
 fn main() {
     let threads = set_threads();
     let args: Vec<String> = std::env::args().collect();
-    let m = format::read_file(std::path::Path::new(&args[1])).expect("model file");
+    let m = match args.get(1).map(String::as_str) {
+        None | Some("generated") => generated_fcn(),
+        Some(path) => format::read_file(std::path::Path::new(path)).expect("model file"),
+    };
     let batch: usize = args.get(2).map_or(256, |s| s.parse().unwrap());
     let iters: usize = args.get(3).map_or(2000, |s| s.parse().unwrap());
     let engine = Engine::new(&m).expect("engine");

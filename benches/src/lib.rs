@@ -2,6 +2,7 @@
 
 use std::process::Command;
 use supermask_datasets::Dataset;
+use supermask_export::{LayerWeights, SsmLayer, SsmModel};
 
 /// Sets the thread count from `SUPERMASK_BENCH_THREADS` (default 2) unless
 /// `RAYON_NUM_THREADS` is set, with the CLI's pool and allocator setup
@@ -104,4 +105,62 @@ pub fn run_torch(script: &str, args: &[&str]) -> Option<serde_json::Value> {
     }
     let line = String::from_utf8_lossy(&out.stdout);
     serde_json::from_str(line.lines().last()?).ok()
+}
+
+/// A ternary layer with `density` of its entries kept at random positions with random signs,
+/// magnitude `sqrt(3 * 2 / fan_in)` (ELUS as the presets draw it).
+pub fn ternary_layer(name: String, shape: Vec<usize>, density: f32, seed: u64) -> SsmLayer {
+    let n: usize = shape.iter().product();
+    let fan_in = n / shape[0];
+    let keep = unit_values(n, seed);
+    let sign = unit_values(n, seed + 1000);
+    let pattern = keep
+        .iter()
+        .zip(&sign)
+        .map(|(&u, &s)| {
+            if u >= density {
+                0
+            } else if s < 0.5 {
+                -1
+            } else {
+                1
+            }
+        })
+        .collect();
+    SsmLayer {
+        name,
+        shape,
+        weights: LayerWeights::Ternary {
+            magnitude: (3.0f32 * 2.0 / fan_in as f32).sqrt(),
+            pattern,
+        },
+    }
+}
+
+/// The Table 1 FCN 784-300-100-10 with the mask densities of the trained ELUS net (seed 0 of
+/// docs/results/table1-fcn.md: fc1 2.48%, fc2 8.91%, fc3 73.7% kept), random kept positions
+/// and signs, signed-constant magnitudes.
+pub fn generated_fcn() -> SsmModel {
+    let dims = [
+        (784usize, 300usize, 0.0248f32),
+        (300, 100, 0.0891),
+        (100, 10, 0.737),
+    ];
+    let layers = dims
+        .iter()
+        .enumerate()
+        .map(|(i, &(inp, out, density))| {
+            ternary_layer(
+                format!("fc{}", i + 1),
+                vec![out, inp],
+                density,
+                i as u64 + 1,
+            )
+        })
+        .collect();
+    SsmModel {
+        model: serde_json::json!({"spec": {"type": "fcn", "elu_alpha": 1.0}, "dataset": "mnist"}),
+        layers,
+        tensors: vec![],
+    }
 }
