@@ -2,7 +2,7 @@
 """PyTorch reference for dense inference, the baseline the exported signed Supermasks are
 compared with (benches/benches/infer.rs):
 
-- the FCN 784-300-100-10 (ELU, no biases) at batch 1 and batch 256;
+- the FCN 784-300-100-10 (ELU, no biases) at batch 1 and batch 256 (alone with --fcn-only);
 - the Conv2 (3x3 convs 64, 64, 2x2 max-pool, FC 16384-256-256-10, ELU, no biases) at
   --conv-batch;
 - the authors' ResNet20 (REPRODUCTION-NOTES; supermask_models::resnet: stem 3x3 conv -> BN ->
@@ -82,6 +82,7 @@ def main():
     ap.add_argument("--reps", type=int, default=200)
     ap.add_argument("--conv-batch", type=int, default=32)
     ap.add_argument("--conv-reps", type=int, default=10)
+    ap.add_argument("--fcn-only", action="store_true", help="skip the Conv2 and ResNet20")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     gen = torch.Generator().manual_seed(0)
@@ -115,6 +116,9 @@ def main():
         for batch in (1, 256):
             x = torch.randn(batch, 784, generator=gen)
             out[f"batch{batch}_seconds"] = median_seconds(lambda: model(x), args.reps)
+        if args.fcn_only:
+            print(json.dumps(out))
+            return
         x = torch.randn(args.conv_batch, 3, 32, 32, generator=gen)
         out["conv_batch"] = args.conv_batch
         out["conv2_seconds"] = median_seconds(lambda: conv2(x), args.conv_reps, 3)

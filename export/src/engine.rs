@@ -93,7 +93,7 @@ struct Block {
 }
 
 /// The architectures the engine runs.
-enum Net {
+enum Arch {
     /// Linear layers with ELU between them.
     Fcn { layers: Vec<Linear> },
     /// Pairs of 3x3 convs (ELU after each) and a 2x2 max-pool per pair, then linear layers
@@ -105,17 +105,20 @@ enum Net {
     },
     /// The authors' CIFAR ResNets (`resnet20`/`resnet56`/`resnet110`): stem conv -> BN ->
     /// ELU -> 3x3 stride-1 max-pool, residual blocks, global average pool, linear head.
-    ResNet {
-        stem: ConvBn,
-        blocks: Vec<Block>,
-        head: Linear,
-        input: [usize; 3],
-    },
+    ResNet(Box<ResNet>),
+}
+
+/// A ResNet's parts (boxed in [`Arch`]: it is much larger than the other variants).
+struct ResNet {
+    stem: ConvBn,
+    blocks: Vec<Block>,
+    head: Linear,
+    input: [usize; 3],
 }
 
 /// An exported model prepared for inference.
 pub struct Engine {
-    net: Net,
+    net: Arch,
     alpha: f32,
     classes: usize,
     input_len: usize,
@@ -224,7 +227,7 @@ fn batch_norm(m: &SsmModel, name: &str, mode: BnMode, c: usize) -> Result<(Vec<f
 
 /// A ResNet with `per_stage` blocks per stage, layer by layer as
 /// `supermask_models::resnet` builds it; every name and shape is checked.
-fn resnet(m: &SsmModel, spec: &serde_json::Value, per_stage: usize) -> Result<(Net, usize)> {
+fn resnet(m: &SsmModel, spec: &serde_json::Value, per_stage: usize) -> Result<(Arch, usize)> {
     let bn = bn_mode(spec, "bn", BnMode::None)?;
     let stem_bn = bn_mode(spec, "stem_bn", BnMode::Learnable)?;
     let mut layers = m.layers.iter();
@@ -300,12 +303,12 @@ fn resnet(m: &SsmModel, spec: &serde_json::Value, per_stage: usize) -> Result<(N
     }
     let len = input.iter().product();
     Ok((
-        Net::ResNet {
+        Arch::ResNet(Box::new(ResNet {
             stem,
             blocks,
             head,
             input,
-        },
+        })),
         len,
     ))
 }
@@ -333,7 +336,7 @@ impl Engine {
                     width = lin.outputs;
                     layers.push(lin);
                 }
-                (Net::Fcn { layers }, input)
+                (Arch::Fcn { layers }, input)
             }
             "conv2" | "conv4" | "conv6" | "conv8" => {
                 let (mut convs, mut fcs) = (Vec::new(), Vec::new());
@@ -370,7 +373,7 @@ impl Engine {
                     "a conv net needs linear layers after the convs"
                 );
                 let len = input.iter().product();
-                (Net::ConvNet { convs, fcs, input }, len)
+                (Arch::ConvNet { convs, fcs, input }, len)
             }
             "resnet20" | "resnet56" | "resnet110" => {
                 let blocks = match kind {
@@ -387,9 +390,9 @@ impl Engine {
             ),
         };
         let classes = match &net {
-            Net::Fcn { layers } => layers.last().map(|l| l.outputs),
-            Net::ConvNet { fcs, .. } => fcs.last().map(|l| l.outputs),
-            Net::ResNet { head, .. } => Some(head.outputs),
+            Arch::Fcn { layers } => layers.last().map(|l| l.outputs),
+            Arch::ConvNet { fcs, .. } => fcs.last().map(|l| l.outputs),
+            Arch::ResNet(r) => Some(r.head.outputs),
         }
         .context("model without layers")?;
         Ok(Self {
@@ -424,7 +427,7 @@ impl Engine {
             return Ok(out);
         }
         match &self.net {
-            Net::Fcn { layers } if batch <= SAMPLE_BY_SAMPLE => {
+            Arch::Fcn { layers } if batch <= SAMPLE_BY_SAMPLE => {
                 // One or two samples: one at a time on this thread (a task hand-off or a
                 // 16-sample block costs more than the work).
                 for (out, x) in out
@@ -434,17 +437,17 @@ impl Engine {
                     self.sample(layers, x, out);
                 }
             }
-            Net::Fcn { layers } if batch >= WIDE_BLOCK * rayon::current_num_threads() => {
+            Arch::Fcn { layers } if batch >= WIDE_BLOCK * rayon::current_num_threads() => {
                 out.par_chunks_mut(WIDE_BLOCK * self.classes)
                     .zip(x.par_chunks(WIDE_BLOCK * self.input_len))
                     .for_each(|(out, x)| self.block::<WIDE_BLOCK>(layers, x, out));
             }
-            Net::Fcn { layers } => {
+            Arch::Fcn { layers } => {
                 out.par_chunks_mut(BLOCK * self.classes)
                     .zip(x.par_chunks(BLOCK * self.input_len))
                     .for_each(|(out, x)| self.block::<BLOCK>(layers, x, out));
             }
-            Net::ConvNet { convs, fcs, input } => {
+            Arch::ConvNet { convs, fcs, input } => {
                 let result: Result<()> = out
                     .par_chunks_mut(self.classes)
                     .zip(x.par_chunks(self.input_len))
@@ -469,12 +472,13 @@ impl Engine {
                     });
                 result?;
             }
-            Net::ResNet {
-                stem,
-                blocks,
-                head,
-                input,
-            } => {
+            Arch::ResNet(r) => {
+                let ResNet {
+                    stem,
+                    blocks,
+                    head,
+                    input,
+                } = &**r;
                 let result: Result<()> = out
                     .par_chunks_mut(self.classes)
                     .zip(x.par_chunks(self.input_len))
@@ -761,7 +765,7 @@ mod tests {
         // WIDE_BLOCK per thread, which depends on the machine's cores).
         for n in [1, 5, BLOCK, WIDE_BLOCK] {
             let mut out = vec![0.0f32; n * 10];
-            let Net::Fcn { layers } = &e.net else {
+            let Arch::Fcn { layers } = &e.net else {
                 unreachable!()
             };
             e.block::<BLOCK>(

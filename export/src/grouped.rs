@@ -85,10 +85,10 @@ impl Grouped {
         let pad = t.cols as u32;
         let (mut idx, mut meta) = (Vec::new(), Vec::<u32>::new());
         let mut per_row: Vec<std::ops::Range<usize>> = Vec::with_capacity(t.rows);
-        for r in 0..t.rows {
+        for (r, &mid) in split.iter().enumerate().take(t.rows) {
             let segments = [
-                (&t.idx[t.ptr[r]..split[r]], 0),
-                (&t.idx[split[r]..t.ptr[r + 1]], SIGN),
+                (&t.idx[t.ptr[r]..mid], 0),
+                (&t.idx[mid..t.ptr[r + 1]], SIGN),
             ];
             let before = idx.len();
             for (seg, sign) in segments {
@@ -254,9 +254,9 @@ mod tests {
         }
         let mut outb = vec![[0.0f32; 16]; rows];
         g.matmul_block(&xb, &mut outb);
-        for r in 0..rows {
-            for s in 0..16 {
-                assert_eq!(outb[r][s], want[r] * (s as f32 - 7.0), "row {r} sample {s}");
+        for (r, (row, w)) in outb.iter().zip(&want).enumerate() {
+            for (s, v) in row.iter().enumerate() {
+                assert_eq!(*v, w * (s as f32 - 7.0), "row {r} sample {s}");
             }
         }
     }

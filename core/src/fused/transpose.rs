@@ -14,7 +14,12 @@ pub fn transpose_block16(x: &[f32], cols: usize, out: &mut [[f32; ROWS]]) {
 /// `out[j][b] = x[b * cols + j]` for the `N` rows `b` of `x` (row-major, `N x cols`); `N` is
 /// a multiple of 8 (one 8x8 tile per 8 rows).
 pub fn transpose_block<const N: usize>(x: &[f32], cols: usize, out: &mut [[f32; N]]) {
-    const { assert!(N % 8 == 0, "transpose_block: N must be a multiple of 8") };
+    const {
+        assert!(
+            N.is_multiple_of(8),
+            "transpose_block: N must be a multiple of 8"
+        )
+    };
     assert!(
         x.len() >= N * cols && out.len() >= cols,
         "transpose_block sizes"
