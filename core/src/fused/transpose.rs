@@ -25,6 +25,12 @@ pub fn transpose_block<const N: usize>(x: &[f32], cols: usize, out: &mut [[f32; 
         "transpose_block sizes"
     );
     #[cfg(target_arch = "x86_64")]
+    if N.is_multiple_of(16) {
+        if let Some(simd) = pulp::x86::V4::try_new() {
+            return simd.vectorize(avx512::Transpose { simd, x, cols, out });
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
     if let Some(simd) = pulp::x86::V3::try_new() {
         return simd.vectorize(avx::Transpose { simd, x, cols, out });
     }
@@ -120,13 +126,88 @@ mod avx {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use core::arch::x86_64::{__m512, __m512d};
+    use pulp::{cast, x86::V4};
+
+    /// A 16x16 in-register transpose in four stages of 16 shuffles (64 for 256 values, where
+    /// two 8x8 AVX2 tiles per 64 values take 96): pairs of rows, then pairs of pairs (as 64-bit
+    /// elements), then 128-bit lanes twice.
+    #[inline(always)]
+    fn t16(simd: V4, r: [__m512; 16]) -> [__m512; 16] {
+        let a = simd.avx512f;
+        let mut t = r;
+        for i in 0..8 {
+            t[2 * i] = a._mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+            t[2 * i + 1] = a._mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+        }
+        // u[4i + k], 128-bit lane l: column 4l + k of rows 4i..4i+3.
+        let mut u = t;
+        for i in 0..4 {
+            let d = |j: usize| -> __m512d { cast(t[4 * i + j]) };
+            u[4 * i] = cast(a._mm512_unpacklo_pd(d(0), d(2)));
+            u[4 * i + 1] = cast(a._mm512_unpackhi_pd(d(0), d(2)));
+            u[4 * i + 2] = cast(a._mm512_unpacklo_pd(d(1), d(3)));
+            u[4 * i + 3] = cast(a._mm512_unpackhi_pd(d(1), d(3)));
+        }
+        let mut out = u;
+        for k in 0..4 {
+            let v_even = a._mm512_shuffle_f32x4::<0x88>(u[k], u[4 + k]);
+            let v_odd = a._mm512_shuffle_f32x4::<0xDD>(u[k], u[4 + k]);
+            let w_even = a._mm512_shuffle_f32x4::<0x88>(u[8 + k], u[12 + k]);
+            let w_odd = a._mm512_shuffle_f32x4::<0xDD>(u[8 + k], u[12 + k]);
+            out[k] = a._mm512_shuffle_f32x4::<0x88>(v_even, w_even);
+            out[8 + k] = a._mm512_shuffle_f32x4::<0xDD>(v_even, w_even);
+            out[4 + k] = a._mm512_shuffle_f32x4::<0x88>(v_odd, w_odd);
+            out[12 + k] = a._mm512_shuffle_f32x4::<0xDD>(v_odd, w_odd);
+        }
+        out
+    }
+
+    /// The transposition as a `pulp` operation (a struct, so it inlines into the AVX-512
+    /// context).
+    pub(super) struct Transpose<'a, const N: usize> {
+        pub simd: V4,
+        pub x: &'a [f32],
+        pub cols: usize,
+        pub out: &'a mut [[f32; N]],
+    }
+
+    impl<const N: usize> pulp::NullaryFnOnce for Transpose<'_, N> {
+        type Output = ();
+
+        #[inline(always)]
+        fn call(self) {
+            let Self { simd, x, cols, out } = self;
+            let full = cols / 16 * 16;
+            for j0 in (0..full).step_by(16) {
+                for part in 0..N / 16 {
+                    let mut rows: [__m512; 16] = [cast([0.0f32; 16]); 16];
+                    for (b, r) in rows.iter_mut().enumerate() {
+                        let start = (part * 16 + b) * cols + j0;
+                        let v: [f32; 16] = x[start..start + 16].try_into().expect("16 values");
+                        *r = cast(v);
+                    }
+                    let t = t16(simd, rows);
+                    for (k, col) in t.iter().enumerate() {
+                        let v: [f32; 16] = cast(*col);
+                        out[j0 + k][part * 16..part * 16 + 16].copy_from_slice(&v);
+                    }
+                }
+            }
+            super::scalar(x, cols, full, out);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn transposes_every_width() {
-        for cols in [1, 7, 8, 9, 16, 31, 784] {
+        for cols in [1, 7, 8, 9, 16, 17, 31, 32, 784] {
             let x: Vec<f32> = (0..ROWS * cols).map(|i| i as f32).collect();
             let mut out = vec![[0.0f32; ROWS]; cols];
             transpose_block16(&x, cols, &mut out);
@@ -141,6 +222,14 @@ mod tests {
             for (j, row) in out.iter().enumerate() {
                 for (b, v) in row.iter().enumerate() {
                     assert_eq!(*v, x[b * cols + j], "32 rows: cols {cols} j {j} b {b}");
+                }
+            }
+            // 8 rows: the AVX2 tiles even on AVX-512 machines.
+            let mut out = vec![[0.0f32; 8]; cols];
+            transpose_block(&x, cols, &mut out);
+            for (j, row) in out.iter().enumerate() {
+                for (b, v) in row.iter().enumerate() {
+                    assert_eq!(*v, x[b * cols + j], "8 rows: cols {cols} j {j} b {b}");
                 }
             }
         }
