@@ -250,6 +250,68 @@ fn export_inspect_infer_round_trip() {
     );
 }
 
+/// A ResNet20 with learnable batch norms, trained one epoch on generated CIFAR-10 files (so its
+/// BN parameters and running statistics have moved), through `export` and `infer --compare`:
+/// the engine's predictions equal the run's and its logits agree to 1e-4 relative.
+#[test]
+fn exported_resnet_infers_like_the_run() {
+    use supermask_datasets::{write_cifar_file, CifarDataset};
+    let e = env_sized(10, 10);
+    let data = e.root.join("cifar");
+    let dir = data.join("cifar-10-batches-bin");
+    let mut state = 3u64;
+    let mut byte = move || {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (state >> 56) as u8
+    };
+    for (name, n) in [
+        ("data_batch_1.bin", 12),
+        ("data_batch_2.bin", 12),
+        ("data_batch_3.bin", 12),
+        ("data_batch_4.bin", 12),
+        ("data_batch_5.bin", 12),
+        ("test_batch.bin", 24),
+    ] {
+        let pixels: Vec<u8> = (0..n * 3072).map(|_| byte()).collect();
+        let labels: Vec<u8> = (0..n).map(|_| byte() % 10).collect();
+        write_cifar_file(&dir.join(name), CifarDataset::Cifar10, &pixels, &labels).unwrap();
+    }
+    let run_dir = e.root.join("resnet");
+    let cfg = preset("table6-resnet20-signed-elus-bn-learnable");
+    ok(&[
+        "train",
+        "--config",
+        s(&cfg),
+        "--set",
+        "train.epochs=1",
+        "--set",
+        "data.batch_size=20",
+        "--data",
+        s(&data),
+        "--out",
+        s(&run_dir),
+    ]);
+    let file = e.root.join("resnet.ssm");
+    ok(&["export", s(&run_dir), "--out", s(&file)]);
+    let out = ok(&[
+        "infer",
+        s(&file),
+        "--data",
+        s(&data),
+        "--batch",
+        "7",
+        "--compare",
+        s(&run_dir),
+        "--json",
+    ]);
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["samples"], 24);
+    assert_eq!(r["prediction_mismatches"], 0, "{r}");
+    assert!(r["max_relative_logit_diff"].as_f64().unwrap() < 1e-4, "{r}");
+}
+
 #[test]
 fn training_lowers_the_loss_and_prunes() {
     let e = env();
