@@ -118,7 +118,7 @@ fn main() {
     // times[b] = per round (engine, candle, pytorch).
     let mut times = vec![Vec::new(); batches.len()];
     for _ in 0..rounds {
-        let torch = run_torch(script, &["--threads", &th, "--fcn-only"]);
+        let torch = run_torch(script, &["--threads", &th, "--part", "fcn"]);
         for (bi, &batch) in batches.iter().enumerate() {
             let x = unit_values(batch * 784, 99);
             let reps = if batch == 1 { 5000 } else { 300 };
@@ -180,8 +180,11 @@ fn main() {
         );
     }
 
-    // The Conv2 and ResNet20 references (and the FCN again, unused), just before ours.
-    let torch = run_torch(script, &["--threads", &th, "--conv-batch", &cb]);
+    // The Conv2 and ResNet20 references, just before ours.
+    let torch = run_torch(
+        script,
+        &["--threads", &th, "--part", "conv", "--conv-batch", &cb],
+    );
     let torch_secs = |key: &str| torch.as_ref().and_then(|v| v[key].as_f64());
     let ratio = |p: Option<f64>, e: f64| p.map_or("n/a".to_string(), |p| format!("{:.1}x", p / e));
     let ms = |p: Option<f64>| p.map_or("n/a".to_string(), |p| format!("{:.2}", p * 1e3));

@@ -2,12 +2,12 @@
 """PyTorch reference for dense inference, the baseline the exported signed Supermasks are
 compared with (benches/benches/infer.rs):
 
-- the FCN 784-300-100-10 (ELU, no biases) at batch 1 and batch 256 (alone with --fcn-only);
+- the FCN 784-300-100-10 (ELU, no biases) at batch 1 and batch 256 (--part fcn);
 - the Conv2 (3x3 convs 64, 64, 2x2 max-pool, FC 16384-256-256-10, ELU, no biases) at
   --conv-batch;
 - the authors' ResNet20 (REPRODUCTION-NOTES; supermask_models::resnet: stem 3x3 conv -> BN ->
   ELU -> 3x3 stride-1 max-pool, projection first blocks with 1x1 convs, global average pool,
-  linear head; BN in evaluation mode) at --conv-batch.
+  linear head; BN in evaluation mode) at --conv-batch (these two: --part conv).
 
 Each is timed under torch.inference_mode() (inputs N(0,1), not timed), median of the calls
 after warm-up. Prints one JSON line: {"framework": "pytorch", "batch1_seconds": ...,
@@ -82,7 +82,8 @@ def main():
     ap.add_argument("--reps", type=int, default=200)
     ap.add_argument("--conv-batch", type=int, default=32)
     ap.add_argument("--conv-reps", type=int, default=10)
-    ap.add_argument("--fcn-only", action="store_true", help="skip the Conv2 and ResNet20")
+    ap.add_argument("--part", choices=["all", "fcn", "conv"], default="all",
+                    help="time only the FCN, or only the Conv2 and ResNet20")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     gen = torch.Generator().manual_seed(0)
@@ -113,10 +114,11 @@ def main():
 
     out = {"framework": "pytorch", "torch_version": torch.__version__, "threads": args.threads}
     with torch.inference_mode():
-        for batch in (1, 256):
-            x = torch.randn(batch, 784, generator=gen)
-            out[f"batch{batch}_seconds"] = median_seconds(lambda: model(x), args.reps)
-        if args.fcn_only:
+        if args.part in ("all", "fcn"):
+            for batch in (1, 256):
+                x = torch.randn(batch, 784, generator=gen)
+                out[f"batch{batch}_seconds"] = median_seconds(lambda: model(x), args.reps)
+        if args.part == "fcn":
             print(json.dumps(out))
             return
         x = torch.randn(args.conv_batch, 3, 32, 32, generator=gen)

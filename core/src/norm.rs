@@ -138,7 +138,7 @@ impl BatchNorm {
         self.shape_for(x)?;
         let c = self.channels;
         if self.mode == BnMode::None {
-            let (scale, shift) = fixed_affine(BnMode::None, None, &vec![0.0; c], &vec![1.0; c])?;
+            let (scale, shift) = fixed_affine(BnMode::None, c, None, None)?;
             return fused::channel_affine(x, scale, shift);
         }
         if ctx.train {
@@ -167,9 +167,9 @@ impl BatchNorm {
         };
         let (scale, shift) = fixed_affine(
             self.mode,
+            c,
             affine.as_ref().map(|(g, b)| (g.as_slice(), b.as_slice())),
-            &rm,
-            &rv,
+            Some((&rm, &rv)),
         )?;
         fused::channel_affine(x, scale, shift)
     }
@@ -217,26 +217,28 @@ impl BatchNorm {
     }
 }
 
-/// The per-channel map `x * scale + shift` a batch-norm layer of `mode` computes with fixed
-/// statistics (evaluation, or frozen-stats training): `mean` and `var` are the running
-/// statistics, `affine` the learnable `(gamma, beta)` (`None`: 1 and 0). Mode `none` ignores
-/// the statistics (`x / sqrt(1 + eps)`). The fused path and the inference engine both use it,
+/// The per-channel map `x * scale + shift` a batch-norm layer of `mode` over `c` channels
+/// computes with fixed statistics (evaluation, or frozen-stats training): `stats` are the
+/// running `(mean, var)`, `affine` the learnable `(gamma, beta)` (`None`: 1 and 0). Mode `none`
+/// needs neither (`x / sqrt(1 + eps)`). The fused path and the inference engine both use it,
 /// so they compute the same constants.
 pub fn fixed_affine(
     mode: BnMode,
+    c: usize,
     affine: Option<(&[f32], &[f32])>,
-    mean: &[f32],
-    var: &[f32],
+    stats: Option<(&[f32], &[f32])>,
 ) -> Result<(Vec<f32>, Vec<f32>)> {
-    let c = mean.len();
-    anyhow::ensure!(
-        var.len() == c && affine.is_none_or(|(g, b)| g.len() == c && b.len() == c),
-        "batch norm: statistics and parameters of different lengths"
-    );
     if mode == BnMode::None {
         let scale = (1.0 / (1.0 + EPS).sqrt()) as f32;
         return Ok((vec![scale; c], vec![0.0; c]));
     }
+    let (mean, var) = stats.context("batch norm: running statistics are needed")?;
+    anyhow::ensure!(
+        mean.len() == c
+            && var.len() == c
+            && affine.is_none_or(|(g, b)| g.len() == c && b.len() == c),
+        "batch norm: statistics or parameters are not of {c} channels"
+    );
     let eps = EPS as f32;
     let (scale, shift) = (0..c)
         .map(|i| {

@@ -8,8 +8,9 @@
 //! logits equal the training model's up to the order of float additions.
 //!
 //! Linear nets keep activations feature-major (`[features, block]`), so every kept weight adds
-//! a contiguous run of samples at once; batches are split into blocks of 16 samples that run
-//! the whole net in parallel. Conv nets and ResNets run samples in parallel; a ResNet's batch
+//! a contiguous run of samples at once; batches are split into blocks of [`BLOCK`] or
+//! [`WIDE_BLOCK`] samples that run the whole net in parallel, and one or two samples run one
+//! at a time. Conv nets and ResNets run samples in parallel; a ResNet's batch
 //! norms (evaluation mode: running statistics) are one per-channel scale and shift each,
 //! computed as the training model's fused path computes them
 //! ([`supermask_core::norm::fixed_affine`]).
@@ -34,10 +35,11 @@ pub const SPARSE_BELOW: f64 = 0.2;
 const SAMPLE_BY_SAMPLE: usize = 2;
 
 /// Samples per block of a linear net (feature-major activations, each kept input one add of
-/// `BLOCK` values: two 16-wide vector adds with AVX-512). Measured on the Table 1 FCN at batch
-/// 256 and 2 threads (Xeon, AVX-512): blocks of 16, 32, 64 and 128 samples took 114, 94, 88
-/// and 95 us (best of five); at batch 64, 32-sample blocks (two per thread) took 30 us and
-/// 64-sample blocks (one thread busy) 41 us.
+/// `BLOCK` values: two 16-wide vector adds with AVX-512). Measured on the generated Table 1
+/// FCN at batch 256 and 2 threads (Xeon, AVX-512, best of five interleaved runs): blocks of
+/// 16, 32 and 64 samples took 114, 94 and 88 us; in another set 32, 64 and 128 took 96, 92 and
+/// 95 us. At batch 64, 32-sample blocks (two per thread) took 30 us and 64-sample blocks (one
+/// thread busy) 41 us.
 const BLOCK: usize = 32;
 
 /// The block size once every thread gets at least one block of it.
@@ -218,11 +220,11 @@ fn batch_norm(m: &SsmModel, name: &str, mode: BnMode, c: usize) -> Result<(Vec<f
         BnMode::Learnable => Some((get("gamma")?, get("beta")?)),
         _ => None,
     };
-    let (mean, var) = match mode {
-        BnMode::None => (vec![0.0; c], vec![1.0; c]),
-        _ => (get("running_mean")?.to_vec(), get("running_var")?.to_vec()),
+    let stats = match mode {
+        BnMode::None => None,
+        _ => Some((get("running_mean")?, get("running_var")?)),
     };
-    fixed_affine(mode, affine, &mean, &var)
+    fixed_affine(mode, c, affine, stats)
 }
 
 /// A ResNet with `per_stage` blocks per stage, layer by layer as
@@ -510,21 +512,19 @@ impl Engine {
             let (mut m, mh, mw) = b.conv1.run(&z, h, w)?;
             elu_in_place(&mut m, self.alpha);
             let (mut m, mh, mw) = b.conv2.run(&m, mh, mw)?;
-            match &b.shortcut {
+            let skip = match &b.shortcut {
                 Some(sc) => {
                     elu_in_place(&mut m, self.alpha);
-                    let (s, _, _) = sc.run(&z, h, w)?;
-                    ensure!(s.len() == m.len(), "shortcut and main path differ in size");
-                    for (a, b) in m.iter_mut().zip(&s) {
-                        *a += b;
-                    }
+                    sc.run(&z, h, w)?.0
                 }
-                None => {
-                    ensure!(z.len() == m.len(), "residual and main path differ in size");
-                    for (a, b) in m.iter_mut().zip(&z) {
-                        *a += b;
-                    }
-                }
+                None => z,
+            };
+            ensure!(
+                skip.len() == m.len(),
+                "residual and main path differ in size"
+            );
+            for (a, b) in m.iter_mut().zip(&skip) {
+                *a += b;
             }
             elu_in_place(&mut m, self.alpha);
             (z, h, w) = (m, mh, mw);
@@ -570,7 +570,6 @@ impl Engine {
                     v.resize((n + 1) * N, 0.0);
                 }
             };
-            rows(a, self.input_len);
             let mut widest = self.input_len;
             for l in layers {
                 widest = widest.max(l.outputs);
@@ -643,6 +642,7 @@ impl Engine {
         });
     }
 }
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -737,29 +737,23 @@ mod tests {
             .chunks_exact(50)
             .flat_map(|s| reference(&m, s, 0.8))
             .collect();
-        let check = |got: &[f32], start: usize, what: &str| {
-            for (s, (g, w)) in got
-                .chunks_exact(10)
-                .zip(want[start * 10..].chunks_exact(10))
-                .enumerate()
-            {
+        // The first samples of `x` through the engine (`got`) against the reference.
+        let check = |got: &[f32], what: &str| {
+            for (s, (g, w)) in got.chunks_exact(10).zip(want.chunks_exact(10)).enumerate() {
                 let scale = w.iter().fold(0.0f64, |a, v| a.max(v.abs()));
                 for (a, b) in g.iter().zip(w) {
                     assert!(
                         (f64::from(*a) - b).abs() <= 1e-5 * scale,
-                        "{what}: sample {}: {g:?} vs {w:?}",
-                        start + s
+                        "{what}: sample {s}: {g:?} vs {w:?}"
                     );
                 }
             }
         };
         // The engine picks the path from the batch size; these sizes cover each one.
         for n in [1, 2, 3, 31, 32, 33, 64, 300] {
-            check(
-                &e.forward(&x[..n * 50], n).unwrap(),
-                0,
-                &format!("batch {n}"),
-            );
+            let got = e.forward(&x[..n * 50], n).unwrap();
+            assert_eq!(got.len(), n * 10, "batch {n}");
+            check(&got, &format!("batch {n}"));
         }
         // And the block sizes directly (the wide one is picked only for batches of at least
         // WIDE_BLOCK per thread, which depends on the machine's cores).
@@ -773,9 +767,9 @@ mod tests {
                 &x[..n.min(BLOCK) * 50],
                 &mut out[..n.min(BLOCK) * 10],
             );
-            check(&out[..n.min(BLOCK) * 10], 0, &format!("block {n}"));
+            check(&out[..n.min(BLOCK) * 10], &format!("block {n}"));
             e.block::<WIDE_BLOCK>(layers, &x[..n * 50], &mut out);
-            check(&out, 0, &format!("wide block {n}"));
+            check(&out, &format!("wide block {n}"));
         }
     }
 }

@@ -156,18 +156,9 @@ impl CustomOp1 for ChannelAffine {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = cpu_slice(s, l)?;
         let (_, c, hw) = geometry(l.dims());
-        let mut y = vec![0.0f32; x.len()];
+        let mut y = x.to_vec();
         y.par_chunks_mut(c * hw)
-            .zip(x.par_chunks(c * hw))
-            .for_each(|(y, x)| {
-                for ch in 0..c {
-                    let (a, b) = (self.scale[ch], self.shift[ch]);
-                    let r = ch * hw..(ch + 1) * hw;
-                    for (y, x) in y[r.clone()].iter_mut().zip(&x[r]) {
-                        *y = x * a + b;
-                    }
-                }
-            });
+            .for_each(|y| super::channel_affine_sample(y, &self.scale, &self.shift));
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 

@@ -205,9 +205,15 @@ pub fn max_pool_sample(
 }
 
 /// `x * scale[ch] + shift[ch]` in place for one sample `[c, hw]` (batch norm with fixed
-/// statistics, as the fused op computes it).
+/// statistics; the fused op runs it per sample).
 pub fn channel_affine_sample(x: &mut [f32], scale: &[f32], shift: &[f32]) {
-    let hw = x.len() / scale.len().max(1);
+    assert!(
+        !scale.is_empty() && scale.len() == shift.len() && x.len().is_multiple_of(scale.len()),
+        "channel affine: {} values for {} channels",
+        x.len(),
+        scale.len()
+    );
+    let hw = x.len() / scale.len();
     for (ch, plane) in x.chunks_exact_mut(hw.max(1)).enumerate() {
         let (a, b) = (scale[ch], shift[ch]);
         for v in plane {
@@ -216,12 +222,7 @@ pub fn channel_affine_sample(x: &mut [f32], scale: &[f32], shift: &[f32]) {
     }
 }
 
-pub use transpose::{transpose_block, transpose_block16, ROWS as TRANSPOSE_ROWS};
-
-/// `dst[c x r] = src[r x c]^T` (row-major).
-pub fn transpose_into(src: &[f32], r: usize, c: usize, dst: &mut [f32]) {
-    transpose(src, r, c, dst)
-}
+pub use transpose::transpose_block;
 
 /// Batch statistics `(mean, biased variance)` per channel of an `[n, c, ...]` CPU f32 tensor.
 pub fn batch_stats(x: &Tensor) -> Result<(Vec<f32>, Vec<f32>)> {

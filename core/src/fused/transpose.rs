@@ -1,15 +1,7 @@
-//! Transposition of a block of 16 samples into feature-major `[f32; 16]` rows, the layout of
-//! the inference engine's sparse ternary kernels ([`super::Effective`]'s `matmul_block`). On
-//! AVX2 machines 8x8 tiles are transposed in registers (8 loads, 24 shuffles, 8 stores per
-//! tile) instead of element by element.
-
-/// Samples per block.
-pub const ROWS: usize = 16;
-
-/// `out[j][b] = x[b * cols + j]` for the 16 rows `b` of `x` (row-major, `16 x cols`).
-pub fn transpose_block16(x: &[f32], cols: usize, out: &mut [[f32; ROWS]]) {
-    transpose_block(x, cols, out)
-}
+//! Transposition of a block of samples into feature-major `[f32; N]` rows, the layout of the
+//! inference engine's block kernels. Tiles are transposed in registers instead of element by
+//! element: 16x16 on AVX-512 machines (for blocks of a multiple of 16 samples), else 8x8 on
+//! AVX2 machines (8 loads, 24 shuffles, 8 stores per tile).
 
 /// `out[j][b] = x[b * cols + j]` for the `N` rows `b` of `x` (row-major, `N x cols`); `N` is
 /// a multiple of 8 (one 8x8 tile per 8 rows).
@@ -208,9 +200,9 @@ mod tests {
     #[test]
     fn transposes_every_width() {
         for cols in [1, 7, 8, 9, 16, 17, 31, 32, 784] {
-            let x: Vec<f32> = (0..ROWS * cols).map(|i| i as f32).collect();
-            let mut out = vec![[0.0f32; ROWS]; cols];
-            transpose_block16(&x, cols, &mut out);
+            let x: Vec<f32> = (0..16 * cols).map(|i| i as f32).collect();
+            let mut out = vec![[0.0f32; 16]; cols];
+            transpose_block(&x, cols, &mut out);
             for (j, row) in out.iter().enumerate() {
                 for (b, v) in row.iter().enumerate() {
                     assert_eq!(*v, x[b * cols + j], "cols {cols} j {j} b {b}");
