@@ -15,7 +15,11 @@
 //! computed as the training model's fused path computes them
 //! ([`supermask_core::norm::fixed_affine`]).
 
-use crate::{act::elu_in_place, grouped::Grouped, LayerWeights, SsmLayer, SsmModel};
+use crate::{
+    act::elu_in_place,
+    grouped::{Grouped, MatvecScratch},
+    LayerWeights, SsmLayer, SsmModel,
+};
 use anyhow::{bail, ensure, Context, Result};
 use rayon::prelude::*;
 use supermask_core::{
@@ -31,8 +35,10 @@ use supermask_core::{
 /// (the crossover measured by `cargo bench --bench kernels`: about 25%).
 pub const SPARSE_BELOW: f64 = 0.2;
 
-/// Linear-net batches up to this size run sample by sample on the calling thread.
-const SAMPLE_BY_SAMPLE: usize = 2;
+/// Linear-net batches up to this size run sample by sample on the calling thread. Measured on
+/// the generated Table 1 FCN (Xeon, 2 threads, best of five): 3.1 us a sample, against one
+/// 32-sample block in 18.6-18.9 us for 3 to 8 samples; 5 samples took 15.4 us, 6 18.7 us.
+const SAMPLE_BY_SAMPLE: usize = 5;
 
 /// Samples per block of a linear net (feature-major activations, each kept input one add of
 /// `BLOCK` values: two 16-wide vector adds with AVX-512). Measured on the generated Table 1
@@ -430,8 +436,8 @@ impl Engine {
         }
         match &self.net {
             Arch::Fcn { layers } if batch <= SAMPLE_BY_SAMPLE => {
-                // One or two samples: one at a time on this thread (a task hand-off or a
-                // 16-sample block costs more than the work).
+                // A few samples: one at a time on this thread (a task hand-off or a block
+                // costs more than the work).
                 for (out, x) in out
                     .chunks_exact_mut(self.classes)
                     .zip(x.chunks_exact(self.input_len))
@@ -440,14 +446,16 @@ impl Engine {
                 }
             }
             Arch::Fcn { layers } if batch >= WIDE_BLOCK * rayon::current_num_threads() => {
-                out.par_chunks_mut(WIDE_BLOCK * self.classes)
-                    .zip(x.par_chunks(WIDE_BLOCK * self.input_len))
-                    .for_each(|(out, x)| self.block::<WIDE_BLOCK>(layers, x, out));
+                let size = (WIDE_BLOCK * self.input_len, WIDE_BLOCK * self.classes);
+                in_parallel(x, &mut out, size, |x, out| {
+                    self.block::<WIDE_BLOCK>(layers, x, out)
+                });
             }
             Arch::Fcn { layers } => {
-                out.par_chunks_mut(BLOCK * self.classes)
-                    .zip(x.par_chunks(BLOCK * self.input_len))
-                    .for_each(|(out, x)| self.block::<BLOCK>(layers, x, out));
+                let size = (BLOCK * self.input_len, BLOCK * self.classes);
+                in_parallel(x, &mut out, size, |x, out| {
+                    self.block::<BLOCK>(layers, x, out)
+                });
             }
             Arch::ConvNet { convs, fcs, input } => {
                 let result: Result<()> = out
@@ -564,19 +572,15 @@ impl Engine {
                 partial.resize(N * self.input_len, 0.0);
                 partial
             };
-            // `n` feature rows of N samples and the zero row after them.
-            let rows = |v: &mut Vec<f32>, n: usize| {
-                if v.len() < (n + 1) * N {
-                    v.resize((n + 1) * N, 0.0);
-                }
-            };
             let mut widest = self.input_len;
             for l in layers {
                 widest = widest.max(l.outputs);
             }
-            rows(a, widest);
-            rows(b, widest);
-            let (mut h, mut y) = (a.as_chunks_mut::<N>().0, b.as_chunks_mut::<N>().0);
+            // `widest` feature rows of N samples and the zero row after them.
+            let (mut h, mut y) = (
+                aligned_rows::<N>(a, widest + 1),
+                aligned_rows::<N>(b, widest + 1),
+            );
             transpose_block(x, self.input_len, h);
             h[self.input_len] = [0.0; N];
             let mut width = self.input_len;
@@ -608,39 +612,95 @@ impl Engine {
     /// One sample `x` through linear layers into `out`, ELU between them.
     fn sample(&self, layers: &[Linear], x: &[f32], out: &mut [f32]) {
         thread_local! {
-            /// Per thread: two activation buffers (with the zero slot after the values) and
-            /// the grouped kernels' row sums.
-            static SCRATCH: std::cell::RefCell<[Vec<f32>; 3]> =
-                const { std::cell::RefCell::new([Vec::new(), Vec::new(), Vec::new()]) };
+            /// Per thread: two activation buffers and the grouped kernels' scratch.
+            static SCRATCH: std::cell::RefCell<(Vec<f32>, Vec<f32>, Option<MatvecScratch>)> =
+                const { std::cell::RefCell::new((Vec::new(), Vec::new(), None)) };
         }
-        SCRATCH.with_borrow_mut(|[a, b, acc]| {
+        SCRATCH.with_borrow_mut(|(a, b, scratch)| {
+            let scratch = scratch.get_or_insert_with(MatvecScratch::default);
             let (mut h, mut y) = (a, b);
             h.clear();
             h.extend_from_slice(x);
-            h.push(0.0);
             let last = layers.len() - 1;
             for (i, l) in layers.iter().enumerate() {
-                debug_assert_eq!(h.len(), l.inputs + 1);
+                debug_assert_eq!(h.len(), l.inputs);
                 y.clear();
-                y.resize(l.outputs + 1, 0.0);
-                let yo = &mut y[..l.outputs];
+                y.resize(l.outputs, 0.0);
                 match &l.grouped {
-                    Some(g) => {
-                        if acc.len() < l.outputs {
-                            acc.resize(l.outputs, 0.0);
-                        }
-                        g.matvec(h, acc, yo);
-                    }
-                    None => l.eff.matmul(&h[..l.inputs], 1, yo),
+                    Some(g) => g.matvec(h, scratch, y),
+                    None => l.eff.matmul(h, 1, y),
                 }
                 if i < last {
-                    elu_in_place(yo, self.alpha);
+                    elu_in_place(y, self.alpha);
                 }
                 std::mem::swap(&mut h, &mut y);
             }
             out.copy_from_slice(&h[..out.len()]);
         });
     }
+}
+
+/// `f(x, out)` for every pair of chunks of `x` and `out` (`size`: their lengths), in
+/// parallel on rayon's threads.
+///
+/// A caller outside rayon's pool would hand the whole job to the pool and sleep until it is
+/// done: an empty `install` from outside costs about 5 us on the 2-core Xeon (the waking of
+/// the caller; `infer`'s bench calls from outside). Here such a caller runs one share of the
+/// chunks itself while the pool runs the others, one task a share, so that the caller and
+/// the pool's threads together fill the pool's size and the caller usually finds the others
+/// done when it ends. Inside the pool it is rayon's own parallel loop.
+fn in_parallel<F>(x: &[f32], out: &mut [f32], size: (usize, usize), f: F)
+where
+    F: Fn(&[f32], &mut [f32]) + Sync,
+{
+    let (xs, os) = size;
+    let chunks = out.len().div_ceil(os);
+    let threads = rayon::current_num_threads().min(chunks);
+    if rayon::current_thread_index().is_some() || threads < 2 {
+        out.par_chunks_mut(os)
+            .zip(x.par_chunks(xs))
+            .for_each(|(out, x)| f(x, out));
+        return;
+    }
+    // Share `i` is chunks [i * chunks / threads, (i + 1) * chunks / threads).
+    let share = |i: usize| i * chunks / threads;
+    let run = |x: &[f32], out: &mut [f32]| {
+        for (o, x) in out.chunks_mut(os).zip(x.chunks(xs)) {
+            f(x, o);
+        }
+    };
+    let run = &run;
+    rayon::in_place_scope(|scope| {
+        let n = share(1);
+        let (mine_x, mut x) = x.split_at((n * xs).min(x.len()));
+        let (mine_out, mut out) = out.split_at_mut((n * os).min(out.len()));
+        for i in 1..threads {
+            let n = share(i + 1) - share(i);
+            let (xi, x_rest) = x.split_at((n * xs).min(x.len()));
+            let at = (n * os).min(out.len());
+            let (oi, o_rest) = std::mem::take(&mut out).split_at_mut(at);
+            x = x_rest;
+            out = o_rest;
+            scope.spawn(move |_| run(xi, oi));
+        }
+        run(mine_x, mine_out);
+    });
+}
+
+/// `rows` rows of `N` values in `v` (grown as needed), starting on a 64-byte boundary.
+///
+/// The kernels load whole rows as 16-value vectors; a row that straddles cache lines costs two
+/// line accesses per load, which made the grouped kernel about twice as slow in
+/// `grouped`'s block probe. The allocator's alignment is not to be relied on (a `Vec<f32>` is
+/// only promised 4 bytes), so the rows start at the first aligned element.
+fn aligned_rows<const N: usize>(v: &mut Vec<f32>, rows: usize) -> &mut [[f32; N]] {
+    const LANES: usize = 64 / std::mem::size_of::<f32>();
+    let len = rows * N + LANES - 1;
+    if v.len() < len {
+        v.resize(len, 0.0);
+    }
+    let start = v.as_ptr().align_offset(64).min(LANES - 1);
+    &mut v[start..start + rows * N].as_chunks_mut::<N>().0[..rows]
 }
 
 #[cfg(test)]
@@ -725,6 +785,35 @@ mod tests {
         h
     }
 
+    /// [`in_parallel`] from outside rayon's pool (this test's thread: the caller takes a share)
+    /// and inside it: every chunk of `out` gets `f` of its own chunk of `x`, exactly once, for
+    /// chunk counts below, at and above the pool's size and a short last chunk.
+    #[test]
+    fn in_parallel_runs_every_chunk_once() {
+        for chunks in 1..=9 {
+            let (xs, os) = (3, 2);
+            let x: Vec<f32> = (0..chunks * xs - 1).map(|v| v as f32).collect();
+            let expected: Vec<f32> = x.chunks(xs).flat_map(|c| [c[0], c.len() as f32]).collect();
+            let run = |out: &mut [f32]| {
+                in_parallel(&x, out, (xs, os), |x, out| {
+                    // Adds, so that a chunk run twice shows.
+                    out[0] += x[0];
+                    out[1] += x.len() as f32;
+                })
+            };
+            let mut out = vec![0.0f32; chunks * os];
+            run(&mut out);
+            assert_eq!(out, expected, "{chunks} chunks from outside the pool");
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(2)
+                .build()
+                .unwrap();
+            let mut out = vec![0.0f32; chunks * os];
+            pool.install(|| run(&mut out));
+            assert_eq!(out, expected, "{chunks} chunks inside a pool");
+        }
+    }
+
     /// Every batch path of the linear engine (sample by sample, blocks of [`BLOCK`] and
     /// [`WIDE_BLOCK`] samples, partial blocks padded with zero samples) against the dense f64
     /// reference, to 1e-5 of each sample's largest logit.
@@ -750,7 +839,7 @@ mod tests {
             }
         };
         // The engine picks the path from the batch size; these sizes cover each one.
-        for n in [1, 2, 3, 31, 32, 33, 64, 300] {
+        for n in [1, 2, 3, 5, 6, 31, 32, 33, 64, 300] {
             let got = e.forward(&x[..n * 50], n).unwrap();
             assert_eq!(got.len(), n * 10, "batch {n}");
             check(&got, &format!("batch {n}"));
