@@ -644,46 +644,65 @@ impl Engine {
 /// parallel on rayon's threads.
 ///
 /// A caller outside rayon's pool would hand the whole job to the pool and sleep until it is
-/// done: an empty `install` from outside costs about 5 us on the 2-core Xeon (the waking of
-/// the caller; `infer`'s bench calls from outside). Here such a caller runs one share of the
-/// chunks itself while the pool runs the others, one task a share, so that the caller and
-/// the pool's threads together fill the pool's size and the caller usually finds the others
-/// done when it ends. Inside the pool it is rayon's own parallel loop.
+/// done: an empty `install` from outside costs about 5 us on the 2-core Xeon (the caller's
+/// wake-up), and `infer` and the benches call from outside. Here such a caller works too: it
+/// and one helper task per other pool thread take chunks from a shared counter until none
+/// are left, and the caller then spins (it would only sleep) until the chunks the helpers
+/// took are done. Inside the pool it is rayon's own parallel loop.
 fn in_parallel<F>(x: &[f32], out: &mut [f32], size: (usize, usize), f: F)
 where
     F: Fn(&[f32], &mut [f32]) + Sync,
 {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
     let (xs, os) = size;
     let chunks = out.len().div_ceil(os);
-    let threads = rayon::current_num_threads().min(chunks);
-    if rayon::current_thread_index().is_some() || threads < 2 {
+    let helpers = rayon::current_num_threads().min(chunks).saturating_sub(1);
+    if rayon::current_thread_index().is_some() || helpers == 0 {
         out.par_chunks_mut(os)
             .zip(x.par_chunks(xs))
             .for_each(|(out, x)| f(x, out));
         return;
     }
-    // Share `i` is chunks [i * chunks / threads, (i + 1) * chunks / threads).
-    let share = |i: usize| i * chunks / threads;
-    let run = |x: &[f32], out: &mut [f32]| {
-        for (o, x) in out.chunks_mut(os).zip(x.chunks(xs)) {
-            f(x, o);
+    // Each chunk pair once: whoever claims index `i` takes pair `i` out of its slot.
+    type Task<'a> = Mutex<Option<(&'a [f32], &'a mut [f32])>>;
+    let tasks: Vec<Task> = x
+        .chunks(xs)
+        .zip(out.chunks_mut(os))
+        .map(|pair| Mutex::new(Some(pair)))
+        .collect();
+    let (next, done) = (AtomicUsize::new(0), AtomicUsize::new(0));
+    /// Counts a chunk as done when dropped, so that a panicking `f` cannot leave the caller
+    /// spinning (the panic then surfaces at the scope's end).
+    struct Done<'a>(&'a AtomicUsize);
+    impl Drop for Done<'_> {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Ordering::Release);
+        }
+    }
+    let work = || {
+        while let Some(task) = tasks.get(next.fetch_add(1, Ordering::Relaxed)) {
+            let _done = Done(&done);
+            let pair = task.lock().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some((x, out)) = pair {
+                f(x, out);
+            }
         }
     };
-    let run = &run;
     rayon::in_place_scope(|scope| {
-        let n = share(1);
-        let (mine_x, mut x) = x.split_at((n * xs).min(x.len()));
-        let (mine_out, mut out) = out.split_at_mut((n * os).min(out.len()));
-        for i in 1..threads {
-            let n = share(i + 1) - share(i);
-            let (xi, x_rest) = x.split_at((n * xs).min(x.len()));
-            let at = (n * os).min(out.len());
-            let (oi, o_rest) = std::mem::take(&mut out).split_at_mut(at);
-            x = x_rest;
-            out = o_rest;
-            scope.spawn(move |_| run(xi, oi));
+        for _ in 0..helpers {
+            scope.spawn(|_| work());
         }
-        run(mine_x, mine_out);
+        work();
+        let mut spins = 0u32;
+        while done.load(Ordering::Acquire) < tasks.len() {
+            if spins < 100_000 {
+                std::hint::spin_loop();
+                spins += 1;
+            } else {
+                std::thread::yield_now();
+            }
+        }
     });
 }
 
@@ -811,6 +830,24 @@ mod tests {
             let mut out = vec![0.0f32; chunks * os];
             pool.install(|| run(&mut out));
             assert_eq!(out, expected, "{chunks} chunks inside a pool");
+        }
+    }
+
+    /// A chunk that panics, on the caller or on a helper, surfaces as a panic of the call, not
+    /// as a caller spinning forever for a chunk that never finishes.
+    #[test]
+    fn in_parallel_passes_a_panic_on() {
+        for bad in 0..6 {
+            let x: Vec<f32> = (0..6).map(|i| i as f32).collect();
+            let mut out = vec![0.0f32; 6];
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                in_parallel(&x, &mut out, (1, 1), |x, o| {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                    assert!(x[0] != bad as f32, "chunk {bad} fails");
+                    o[0] = 1.0;
+                })
+            }));
+            assert!(result.is_err(), "chunk {bad}: the panic was lost");
         }
     }
 
