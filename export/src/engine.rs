@@ -8,11 +8,11 @@
 //! logits equal the training model's up to the order of float additions.
 //!
 //! Linear nets keep activations feature-major (`[features, block]`), so every kept weight adds
-//! a contiguous run of samples at once; batches are split into blocks of [`BLOCK`] or
-//! [`WIDE_BLOCK`] samples that run the whole net in parallel, and one or two samples run one
-//! at a time. Conv nets and ResNets run samples in parallel; a ResNet's batch
-//! norms (evaluation mode: running statistics) are one per-channel scale and shift each,
-//! computed as the training model's fused path computes them
+//! a contiguous run of samples at once; batches are split into blocks of `BLOCK` (32) or
+//! `WIDE_BLOCK` (64) samples that run the whole net in parallel, and up to
+//! `SAMPLE_BY_SAMPLE` (5) samples run one at a time. Conv nets and ResNets run samples in
+//! parallel; a ResNet's batch norms (evaluation mode: running statistics) are one per-channel
+//! scale and shift each, computed as the training model's fused path computes them
 //! ([`supermask_core::norm::fixed_affine`]).
 
 use crate::{
