@@ -341,6 +341,14 @@ mod tests {
         (w, mask, t)
     }
 
+    /// `(W * mask) x` for `W` and `mask` of `x.len()` columns, in f32 left to right.
+    fn dense_product(w: &[f32], mask: &[f32], x: &[f32]) -> Vec<f32> {
+        w.chunks(x.len())
+            .zip(mask.chunks(x.len()))
+            .map(|(w, m)| w.iter().zip(m).zip(x).map(|((w, m), x)| w * m * x).sum())
+            .collect()
+    }
+
     /// Integer inputs, so every order of the additions gives the same sums: the grouped kernel
     /// equals the dense product `(W * mask) x` exactly, for one sample and for blocks.
     #[test]
@@ -350,13 +358,7 @@ mod tests {
         let g = Grouped::new(&t).expect("signed constants");
         assert!(matches!(g.rr, RoundRobin::Narrow { .. }));
         let x: Vec<f32> = (0..cols).map(|i| (i as f32 * 3.0) % 11.0 - 5.0).collect();
-        let want: Vec<f32> = (0..rows)
-            .map(|r| {
-                (0..cols)
-                    .map(|c| w[r * cols + c] * mask[r * cols + c] * x[c])
-                    .sum()
-            })
-            .collect();
+        let want = dense_product(&w, &mask, &x);
         let mut scratch = MatvecScratch::default();
         let mut out = vec![0.0; rows];
         g.matvec(&x, &mut scratch, &mut out);
@@ -403,13 +405,7 @@ mod tests {
         let g = Grouped::new(&t).expect("signed constants");
         assert!(matches!(g.rr, RoundRobin::Wide { .. }));
         let x: Vec<f32> = (0..cols).map(|i| (i % 13) as f32 - 6.0).collect();
-        let want: Vec<f32> = (0..rows)
-            .map(|r| {
-                (0..cols)
-                    .map(|c| w[r * cols + c] * mask[r * cols + c] * x[c])
-                    .sum()
-            })
-            .collect();
+        let want = dense_product(&w, &mask, &x);
         let mut out = vec![0.0; rows];
         g.matvec(&x, &mut MatvecScratch::default(), &mut out);
         assert_eq!(out, want);
