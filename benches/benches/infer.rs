@@ -17,32 +17,11 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use candle_core::{Device, Tensor};
 use supermask_benches::{
-    generated_fcn, median_time, run_torch, set_threads, ternary_layer, unit_values,
+    generated_conv2, generated_fcn, median_time, run_torch, set_threads, unit_values,
 };
 use supermask_cli::{config::RunConfig, export::export_trainer, Trainer};
 use supermask_core::ForwardCtx;
-use supermask_export::{format, Engine, SsmModel};
-
-/// A Conv2 (64, 64, pool, FC 256-256-10) with `density` of every layer kept.
-fn generated_conv2(density: f32) -> SsmModel {
-    let shapes: [Vec<usize>; 5] = [
-        vec![64, 3, 3, 3],
-        vec![64, 64, 3, 3],
-        vec![256, 16384],
-        vec![256, 256],
-        vec![10, 256],
-    ];
-    let layers = shapes
-        .iter()
-        .enumerate()
-        .map(|(i, shape)| ternary_layer(format!("l{i}"), shape.clone(), density, i as u64 + 21))
-        .collect();
-    SsmModel {
-        model: serde_json::json!({"spec": {"type": "conv2", "elu_alpha": 1.0}, "dataset": "cifar10"}),
-        layers,
-        tensors: vec![],
-    }
-}
+use supermask_export::{format, Engine};
 
 /// Median seconds of `reps` calls after up to 20 warm-up calls.
 fn time(reps: usize, f: impl FnMut()) -> f64 {

@@ -1,11 +1,12 @@
 //! Runs the sparse ternary engine on an `.ssm` file in a loop, for `perf record`:
 //! `cargo run --release -p supermask-benches --example profile_infer -- FILE [BATCH] [ITERS]`
-//! (FILE `generated`: the infer bench's generated FCN).
+//! (FILE `generated`: the infer bench's generated FCN; `conv2:D`: its generated Conv2 with
+//! share `D` of every layer kept).
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use supermask_benches::{generated_fcn, median_time, set_threads, unit_values};
+use supermask_benches::{generated_conv2, generated_fcn, median_time, set_threads, unit_values};
 use supermask_export::{format, Engine};
 
 fn main() {
@@ -13,6 +14,9 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let m = match args.get(1).map(String::as_str) {
         None | Some("generated") => generated_fcn(),
+        Some(conv) if conv.starts_with("conv2:") => {
+            generated_conv2(conv["conv2:".len()..].parse().expect("conv2:DENSITY"))
+        }
         Some(path) => format::read_file(std::path::Path::new(path)).expect("model file"),
     };
     let batch: usize = args.get(2).map_or(256, |s| s.parse().unwrap());

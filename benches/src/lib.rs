@@ -164,3 +164,24 @@ pub fn generated_fcn() -> SsmModel {
         tensors: vec![],
     }
 }
+
+/// A Conv2 (64, 64, pool, FC 256-256-10) with `density` of every layer kept.
+pub fn generated_conv2(density: f32) -> SsmModel {
+    let shapes: [Vec<usize>; 5] = [
+        vec![64, 3, 3, 3],
+        vec![64, 64, 3, 3],
+        vec![256, 16384],
+        vec![256, 256],
+        vec![10, 256],
+    ];
+    let layers = shapes
+        .iter()
+        .enumerate()
+        .map(|(i, shape)| ternary_layer(format!("l{i}"), shape.clone(), density, i as u64 + 21))
+        .collect();
+    SsmModel {
+        model: serde_json::json!({"spec": {"type": "conv2", "elu_alpha": 1.0}, "dataset": "cifar10"}),
+        layers,
+        tensors: vec![],
+    }
+}
