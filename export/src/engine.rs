@@ -264,24 +264,15 @@ fn resnet(m: &SsmModel, spec: &serde_json::Value, per_stage: usize) -> Result<(A
         for b in 1..=per_stage {
             let n = format!("s{stage}.b{b}");
             let stride = if b == 1 && stage > 1 { 2 } else { 1 };
-            let conv1 = conv_bn(
-                next(&format!("{n}.conv1"))?,
-                c,
-                stride,
-                &format!("{n}.bn1"),
-                bn,
-            )?;
-            let mid = conv1.conv.c_out;
-            let conv2 = conv_bn(
-                next(&format!("{n}.conv2"))?,
-                mid,
-                1,
-                &format!("{n}.bn2"),
-                bn,
-            )?;
+            // The block's conv `part` and its batch norm `bn_part`.
+            let mut part = |part: &str, bn_part: &str, c_in: usize, stride: usize| {
+                let l = next(&format!("{n}.{part}"))?;
+                conv_bn(l, c_in, stride, &format!("{n}.{bn_part}"), bn)
+            };
+            let conv1 = part("conv1", "bn1", c, stride)?;
+            let conv2 = part("conv2", "bn2", conv1.conv.c_out, 1)?;
             let shortcut = if b == 1 {
-                let sc = next(&format!("{n}.shortcut"))?;
-                Some(conv_bn(sc, c, stride, &format!("{n}.shortcut_bn"), bn)?)
+                Some(part("shortcut", "shortcut_bn", c, stride)?)
             } else {
                 None
             };
@@ -709,9 +700,9 @@ where
 /// `rows` rows of `N` values in `v` (grown as needed), starting on a 64-byte boundary.
 ///
 /// The kernels load whole rows as 16-value vectors; a row that straddles cache lines costs two
-/// line accesses per load, which made the grouped kernel about twice as slow in
-/// `grouped`'s block probe. The allocator's alignment is not to be relied on (a `Vec<f32>` is
-/// only promised 4 bytes), so the rows start at the first aligned element.
+/// line accesses per load (measured in `docs/results/export.md`, fourth session). The
+/// allocator's alignment is not to be relied on (a `Vec<f32>` is only promised 4 bytes), so
+/// the rows start at the first aligned element.
 fn aligned_rows<const N: usize>(v: &mut Vec<f32>, rows: usize) -> &mut [[f32; N]] {
     const LANES: usize = 64 / std::mem::size_of::<f32>();
     let len = rows * N + LANES - 1;

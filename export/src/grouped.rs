@@ -113,16 +113,20 @@ fn fill_signed(x: &[f32], dst: &mut [f32]) {
     }
 }
 
-/// The sum of a group's values, pairwise: `(v0 + v1) + (v2 + v3)`, and for groups of 8 the
-/// sum of the two halves.
+/// The sum of a group's values, pairwise: `(v0 + v1) + (v2 + v3)`.
 #[inline(always)]
 fn tree_sum(v: [f32; GROUP]) -> f32 {
-    let q = |j: usize| (v[j] + v[j + 1]) + (v[j + 2] + v[j + 3]);
-    if GROUP == 8 {
-        q(0) + q(4)
-    } else {
-        q(0)
-    }
+    const { assert!(GROUP == 4, "tree_sum adds groups of four") };
+    (v[0] + v[1]) + (v[2] + v[3])
+}
+
+/// `entries` in groups of [`GROUP`], the last one padded with `pad` (the zero slot).
+fn groups_of(entries: &[u32], pad: u32) -> impl Iterator<Item = [u32; GROUP]> + '_ {
+    entries.chunks(GROUP).map(move |chunk| {
+        let mut g = [pad; GROUP];
+        g[..chunk.len()].copy_from_slice(chunk);
+        g
+    })
 }
 
 /// `v` with its sign bit flipped when `meta` has [`SIGN`].
@@ -156,9 +160,7 @@ impl Grouped {
             ];
             let before = idx.len();
             for (seg, sign) in segments {
-                for chunk in seg.chunks(GROUP) {
-                    let mut g = [pad; GROUP];
-                    g[..chunk.len()].copy_from_slice(chunk);
+                for g in groups_of(seg, pad) {
                     idx.push(g);
                     meta.push(r as u32 | sign);
                 }
@@ -178,14 +180,7 @@ impl Grouped {
                 .copied()
                 .chain(t.idx[mid..t.ptr[r + 1]].iter().map(|&c| pad + 1 + c));
             let all: Vec<u32> = signed_idx.collect();
-            let mut groups: Vec<[u32; GROUP]> = all
-                .chunks(GROUP)
-                .map(|chunk| {
-                    let mut g = [pad; GROUP];
-                    g[..chunk.len()].copy_from_slice(chunk);
-                    g
-                })
-                .collect();
+            let mut groups: Vec<[u32; GROUP]> = groups_of(&all, pad).collect();
             if groups.is_empty() {
                 // A row with nothing kept still needs its output written (0).
                 groups.push([pad; GROUP]);
