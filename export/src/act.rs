@@ -11,9 +11,9 @@
 //!
 //! With 512-bit vectors only two ports do vector arithmetic, so the ELU is bound by its
 //! instruction count: rounding with `1.5 * 2^23` instead of `floor`, `2^n` from the rounded
-//! sum's bits, and selects written as comparisons (no NaN-ordering `min`/`max`) brought it
-//! from about 27 to 20 vector instructions per 16 values, and from 16.4 to 11-12.8 cycles per
-//! 16 values in a loop over 4,096-102,400 values on the Xeon.
+//! sum's bits, and selects written as comparisons (no NaN-ordering `min`/`max`) brought the
+//! compiled AVX-512 loop from 23 to 18 arithmetic instructions per 16 values, and the time from
+//! 0.50 to 0.38 ns per value on the Xeon (old and new alternating in one process).
 
 /// `e^x = e * 2^n` for `-87 <= x <= 0` as the pair `(e, 2^n)`, their product within 3 ulp.
 /// Any other input (positive, below -87, NaN) gives meaningless values and no fault: [`elu1`]
