@@ -6,7 +6,9 @@
 //! with `type = "name"`; the same names are the `typetag` names used to serialize plugins, and a
 //! test checks that both agree for every entry.
 
-use crate::{init::Initializer, mask::MaskFn, model::ModelSpec, threshold::Threshold, Result};
+use crate::{
+    init::Initializer, loss::Loss, mask::MaskFn, model::ModelSpec, threshold::Threshold, Result,
+};
 use serde::{Deserialize, Deserializer};
 use std::{fmt, sync::Arc};
 
@@ -21,11 +23,19 @@ pub enum PluginKind {
     Init,
     /// A model architecture.
     Model,
+    /// A training loss.
+    Loss,
 }
 
 impl PluginKind {
     /// All kinds, in listing order.
-    pub const ALL: [PluginKind; 4] = [Self::Mask, Self::Threshold, Self::Init, Self::Model];
+    pub const ALL: [PluginKind; 5] = [
+        Self::Mask,
+        Self::Threshold,
+        Self::Init,
+        Self::Model,
+        Self::Loss,
+    ];
 
     /// Lower-case name of the kind.
     pub fn name(self) -> &'static str {
@@ -34,6 +44,7 @@ impl PluginKind {
             Self::Threshold => "threshold",
             Self::Init => "init",
             Self::Model => "model",
+            Self::Loss => "loss",
         }
     }
 }
@@ -55,6 +66,8 @@ pub enum Plugin {
     Init(Arc<dyn Initializer>),
     /// A model specification.
     Model(Arc<dyn ModelSpec>),
+    /// A loss.
+    Loss(Arc<dyn Loss>),
 }
 
 /// One registered plugin.
@@ -181,3 +194,4 @@ typed_constructor!(
 );
 typed_constructor!(init_from_table, deserialize_init, Init, dyn Initializer);
 typed_constructor!(model_from_table, deserialize_model, Model, dyn ModelSpec);
+typed_constructor!(loss_from_table, deserialize_loss, Loss, dyn Loss);

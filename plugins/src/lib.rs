@@ -5,12 +5,16 @@
 //! - masks: [`masks::SignedMask`] (`signed`), [`masks::BinaryMask`] (`binary`),
 //!   [`masks::BernoulliMask`] (`bernoulli`);
 //! - thresholds: [`thresholds::Fixed`] (`fixed`), [`thresholds::InitialRate`]
-//!   (`initial-rate`), [`thresholds::Adaptive`] (`adaptive`);
+//!   (`initial-rate`), [`thresholds::Adaptive`] (`adaptive`), [`thresholds::MaxFraction`]
+//!   (`max-fraction`);
 //! - initializers: [`inits::He`] (`he`), [`inits::Xavier`] (`xavier`), [`inits::Elu`] (`elu`),
 //!   [`inits::Elus`] (`elus`), [`inits::XavierUniform`] (`xavier-uniform`),
-//!   [`inits::ElusUniform`] (`elus-uniform`), [`inits::Lecun`] (`lecun`).
+//!   [`inits::ElusUniform`] (`elus-uniform`), [`inits::Lecun`] (`lecun`);
+//! - losses: [`losses::CrossEntropy`] (`cross-entropy`), [`losses::ClippedCrossEntropy`]
+//!   (`clipped-cross-entropy`).
 
 pub mod inits;
+pub mod losses;
 pub mod masks;
 pub mod thresholds;
 

@@ -211,3 +211,60 @@ impl Threshold for Adaptive {
     }
 }
 register_plugin!(Threshold, "adaptive", Adaptive, "edge-popup style: top/bottom `fraction` of scores kept as +1/-1, per layer or global, recomputed each step or epoch");
+
+/// The authors' rule for their Conv nets and ResNets (REPRODUCTION-NOTES, "Corrections"): per
+/// masked layer `tau_l = fraction * max|M_init,l|`, computed once from the layer's initial
+/// scores and then fixed; symmetric (`tau_n = -tau_l`, `tau_p = tau_l`). With uniform score
+/// initializers about `fraction` of every layer starts at 0. Their configs: Conv2-8 0.4,
+/// ResNet20 (all widths) 0.75, ResNet56 0.8. The thresholds are saved in checkpoints with the
+/// scores (`<layer>.taus`), so a resumed run keeps them.
+///
+/// The authors compared strictly (`M > tau` keeps +1); the masks here keep `M >= tau`. The
+/// two differ only for a score exactly equal to a threshold, which (with `fraction < 1`) is
+/// never a layer's initial maximum and has probability zero afterwards.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaxFraction {
+    /// Multiple of the layer's largest initial `|M|`, in `(0, 1)`.
+    pub fraction: f64,
+}
+
+#[typetag::serde(name = "max-fraction")]
+impl Threshold for MaxFraction {
+    fn validate(&self) -> Result<()> {
+        anyhow::ensure!(
+            self.fraction > 0.0 && self.fraction < 1.0,
+            "max-fraction: fraction must be in (0, 1), got {}",
+            self.fraction
+        );
+        Ok(())
+    }
+
+    fn init(&self, scores: &[Tensor]) -> Result<Vec<Taus>> {
+        scores
+            .iter()
+            .map(|s| {
+                let max = abs_values(std::slice::from_ref(s))?
+                    .into_iter()
+                    .fold(0.0f32, f32::max);
+                let tau = (self.fraction * f64::from(max)) as f32;
+                anyhow::ensure!(
+                    tau.is_finite() && tau > 0.0,
+                    "max-fraction: a layer's initial scores have max |M| = {max}; the threshold \
+                     needs a finite, non-zero maximum"
+                );
+                Taus {
+                    neg: -tau,
+                    pos: tau,
+                }
+                .validate()
+            })
+            .collect()
+    }
+}
+register_plugin!(
+    Threshold,
+    "max-fraction",
+    MaxFraction,
+    "the authors' Conv/ResNet rule: per layer tau = fraction * max|M_init|, fixed after init, symmetric"
+);

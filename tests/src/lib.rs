@@ -9,6 +9,7 @@ pub fn example_params(kind: PluginKind, name: &str) -> toml::Table {
     let text = match (kind, name) {
         (PluginKind::Threshold, "initial-rate") => "rate = 0.063",
         (PluginKind::Threshold, "adaptive") => "fraction = 0.1",
+        (PluginKind::Threshold, "max-fraction") => "fraction = 0.4",
         _ => "",
     };
     toml::from_str(text).expect("valid example params")

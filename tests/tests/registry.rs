@@ -11,6 +11,7 @@ fn to_toml(p: &Plugin) -> String {
         Plugin::Threshold(x) => toml::to_string(x.as_ref()),
         Plugin::Init(x) => toml::to_string(x.as_ref()),
         Plugin::Model(x) => toml::to_string(x.as_ref()),
+        Plugin::Loss(x) => toml::to_string(x.as_ref()),
     }
     .unwrap()
 }
@@ -42,7 +43,11 @@ fn expected_plugins_are_registered() {
         (PluginKind::Mask, vec!["bernoulli", "binary", "signed"]),
         (
             PluginKind::Threshold,
-            vec!["adaptive", "fixed", "initial-rate"],
+            vec!["adaptive", "fixed", "initial-rate", "max-fraction"],
+        ),
+        (
+            PluginKind::Loss,
+            vec!["clipped-cross-entropy", "cross-entropy"],
         ),
         (
             PluginKind::Init,

@@ -6,7 +6,7 @@ use rand::{rngs::StdRng, SeedableRng};
 use supermask_core::{Distribution, MaskCtx, MaskFn, Taus, Threshold};
 use supermask_plugins::{
     masks::SignedMask,
-    thresholds::{Adaptive, InitialRate},
+    thresholds::{Adaptive, InitialRate, MaxFraction},
 };
 
 fn layers(sizes: &[usize], seed: u64) -> Vec<Tensor> {
@@ -34,6 +34,29 @@ fn counts(scores: &[Tensor], taus: &[Taus]) -> [usize; 3] {
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// `max-fraction`: each layer's tau is `fraction * max|M|` of that layer's own scores
+    /// (symmetric), so with uniform scores about `fraction` of every layer starts at 0,
+    /// whatever the other layers hold.
+    #[test]
+    fn max_fraction_is_per_layer_share_of_the_largest_score(
+        sizes in prop::collection::vec(1usize..3000, 1..5),
+        fraction in 0.01f64..0.99,
+        seed in any::<u64>(),
+    ) {
+        let scores = layers(&sizes, seed);
+        let taus = MaxFraction { fraction }.init(&scores).unwrap();
+        prop_assert_eq!(taus.len(), scores.len());
+        for (s, t) in scores.iter().zip(&taus) {
+            let v = s.to_vec1::<f32>().unwrap();
+            let max = v.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+            prop_assert_eq!(t.pos, (fraction * f64::from(max)) as f32);
+            prop_assert_eq!(t.neg, -t.pos);
+            // The layer's largest |score| is always kept.
+            let c = counts(std::slice::from_ref(s), std::slice::from_ref(t));
+            prop_assert!(c[0] + c[2] >= 1);
+        }
+    }
 
     /// `initial-rate` (global): the share of zero signed-mask entries over all layers equals
     /// the target `round(rate * N) / N` (continuous scores are distinct almost surely).
@@ -89,4 +112,25 @@ fn fixed_rejects_inverted_thresholds() {
     }
     .validate()
     .is_ok());
+}
+
+/// On a large uniform layer the zero share is close to `fraction` (|M| uniform on [0, max]):
+/// 0.4 of 100,000 scores within 0.01.
+#[test]
+fn max_fraction_zero_share_matches_fraction_on_uniform_scores() {
+    let scores = layers(&[100_000, 50_000], 9);
+    for fraction in [0.4, 0.75] {
+        let taus = MaxFraction { fraction }.init(&scores).unwrap();
+        for (s, t) in scores.iter().zip(&taus) {
+            let n = s.elem_count();
+            let zero = counts(std::slice::from_ref(s), std::slice::from_ref(t))[1];
+            let share = zero as f64 / n as f64;
+            assert!(
+                (share - fraction).abs() < 0.01,
+                "{fraction}: zero share {share}"
+            );
+        }
+    }
+    let err = MaxFraction { fraction: 1.0 }.validate().unwrap_err();
+    assert!(err.to_string().contains("(0, 1)"), "{err}");
 }
