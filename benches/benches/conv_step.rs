@@ -84,7 +84,7 @@ fn ours(w: &Workload) -> f64 {
         RunConfig::from_toml(w.preset, &["data.augment=false".into()], w.name).expect("preset");
     // One epoch of 128 samples is exactly one step at batch 128.
     let data = synthetic(128, &[3, 32, 32], 10, 0);
-    let mut t = Trainer::new(&cfg, &Device::Cpu).expect("model");
+    let mut t = Trainer::new(&cfg, &data.shape, &Device::Cpu).expect("model");
     let mut times = Vec::new();
     for epoch in 0..WARMUP + STEPS {
         let t0 = Instant::now();

@@ -21,7 +21,7 @@ use supermask_cli::{config::RunConfig, Trainer};
 fn ours(config: &str, overrides: &[&str], data: &supermask_datasets::Dataset) -> f64 {
     let overrides: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
     let cfg = RunConfig::from_toml(config, &overrides, "bench preset").expect("config");
-    let mut t = Trainer::new(&cfg, &Device::Cpu).expect("model");
+    let mut t = Trainer::new(&cfg, &data.shape, &Device::Cpu).expect("model");
     let mut last = 0.0;
     for epoch in 0..2 {
         let t0 = Instant::now();

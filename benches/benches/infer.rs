@@ -232,7 +232,7 @@ fn main() {
         "resnet20",
     )
     .expect("ResNet20 config");
-    let trainer = Trainer::new(&cfg, &dev).expect("ResNet20 model");
+    let trainer = Trainer::for_config(&cfg, &dev).expect("ResNet20 model");
     let m = export_trainer(&cfg, &trainer).expect("ResNet20 export");
     let (kept, numel) = m
         .layers

@@ -26,17 +26,14 @@ fn main() -> anyhow::Result<()> {
         .map(|c| c[1].clone())
         .collect();
     let cfg = RunConfig::from_toml(&text, &sets, &args[0])?;
-    let shape: Vec<usize> = match cfg.data.dataset.as_str() {
-        "mnist" | "fashion-mnist" => vec![28, 28],
-        _ => vec![3, 32, 32],
-    };
+    let shape = cfg.input_shape()?;
     let classes = if cfg.data.dataset == "cifar100" {
         100
     } else {
         10
     };
     let data = synthetic(cfg.data.batch_size, &shape, classes, 0);
-    let mut t = Trainer::new(&cfg, &Device::Cpu)?;
+    let mut t = Trainer::new(&cfg, &shape, &Device::Cpu)?;
     t.train_epoch(&data, 0, &mut |_, _, _| {})?;
     let t0 = Instant::now();
     for epoch in 1..=steps {

@@ -22,7 +22,7 @@ pub fn set_threads() -> usize {
 
 /// `n` synthetic MNIST-shaped samples (see [`synthetic`]).
 pub fn synthetic_mnist(n: usize, seed: u64) -> Dataset {
-    synthetic(n, &[28, 28], 10, seed)
+    synthetic(n, &[1, 28, 28], 10, seed)
 }
 
 /// `n` synthetic samples of `shape`, roughly N(0,1) values from a seeded generator (the values

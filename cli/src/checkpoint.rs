@@ -43,6 +43,11 @@ fn tmp_path(path: &Path) -> std::path::PathBuf {
     path.with_file_name(name)
 }
 
+/// The checkpoint name of a parameter's momentum buffer.
+fn velocity_key(param: &str) -> String {
+    format!("optim.{param}.velocity")
+}
+
 /// Saves the trainer's tensors and loop state into `dir`.
 pub fn save(dir: &Path, trainer: &Trainer, state: &LoopState) -> Result<()> {
     let mut tensors: HashMap<String, Tensor> = HashMap::new();
@@ -54,11 +59,8 @@ pub fn save(dir: &Path, trainer: &Trainer, state: &LoopState) -> Result<()> {
     for bn in model.norms() {
         tensors.extend(bn.named_tensors());
     }
-    let names = trainable_params(model);
-    for ((name, _), v) in names.iter().zip(trainer.optimizer().velocity()?) {
-        if let Some(v) = v {
-            tensors.insert(format!("optim.{name}.velocity"), v);
-        }
+    for (name, v) in trainer.optimizer().velocity()? {
+        tensors.insert(velocity_key(&name), v);
     }
     let state_json = serde_json::to_string_pretty(state)?;
     let bytes = state_json.as_bytes().to_vec();
@@ -114,17 +116,22 @@ pub fn load(
         }
     };
     if with_optimizer {
-        let names: Vec<String> = trainer
-            .model()
-            .layers()
+        // Momentum buffers by parameter name: every `optim.<param>.velocity` tensor.
+        let velocity: HashMap<String, Tensor> = tensors
             .iter()
-            .map(|l| l.trainable().0)
+            .filter_map(|(k, t)| {
+                let param = k.strip_prefix("optim.")?.strip_suffix(".velocity")?;
+                Some((param.to_string(), t.clone()))
+            })
             .collect();
-        let v = names
+        let shapes: Vec<Vec<usize>> = trainable_params(trainer.model())
             .iter()
-            .map(|n| tensors.get(&format!("optim.{n}.velocity")).cloned())
+            .map(|(_, v)| v.dims().to_vec())
             .collect();
-        trainer.optimizer_mut().set_velocity(v)?;
+        trainer
+            .optimizer_mut()
+            .set_velocity(velocity, &shapes)
+            .with_context(|| format!("checkpoint {}", path.display()))?;
         trainer.step = state.step;
         trainer.plateau = state.plateau.clone();
     }

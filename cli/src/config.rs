@@ -7,7 +7,7 @@ use std::{path::Path, sync::Arc};
 use supermask_core::{
     fused::KernelConfig,
     optim::{OptimizerConfig, Schedule},
-    registry, MaskingConfig, ModelSpec, Result,
+    registry, Loss, MaskingConfig, ModelSpec, Result,
 };
 use supermask_datasets::dataset_names;
 
@@ -41,6 +41,18 @@ pub struct DataConfig {
     /// Training augmentation: pad 4, random crop, horizontal flip (the ResNet presets).
     #[serde(default)]
     pub augment: bool,
+    /// Train on a seeded random subset of this many training images (quick studies); the
+    /// test set stays whole.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_subset: Option<usize>,
+    /// Seed of the `train_subset` draw, separate from the run seed so that every seed of a
+    /// sweep trains on the same images.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub subset_seed: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 /// `[train]`: length of the run.
@@ -52,6 +64,45 @@ pub struct TrainConfig {
     /// `[train.kernels]`: fused CPU kernels (default) or the reference path.
     #[serde(default)]
     pub kernels: KernelConfig,
+    /// `[train.guard]`: stop a diverging run early.
+    #[serde(default)]
+    pub guard: GuardConfig,
+}
+
+fn default_max_train_loss() -> f64 {
+    100.0
+}
+fn default_chance_epochs() -> usize {
+    3
+}
+
+/// The divergence guard (`[train.guard]`): after every epoch, a run stops with an error when
+/// its mean training loss exceeds `max_train_loss`, or when its test accuracy has stayed at
+/// chance level (below 1.5 / classes) for `chance_epochs` epochs in a row. The epoch that
+/// tripped it is saved (metrics and checkpoint) first, so nothing is lost.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GuardConfig {
+    /// `false` switches the guard off.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Largest mean training loss of an epoch that counts as healthy (chance level is
+    /// `ln(classes)`, 2.3 for 10 classes; the clipped loss cannot exceed 16.1).
+    #[serde(default = "default_max_train_loss")]
+    pub max_train_loss: f64,
+    /// Epochs in a row at chance-level test accuracy that stop the run (0: never).
+    #[serde(default = "default_chance_epochs")]
+    pub chance_epochs: usize,
+}
+
+impl Default for GuardConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_train_loss: default_max_train_loss(),
+            chance_epochs: default_chance_epochs(),
+        }
+    }
 }
 
 /// A whole experiment.
@@ -75,6 +126,17 @@ pub struct RunConfig {
     /// Learning-rate schedule.
     #[serde(default)]
     pub schedule: Schedule,
+    /// The training loss (`[loss] type = "..."`; default `cross-entropy` on the logits).
+    #[serde(
+        default = "default_loss",
+        deserialize_with = "registry::deserialize_loss"
+    )]
+    pub loss: Arc<dyn Loss>,
+}
+
+fn default_loss() -> Arc<dyn Loss> {
+    registry::loss_from_table(toml::from_str("type = \"cross-entropy\"").expect("valid TOML"))
+        .expect("the cross-entropy loss is registered (supermask_plugins::link)")
 }
 
 /// Applies `key.path=value` to a TOML document. The value is parsed as TOML (number, bool,
@@ -148,8 +210,24 @@ impl RunConfig {
             "data.test_batch_size must be > 0"
         );
         anyhow::ensure!(self.train.epochs > 0, "train.epochs must be > 0");
+        if let Some(n) = self.data.train_subset {
+            anyhow::ensure!(n > 0, "data.train_subset must be > 0");
+        }
+        self.loss.validate().context("loss")?;
+        let g = &self.train.guard;
+        anyhow::ensure!(
+            g.max_train_loss.is_finite() && g.max_train_loss > 0.0,
+            "train.guard.max_train_loss must be a positive number, got {}",
+            g.max_train_loss
+        );
         self.train.kernels.validate()?;
         Ok(())
+    }
+
+    /// Per-sample input shape of the config's dataset, e.g. `[1, 28, 28]`: the shape its
+    /// model is built for.
+    pub fn input_shape(&self) -> Result<Vec<usize>> {
+        supermask_datasets::sample_shape(&self.data.dataset)
     }
 
     /// The effective config as TOML.

@@ -14,7 +14,7 @@ use supermask_export::{format, Engine, LayerWeights, SsmLayer, SsmModel};
 /// weights are signed constants), dense layers' weights, and the batch-norm tensors.
 pub fn export_run(dir: &Path) -> Result<SsmModel> {
     let cfg = RunConfig::load(Some(&dir.join(CONFIG_FILE)), &[])?;
-    let mut trainer = Trainer::new(&cfg, &Device::Cpu)?;
+    let mut trainer = Trainer::for_config(&cfg, &Device::Cpu)?;
     checkpoint::load(dir, &mut trainer, &Device::Cpu, false)?;
     export_trainer(&cfg, &trainer)
 }
@@ -62,7 +62,7 @@ pub fn export_trainer(cfg: &RunConfig, trainer: &Trainer) -> Result<SsmModel> {
     let description = serde_json::json!({
         "spec": serde_json::to_value(&cfg.model).context("describing the model")?,
         "dataset": cfg.data.dataset,
-        "input": cfg.model.input_shape(),
+        "input": trainer.input_shape(),
         "classes": cfg.model.classes(),
     });
     Ok(SsmModel {
@@ -192,7 +192,7 @@ pub fn infer(
     let (mut mismatches, mut max_rel) = (None, None);
     if let Some(dir) = compare {
         let cfg = RunConfig::load(Some(&dir.join(CONFIG_FILE)), &[])?;
-        let mut trainer = Trainer::new(&cfg, &Device::Cpu)?;
+        let mut trainer = Trainer::for_config(&cfg, &Device::Cpu)?;
         checkpoint::load(dir, &mut trainer, &Device::Cpu, false)?;
         let reference = trainer.logits(&test)?;
         ensure!(

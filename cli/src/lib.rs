@@ -5,6 +5,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod device;
 pub mod export;
+pub mod guard;
 pub mod metrics;
 pub mod models;
 pub mod run;

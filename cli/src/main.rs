@@ -428,15 +428,15 @@ fn run_cli(cli: Cli) -> anyhow::Result<()> {
             for kind in PluginKind::ALL {
                 println!("{kind}:");
                 for e in Registry::entries().into_iter().filter(|e| e.kind == kind) {
-                    println!("  {:<16} {}", e.name, e.description);
+                    println!("  {:<22} {}", e.name, e.description);
                 }
             }
             Ok(())
         }
         Command::Models => {
             println!(
-                "{:<12} {:>12} {:>8}  description",
-                "model", "weights", "classes"
+                "{:<12} {:>12} {:>12} {:>8}  description",
+                "model", "input", "weights", "classes"
             );
             for e in Registry::entries()
                 .into_iter()
@@ -444,10 +444,17 @@ fn run_cli(cli: Cli) -> anyhow::Result<()> {
             {
                 let table = [("type".to_string(), toml::Value::String(e.name.into()))];
                 let spec = supermask_core::registry::model_from_table(table.into_iter().collect())?;
-                let n = supermask_cli::models::weight_count(spec.as_ref())?;
+                let input = spec.paper_input();
+                let n = supermask_cli::models::weight_count(spec.as_ref(), &input)?;
+                let shape = input
+                    .iter()
+                    .map(|d| d.to_string())
+                    .collect::<Vec<_>>()
+                    .join("x");
                 println!(
-                    "{:<12} {:>12} {:>8}  {}",
+                    "{:<12} {:>12} {:>12} {:>8}  {}",
                     e.name,
+                    shape,
                     n,
                     spec.classes(),
                     e.description

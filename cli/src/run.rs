@@ -127,13 +127,43 @@ pub struct Summary<'a> {
     pub mean_epoch_seconds: f64,
 }
 
-/// Loads the train and test splits named by the config.
-pub fn load_data(cfg: &RunConfig, data_dir: &Path) -> Result<(Dataset, Dataset)> {
+/// Loads the test split named by the config, checking its sample shape.
+fn load_test(cfg: &RunConfig, data_dir: &Path) -> Result<Dataset> {
+    load_checked(cfg, data_dir, Split::Test)
+}
+
+fn load_checked(cfg: &RunConfig, data_dir: &Path, split: Split) -> Result<Dataset> {
     let ds = &cfg.data.dataset;
-    Ok((
-        load_by_name(data_dir, ds, Split::Train)?,
-        load_by_name(data_dir, ds, Split::Test)?,
-    ))
+    let data = load_by_name(data_dir, ds, split)?;
+    let want = cfg.input_shape()?;
+    anyhow::ensure!(
+        data.shape == want,
+        "the {ds} {split:?} files under {} hold samples of shape {:?}; {ds} samples are {want:?}",
+        data_dir.display(),
+        data.shape
+    );
+    Ok(data)
+}
+
+/// Loads the train and test splits named by the config; the training split is reduced to
+/// `data.train_subset` samples when that is set.
+pub fn load_data(cfg: &RunConfig, data_dir: &Path) -> Result<(Dataset, Dataset)> {
+    let mut train = load_checked(cfg, data_dir, Split::Train)?;
+    if let Some(n) = cfg.data.train_subset {
+        train = train
+            .subset(n, cfg.data.subset_seed)
+            .context("data.train_subset")?;
+    }
+    let test = load_test(cfg, data_dir)?;
+    anyhow::ensure!(
+        train.n > 0 && test.n > 0,
+        "the {} data under {} has {} training and {} test samples; both must be non-empty",
+        cfg.data.dataset,
+        data_dir.display(),
+        train.n,
+        test.n
+    );
+    Ok((train, test))
 }
 
 fn read_metrics(path: &Path) -> Result<Vec<EpochMetrics>> {
@@ -192,7 +222,7 @@ pub fn train_locked(req: TrainRequest, lock: Option<RunLock>) -> Result<Vec<Epoc
     let device = req.device.clone();
     // Everything that can fail before training is checked before the directory is touched.
     let (train_set, test_set) = load_data(cfg, &req.data_dir)?;
-    let mut trainer = Trainer::new(cfg, &device)?;
+    let mut trainer = Trainer::new(cfg, &train_set.shape, &device)?;
     trainer.check_data(&train_set)?;
     trainer.check_data(&test_set)?;
 
@@ -318,6 +348,14 @@ pub fn train_locked(req: TrainRequest, lock: Option<RunLock>) -> Result<Vec<Epoc
                 plateau: trainer.plateau.clone(),
             },
         )?;
+        crate::guard::check(&cfg.train.guard, &history, test_set.classes).with_context(|| {
+            format!(
+                "training stopped by the divergence guard ([train.guard]); {} holds the \
+                 checkpoint and metrics of epoch {}",
+                out.display(),
+                epoch + 1
+            )
+        })?;
     }
 
     if history.len() == cfg.train.epochs {
@@ -374,8 +412,8 @@ pub fn eval(dir: &Path, data_dir: &Path, device: &Device) -> Result<EvalReport> 
     );
     let cfg = RunConfig::load(Some(&dir.join(CONFIG_FILE)), &[])?;
     let device = device.clone();
-    let test = load_by_name(data_dir, &cfg.data.dataset, Split::Test)?;
-    let mut trainer = Trainer::new(&cfg, &device)?;
+    let test = load_test(&cfg, data_dir)?;
+    let mut trainer = Trainer::new(&cfg, &test.shape, &device)?;
     trainer.check_data(&test)?;
     checkpoint::load(dir, &mut trainer, &device, false)?;
     let stats = trainer.evaluate(&test)?;

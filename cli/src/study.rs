@@ -52,7 +52,7 @@ impl RunRecord {
 
     /// The final masks `g(M)` of the masked layers, from the checkpoint.
     pub fn masks(&self) -> Result<Vec<LayerMask>> {
-        let mut trainer = Trainer::new(&self.config, &Device::Cpu)?;
+        let mut trainer = Trainer::for_config(&self.config, &Device::Cpu)?;
         checkpoint::load(&self.dir, &mut trainer, &Device::Cpu, false)?;
         let mut out = Vec::new();
         for layer in trainer.model().layers() {

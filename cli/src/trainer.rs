@@ -24,6 +24,8 @@ pub struct PassStats {
 /// A model with its optimizer state and step counter.
 pub struct Trainer {
     cfg: RunConfig,
+    /// Per-sample input shape the model was built for.
+    input: Vec<usize>,
     model: Box<dyn Model>,
     opt: Optimizer,
     threshold: Option<Arc<dyn Threshold>>,
@@ -43,19 +45,35 @@ impl Trainer {
         }
     }
 
-    /// Builds and initializes the model of `cfg` on `device`.
-    pub fn new(cfg: &RunConfig, device: &Device) -> Result<Self> {
-        let model = build_model(cfg.model.as_ref(), &cfg.masking, device, cfg.seed)?;
-        let n = trainable_params(model.as_ref()).len();
+    /// Builds and initializes the model of `cfg` on `device` for per-sample inputs of shape
+    /// `input` (the dataset's, e.g. [`RunConfig::input_shape`]).
+    pub fn new(cfg: &RunConfig, input: &[usize], device: &Device) -> Result<Self> {
+        let model = build_model(cfg.model.as_ref(), input, &cfg.masking, device, cfg.seed)?;
+        let names = trainable_params(model.as_ref())
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
         Ok(Self {
             cfg: cfg.clone(),
-            opt: Optimizer::new(cfg.optimizer.clone(), n).with_path(cfg.train.kernels.path),
+            input: input.to_vec(),
+            opt: Optimizer::new(cfg.optimizer.clone(), names).with_path(cfg.train.kernels.path),
             threshold: cfg.masking.threshold().cloned(),
             model,
             step: 0,
             plateau: PlateauState::default(),
             device: device.clone(),
         })
+    }
+
+    /// [`Trainer::new`] for the input shape of the config's dataset (loading a run without
+    /// its data: export, analysis).
+    pub fn for_config(cfg: &RunConfig, device: &Device) -> Result<Self> {
+        Self::new(cfg, &cfg.input_shape()?, device)
+    }
+
+    /// Per-sample input shape the model was built for.
+    pub fn input_shape(&self) -> &[usize] {
+        &self.input
     }
 
     /// The model.
@@ -88,14 +106,14 @@ impl Trainer {
         self.cfg.schedule.end_epoch(&mut self.plateau, train_loss);
     }
 
-    /// Checks that the dataset fits the model (input size, classes).
+    /// Checks that the dataset fits the model (sample shape, classes).
     pub fn check_data(&self, data: &Dataset) -> Result<()> {
-        let want: usize = self.cfg.model.input_shape().iter().product();
         anyhow::ensure!(
-            data.dim == want,
-            "the dataset has {} values per sample but the model expects {:?} ({want})",
+            data.shape == self.input && data.dim == self.input.iter().product::<usize>(),
+            "the dataset's samples have shape {:?} ({} values) but the model was built for {:?}",
+            data.shape,
             data.dim,
-            self.cfg.model.input_shape()
+            self.input
         );
         anyhow::ensure!(
             data.classes <= self.cfg.model.classes(),
@@ -123,7 +141,7 @@ impl Trainer {
             augment_pad_crop_flip(&mut x, idx.len(), c, h, w, 4, seed);
         }
         let mut dims = vec![idx.len()];
-        dims.extend(self.cfg.model.input_shape());
+        dims.extend(&self.input);
         let x = Tensor::from_vec(x, dims.as_slice(), &self.device)?;
         let y = Tensor::from_vec(y, idx.len(), &self.device)?;
         Ok((x, y))
@@ -168,7 +186,7 @@ impl Trainer {
             let (x, y) = self.batch(data, idx, augment)?;
             let ctx = ForwardCtx::train(self.step, self.cfg.seed, self.cfg.train.kernels);
             let logits = self.model.forward_t(&x, &ctx)?;
-            let loss = loss::cross_entropy(&logits, &y)?;
+            let loss = self.cfg.loss.loss(&logits, &y)?;
             let lv = loss.to_scalar::<f32>()? as f64;
             anyhow::ensure!(
                 lv.is_finite(),
@@ -204,7 +222,7 @@ impl Trainer {
             let (x, y) = self.batch(data, idx, None)?;
             let logits = self.model.forward_t(&x, &self.eval_ctx())?.detach();
             loss_sum +=
-                loss::cross_entropy(&logits, &y)?.to_scalar::<f32>()? as f64 * idx.len() as f64;
+                self.cfg.loss.loss(&logits, &y)?.to_scalar::<f32>()? as f64 * idx.len() as f64;
             correct += loss::correct(&logits, &y)?;
         }
         anyhow::ensure!(data.n > 0, "empty evaluation set");

@@ -471,7 +471,7 @@ fn refuses_to_overwrite_a_run() {
 fn plugins_lists_every_kind_with_descriptions() {
     let o = ok(&["plugins"]);
     let text = String::from_utf8_lossy(&o.stdout);
-    for k in ["mask:", "threshold:", "init:", "model:"] {
+    for k in ["mask:", "threshold:", "init:", "model:", "loss:"] {
         assert!(text.contains(k), "{text}");
     }
     for n in [
@@ -487,6 +487,9 @@ fn plugins_lists_every_kind_with_descriptions() {
         "elu",
         "xavier-uniform",
         "elus-uniform",
+        "max-fraction",
+        "cross-entropy",
+        "clipped-cross-entropy",
         "fcn",
     ] {
         assert!(
@@ -555,22 +558,24 @@ fn cuda_device_without_cuda_build_is_one_clear_error() {
 fn models_lists_every_model_with_its_weight_count() {
     let o = ok(&["models"]);
     let text = String::from_utf8_lossy(&o.stdout);
-    // Table 7 and REPRODUCTION-NOTES; resnet110 is the regular 18-block net.
-    for (name, count) in [
-        ("fcn", "266200"),
-        ("conv2", "4300992"),
-        ("conv4", "2425024"),
-        ("conv6", "2261184"),
-        ("conv8", "5275840"),
-        ("resnet20", "248624"),
-        ("resnet56", "834992"),
-        ("resnet110", "1705904"),
+    // Table 7 and REPRODUCTION-NOTES at the paper's input shapes; resnet110 is the regular
+    // 18-block net.
+    for (name, input, count) in [
+        ("fcn", "784", "266200"),
+        ("conv2", "3x32x32", "4300992"),
+        ("conv4", "3x32x32", "2425024"),
+        ("conv6", "3x32x32", "2261184"),
+        ("conv8", "3x32x32", "5275840"),
+        ("resnet20", "3x32x32", "248624"),
+        ("resnet56", "3x32x32", "834992"),
+        ("resnet110", "3x32x32", "1705904"),
     ] {
         let line = text
             .lines()
             .find(|l| l.starts_with(&format!("{name} ")))
             .unwrap_or_else(|| panic!("{name}: {text}"));
-        assert!(line.split_whitespace().nth(1) == Some(count), "{line}");
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(cols[1..3], [input, count], "{line}");
     }
 }
 
@@ -643,4 +648,94 @@ fn resume_cannot_shorten_a_run_and_loses_nothing() {
         s(&e.data),
     ]);
     assert_eq!(metrics(&out).len(), 3);
+}
+
+/// The divergence guard stops a run whose mean training loss exceeds its bound with one error
+/// naming the guard, the bound and the likely causes, after saving the epoch (metrics and
+/// checkpoint; no summary), and `train.guard.enabled = false` lets the same run finish.
+#[test]
+fn divergence_guard_stops_with_a_clear_error_and_keeps_the_checkpoint() {
+    let e = env();
+    let cfg = preset("table1-fcn-signed-elus");
+    let out = e.root.join("guarded");
+    let o = run(&[
+        "train",
+        "--config",
+        s(&cfg),
+        "--set",
+        "train.epochs=3",
+        "--set",
+        "train.guard.max_train_loss=0.001",
+        "--data",
+        s(&e.data),
+        "--out",
+        s(&out),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    for want in [
+        "divergence guard",
+        "max_train_loss",
+        "learning rate",
+        "epoch 1",
+    ] {
+        assert!(err.contains(want), "`{want}` missing: {err}");
+    }
+    assert_eq!(metrics(&out).len(), 1, "the tripping epoch is saved");
+    assert!(out.join("checkpoint.safetensors").exists());
+    assert!(!out.join("summary.json").exists());
+
+    let free = e.root.join("unguarded");
+    ok(&[
+        "train",
+        "--config",
+        s(&cfg),
+        "--set",
+        "train.epochs=2",
+        "--set",
+        "train.guard={ enabled = false, max_train_loss = 0.001 }",
+        "--data",
+        s(&e.data),
+        "--out",
+        s(&free),
+    ]);
+    assert!(free.join("summary.json").exists());
+}
+
+/// `data.train_subset = N` trains on N seeded training images (one step per epoch here at
+/// batch 128) and a subset larger than the training set fails before anything is written.
+#[test]
+fn train_subset_trains_on_a_seeded_subset() {
+    let e = env();
+    let cfg = preset("table1-fcn-signed-elus");
+    let run_subset = |name: &str, n: &str| {
+        let out = e.root.join(name);
+        let sets = [
+            "train.epochs=1".to_string(),
+            format!("data.train_subset={n}"),
+        ];
+        let mut args = vec!["train", "--config", s(&cfg)];
+        for x in &sets {
+            args.extend(["--set", x]);
+        }
+        args.extend(["--data", s(&e.data), "--out", s(&out)]);
+        (run(&args), out)
+    };
+    let (o, out) = run_subset("a", "100");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(metrics(&out)[0].step, 1);
+    // The same subset seed picks the same images: the same numbers.
+    let (_, again) = run_subset("b", "100");
+    assert_eq!(
+        without_timing(metrics(&out)),
+        without_timing(metrics(&again))
+    );
+    let (o, out) = run_subset("c", "641");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("data.train_subset") && err.contains("640"),
+        "{err}"
+    );
+    assert!(!out.exists(), "nothing is written for a bad subset");
 }

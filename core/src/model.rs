@@ -62,16 +62,19 @@ pub fn trainable_params(model: &dyn Model) -> Vec<(String, &Var)> {
 /// A model architecture as named in configs (`[model] type = "fcn"`).
 #[typetag::serde(tag = "type")]
 pub trait ModelSpec: Debug + Send + Sync {
-    /// Per-sample input shape, e.g. `[784]` or `[3, 32, 32]`.
-    fn input_shape(&self) -> Vec<usize>;
+    /// Per-sample input shape of the paper's dataset for this architecture, e.g. `[784]`
+    /// (MNIST) or `[3, 32, 32]` (CIFAR): what weight counts are quoted at. A run builds its
+    /// model for the shape of its dataset instead (see [`ModelSpec::build`]).
+    fn paper_input(&self) -> Vec<usize>;
 
     /// Number of output classes.
     fn classes(&self) -> usize;
 
-    /// Builds the model, asking the factory for every weight layer. Implementations check
-    /// every layer's shapes here (see [`check_chain`]) so that a wrong shape fails at
-    /// construction with the layer's name.
-    fn build(&self, factory: &mut LayerFactory) -> Result<Box<dyn Model>>;
+    /// Builds the model for per-sample inputs of shape `input` (channels first, e.g.
+    /// `[1, 28, 28]`), asking the factory for every weight layer. Implementations check every
+    /// layer's shapes here (see [`check_chain`]) so that an input the architecture cannot take
+    /// fails at construction with the layer's name.
+    fn build(&self, factory: &mut LayerFactory, input: &[usize]) -> Result<Box<dyn Model>>;
 }
 
 /// How the layers of a model are made: masked (a signed Supermask or another mask plugin) or
@@ -143,17 +146,23 @@ pub fn check_chain(input: &[usize], layers: &[&Layer]) -> Result<Vec<usize>> {
     Ok(shape)
 }
 
-/// Builds and initializes a model: scores, then thresholds from the initial scores, then the
-/// frozen weights whose variance may use each layer's initial zero share `p0`.
+/// Builds and initializes a model for per-sample inputs of shape `input`: scores, then
+/// thresholds from the initial scores, then the frozen weights whose variance may use each
+/// layer's initial zero share `p0`.
 pub fn build_model(
     spec: &dyn ModelSpec,
+    input: &[usize],
     masking: &MaskingConfig,
     device: &Device,
     seed: u64,
 ) -> Result<Box<dyn Model>> {
     masking.validate()?;
+    anyhow::ensure!(
+        !input.is_empty() && input.iter().all(|&d| d > 0),
+        "model input shape {input:?} has an empty dimension"
+    );
     let mut factory = LayerFactory::new(masking.clone(), device.clone(), seed);
-    let mut model = spec.build(&mut factory)?;
+    let mut model = spec.build(&mut factory, input)?;
     if let Some(threshold) = masking.threshold() {
         let mut layers = masked_layers_mut(model.as_mut());
         let scores: Vec<Tensor> = layers
@@ -180,7 +189,7 @@ pub fn build_model(
     }
     // A forward pass of one sample proves the layers fit together end to end.
     let mut dims = vec![1];
-    dims.extend(spec.input_shape());
+    dims.extend(input);
     let probe = Tensor::zeros(dims.as_slice(), candle_core::DType::F32, device)?;
     let out = model
         .forward_t(&probe, &ForwardCtx::eval())

@@ -207,9 +207,13 @@ impl Schedule {
     }
 }
 
-/// SGD / SGDW over a fixed list of variables.
+/// SGD / SGDW over a fixed list of named variables. Its state (the momentum buffers) is
+/// keyed by the variables' names, so a checkpoint restores it whatever the order of the
+/// parameters, and a buffer for a parameter the model does not have is an error.
 pub struct Optimizer {
     config: OptimizerConfig,
+    /// The parameters' names (checkpoint names), in the order `step` receives them.
+    names: Vec<String>,
     /// Velocity of the reference path (and as loaded from a checkpoint).
     velocity: Vec<Option<Tensor>>,
     /// Velocity of the fused path, a host buffer updated in place.
@@ -218,10 +222,13 @@ pub struct Optimizer {
 }
 
 impl Optimizer {
-    /// An optimizer for `n` parameters.
-    pub fn new(config: OptimizerConfig, n: usize) -> Self {
+    /// An optimizer for the parameters called `names` (in the order [`Optimizer::step`]
+    /// receives them).
+    pub fn new(config: OptimizerConfig, names: Vec<String>) -> Self {
+        let n = names.len();
         Self {
             config,
+            names,
             velocity: vec![None; n],
             host: vec![None; n],
             path: KernelPath::default(),
@@ -234,28 +241,65 @@ impl Optimizer {
         self
     }
 
-    /// Momentum buffers (for checkpoints); `None` before the first step.
-    pub fn velocity(&self) -> Result<Vec<Option<Tensor>>> {
-        self.velocity
-            .iter()
-            .zip(&self.host)
-            .map(|(t, h)| match (t, h) {
-                (_, Some((h, dims))) => {
-                    Ok(Some(Tensor::from_slice(h, dims.as_slice(), &Device::Cpu)?))
-                }
-                (t, None) => Ok(t.clone()),
-            })
-            .collect()
+    /// The parameters' names.
+    pub fn names(&self) -> &[String] {
+        &self.names
     }
 
-    /// Restores momentum buffers.
-    pub fn set_velocity(&mut self, v: Vec<Option<Tensor>>) -> Result<()> {
+    /// Momentum buffers by parameter name (for checkpoints); parameters that have not been
+    /// stepped yet have none.
+    pub fn velocity(&self) -> Result<Vec<(String, Tensor)>> {
+        let mut out = Vec::new();
+        for ((name, t), h) in self.names.iter().zip(&self.velocity).zip(&self.host) {
+            let t = match (t, h) {
+                (_, Some((h, dims))) => Tensor::from_slice(h, dims.as_slice(), &Device::Cpu)?,
+                (Some(t), None) => t.clone(),
+                (None, None) => continue,
+            };
+            out.push((name.clone(), t));
+        }
+        Ok(out)
+    }
+
+    /// Restores momentum buffers by parameter name; parameters without one start from zero.
+    /// A buffer whose name is not a parameter, or whose shape differs from the parameter's
+    /// (`shapes`, in the order of [`Optimizer::names`]), is an error naming it.
+    pub fn set_velocity(
+        &mut self,
+        mut by_name: std::collections::HashMap<String, Tensor>,
+        shapes: &[Vec<usize>],
+    ) -> Result<()> {
         anyhow::ensure!(
-            v.len() == self.velocity.len(),
-            "optimizer state has wrong length"
+            shapes.len() == self.names.len(),
+            "optimizer: {} parameter shapes for {} parameters",
+            shapes.len(),
+            self.names.len()
         );
-        self.velocity = v.into_iter().map(|t| t.map(|t| t.detach())).collect();
-        self.host = vec![None; self.velocity.len()];
+        let mut velocity = Vec::with_capacity(self.names.len());
+        for (name, shape) in self.names.iter().zip(shapes) {
+            let v = match by_name.remove(name) {
+                Some(t) => {
+                    anyhow::ensure!(
+                        t.dims() == shape.as_slice(),
+                        "optimizer state of {name} has shape {:?}, the parameter {:?}",
+                        t.dims(),
+                        shape
+                    );
+                    Some(t.detach())
+                }
+                None => None,
+            };
+            velocity.push(v);
+        }
+        if let Some(extra) = by_name.keys().min() {
+            anyhow::bail!(
+                "optimizer state for `{extra}`, which is not a parameter of this model \
+                 (parameters: {})",
+                self.names.join(", ")
+            );
+        }
+        self.velocity = velocity;
+        self.host = vec![None; self.names.len()];
         Ok(())
     }
 
@@ -269,8 +313,10 @@ impl Optimizer {
         wd_factor: f64,
     ) -> Result<()> {
         anyhow::ensure!(
-            params.len() == self.velocity.len(),
-            "optimizer got a wrong param count"
+            params.len() == self.names.len(),
+            "optimizer got {} parameters, built for {}",
+            params.len(),
+            self.names.len()
         );
         let (lr, m, nesterov, wd, l2) = match self.config {
             OptimizerConfig::Sgdw {

@@ -98,7 +98,7 @@ pub struct Dataset {
     pub n: usize,
     /// Values per sample (784 for MNIST).
     pub dim: usize,
-    /// Per-sample shape, e.g. `[28, 28]` (channels-first `[c, h, w]` for colour datasets).
+    /// Per-sample shape, channels first: `[1, 28, 28]` for MNIST, `[3, 32, 32]` for CIFAR.
     pub shape: Vec<usize>,
     /// Number of classes (10).
     pub classes: usize,
@@ -122,6 +122,40 @@ impl Dataset {
             labels.push(u32::from(self.labels[i]));
         }
         (images, labels)
+    }
+}
+
+impl Dataset {
+    /// The samples at `idx`, in that order, as a dataset of their own.
+    ///
+    /// # Panics
+    /// Panics if an index is `>= self.n`.
+    pub fn select(&self, idx: &[usize]) -> Dataset {
+        let (images, labels) = self.gather(idx);
+        Dataset {
+            images,
+            labels: labels.into_iter().map(|l| l as u8).collect(),
+            n: idx.len(),
+            dim: self.dim,
+            shape: self.shape.clone(),
+            classes: self.classes,
+        }
+    }
+
+    /// A seeded random subset of `size` samples (in their original order): the same `seed`
+    /// always picks the same samples. Fails when `size` is 0 or exceeds the dataset.
+    pub fn subset(&self, size: usize, seed: u64) -> Result<Dataset> {
+        if size == 0 || size > self.n {
+            bail!(
+                "a subset of {size} samples from a set of {}: the size must be in 1..={}",
+                self.n,
+                self.n
+            );
+        }
+        let mut idx = epoch_order(self.n, seed, 0, true);
+        idx.truncate(size);
+        idx.sort_unstable();
+        Ok(self.select(&idx))
     }
 }
 
@@ -237,7 +271,7 @@ pub fn load_idx(data_dir: &Path, ds: IdxDataset, split: Split) -> Result<Dataset
         labels,
         n,
         dim,
-        shape: vec![rows, cols],
+        shape: vec![1, rows, cols],
         classes: IDX_CLASSES,
     })
 }
@@ -275,6 +309,15 @@ fn parse_name(name: &str) -> Result<AnyDataset> {
                 DATASET_NAMES.join(", ")
             )
         })
+}
+
+/// Per-sample shape `[channels, height, width]` of a dataset by name (see [`dataset_names`]),
+/// known without reading its files: the input shape of a model trained on it.
+pub fn sample_shape(name: &str) -> Result<Vec<usize>> {
+    Ok(match parse_name(name)? {
+        AnyDataset::Idx(_) => vec![1, 28, 28],
+        AnyDataset::Cifar(_) => vec![3, 32, 32],
+    })
 }
 
 /// Loads one split of any dataset by name (see [`dataset_names`]): [`load_idx`] for `mnist` and

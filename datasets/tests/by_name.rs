@@ -49,7 +49,7 @@ fn load_by_name_dispatches_to_idx_and_cifar_loaders() {
     let m = load_by_name(data, "mnist", Split::Test).unwrap();
     assert_eq!(
         (m.n, m.dim, m.classes, &m.shape[..]),
-        (3, 784, 10, &[28, 28][..])
+        (3, 784, 10, &[1, 28, 28][..])
     );
     assert_eq!(m.labels, [1, 2, 3]);
     let f = load_by_name(data, "fashion-mnist", Split::Train).unwrap();

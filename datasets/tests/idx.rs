@@ -253,7 +253,7 @@ fn load_idx_raw_train_split_is_standardized() {
     write_split(d.path(), "train", 6, false);
     let ds = load_idx(d.path(), IdxDataset::Mnist, Split::Train).unwrap();
     assert_eq!((ds.n, ds.dim, ds.classes), (6, 12, 10));
-    assert_eq!(ds.shape, vec![3, 4]);
+    assert_eq!(ds.shape, vec![1, 3, 4]);
     assert_eq!(ds.images.len(), 6 * 12);
     assert_eq!(ds.labels, vec![0, 1, 2, 3, 4, 5]);
     for img in ds.images.chunks(12) {

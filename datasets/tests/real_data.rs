@@ -30,7 +30,7 @@ fn fetch_and_load_real_datasets() {
                 "{} {split:?}",
                 ds.name()
             );
-            assert_eq!(d.shape, vec![28, 28]);
+            assert_eq!(d.shape, vec![1, 28, 28]);
             assert!(d.labels.iter().all(|&l| l < 10));
             let mut counts = [0usize; 10];
             d.labels.iter().for_each(|&l| counts[l as usize] += 1);

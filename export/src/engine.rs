@@ -233,9 +233,28 @@ fn batch_norm(m: &SsmModel, name: &str, mode: BnMode, c: usize) -> Result<(Vec<f
     fixed_affine(mode, c, affine, stats)
 }
 
+/// The per-sample image shape `[c, h, w]` of a conv model: the description's `input` (files
+/// written before models took their input shape from the data have none: CIFAR's 3x32x32).
+fn image_input(m: &SsmModel) -> Result<[usize; 3]> {
+    let Some(v) = m.model.get("input") else {
+        return Ok([3, 32, 32]);
+    };
+    let dims: Vec<usize> = serde_json::from_value(v.clone())
+        .with_context(|| format!("the model description's input {v} is not a list of sizes"))?;
+    match dims[..] {
+        [c, h, w] if c > 0 && h > 0 && w > 0 => Ok([c, h, w]),
+        _ => bail!("a conv model needs an input [channels, height, width], the file says {dims:?}"),
+    }
+}
+
 /// A ResNet with `per_stage` blocks per stage, layer by layer as
 /// `supermask_models::resnet` builds it; every name and shape is checked.
-fn resnet(m: &SsmModel, spec: &serde_json::Value, per_stage: usize) -> Result<(Arch, usize)> {
+fn resnet(
+    m: &SsmModel,
+    spec: &serde_json::Value,
+    per_stage: usize,
+    input: [usize; 3],
+) -> Result<(Arch, usize)> {
     let bn = bn_mode(spec, "bn", BnMode::None)?;
     let stem_bn = bn_mode(spec, "stem_bn", BnMode::Learnable)?;
     let mut layers = m.layers.iter();
@@ -256,7 +275,6 @@ fn resnet(m: &SsmModel, spec: &serde_json::Value, per_stage: usize) -> Result<(A
             .with_context(|| format!("batch norm of layer {}", l.name))?;
         Ok::<_, anyhow::Error>(ConvBn { conv, scale, shift })
     };
-    let input = [3usize, 32, 32];
     let stem = conv_bn(next("stem.conv")?, input[0], 1, "stem.bn", stem_bn)?;
     let mut c = stem.conv.c_out;
     let mut blocks = Vec::new();
@@ -339,8 +357,8 @@ impl Engine {
             }
             "conv2" | "conv4" | "conv6" | "conv8" => {
                 let (mut convs, mut fcs) = (Vec::new(), Vec::new());
-                let mut shape = [3usize, 32, 32];
-                let input = shape;
+                let input = image_input(m)?;
+                let mut shape = input;
                 let mut it = m.layers.iter().peekable();
                 while let Some(l) = it.next_if(|l| l.shape.len() == 4) {
                     ensure!(
@@ -380,7 +398,7 @@ impl Engine {
                     "resnet56" => 9,
                     _ => 18,
                 };
-                resnet(m, spec, blocks)?
+                resnet(m, spec, blocks, image_input(m)?)?
             }
             other => bail!(
                 "the inference engine runs `fcn`, `conv2`/`conv4`/`conv6`/`conv8` and \

@@ -1,8 +1,9 @@
 //! The VGG-like Conv2/4/6/8 of Table 7 (Frankle & Carbin's, as used by Zhou et al. and the
 //! paper): stages of two 3x3 "same" convolutions followed by a 2x2 max-pool (64, 128, 256, 512
 //! filters), then fully connected 256-256-10; ELU after every conv and hidden dense layer,
-//! no biases, no batch norm. Weights: Conv2 4,300,992; Conv4 2,425,024; Conv6 2,261,184;
-//! Conv8 5,275,840.
+//! no biases, no batch norm. Weights on CIFAR's 3x32x32: Conv2 4,300,992; Conv4 2,425,024;
+//! Conv6 2,261,184; Conv8 5,275,840. They run on any `[channels, height, width]` (MNIST's
+//! 1x28x28 natively); pools round down, so the first dense layer's width follows the input.
 
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
@@ -49,14 +50,20 @@ impl Model for ConvNet {
     }
 }
 
-/// Builds a Conv net with `stages` stages for `[3, 32, 32]` inputs.
+/// Builds a Conv net with `stages` stages for `[channels, height, width]` inputs.
 fn build_conv(
     factory: &mut LayerFactory,
+    input: &[usize],
     stages: usize,
     classes: usize,
     alpha: f64,
 ) -> Result<Box<dyn Model>> {
-    let mut shape = vec![3usize, 32, 32];
+    anyhow::ensure!(
+        input.len() == 3,
+        "conv1: a Conv net takes images [channels, height, width], got samples of shape \
+         {input:?} (use the fcn for flat data)"
+    );
+    let mut shape = input.to_vec();
     let mut convs = Vec::new();
     for s in 0..stages {
         let filters = 64 << s;
@@ -68,8 +75,10 @@ fn build_conv(
         }
         anyhow::ensure!(
             shape[1] >= 2 && shape[2] >= 2,
-            "conv{}: input too small to pool",
-            convs.len()
+            "conv{}: its output {:?} is too small for the 2x2 max-pool (input {input:?} has too \
+             few pixels for {stages} stages)",
+            convs.len(),
+            shape
         );
         shape = vec![shape[0], shape[1] / 2, shape[2] / 2];
     }
@@ -108,14 +117,14 @@ macro_rules! conv_spec {
 
         #[typetag::serde(name = $name)]
         impl ModelSpec for $ty {
-            fn input_shape(&self) -> Vec<usize> {
+            fn paper_input(&self) -> Vec<usize> {
                 vec![3, 32, 32]
             }
             fn classes(&self) -> usize {
                 self.classes
             }
-            fn build(&self, factory: &mut LayerFactory) -> Result<Box<dyn Model>> {
-                build_conv(factory, $stages, self.classes, self.elu_alpha)
+            fn build(&self, factory: &mut LayerFactory, input: &[usize]) -> Result<Box<dyn Model>> {
+                build_conv(factory, input, $stages, self.classes, self.elu_alpha)
             }
         }
         register_plugin!(Model, $name, $ty, $desc);

@@ -7,9 +7,6 @@ use supermask_core::{
     model::check_chain, register_plugin, ForwardCtx, Layer, LayerFactory, Model, ModelSpec, Result,
 };
 
-fn default_input() -> usize {
-    784
-}
 fn default_hidden() -> Vec<usize> {
     vec![300, 100]
 }
@@ -24,9 +21,10 @@ fn default_alpha() -> f64 {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct FcnSpec {
-    /// Input features (784 for MNIST).
-    #[serde(default = "default_input")]
-    pub input: usize,
+    /// Input features; by default the flattened size of the dataset's samples (784 for
+    /// MNIST). When set, a dataset of another size is an error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<usize>,
     /// Hidden layer widths.
     #[serde(default = "default_hidden")]
     pub hidden: Vec<usize>,
@@ -41,7 +39,7 @@ pub struct FcnSpec {
 impl Default for FcnSpec {
     fn default() -> Self {
         Self {
-            input: default_input(),
+            input: None,
             hidden: default_hidden(),
             classes: default_classes(),
             elu_alpha: default_alpha(),
@@ -57,16 +55,25 @@ pub struct Fcn {
 
 #[typetag::serde(name = "fcn")]
 impl ModelSpec for FcnSpec {
-    fn input_shape(&self) -> Vec<usize> {
-        vec![self.input]
+    fn paper_input(&self) -> Vec<usize> {
+        vec![self.input.unwrap_or(784)]
     }
 
     fn classes(&self) -> usize {
         self.classes
     }
 
-    fn build(&self, factory: &mut LayerFactory) -> Result<Box<dyn Model>> {
-        let mut widths = vec![self.input];
+    fn build(&self, factory: &mut LayerFactory, input: &[usize]) -> Result<Box<dyn Model>> {
+        let flat: usize = input.iter().product();
+        if let Some(n) = self.input {
+            anyhow::ensure!(
+                n == flat,
+                "fc1: the model is configured for {n} inputs (model.input) but the data has \
+                 {flat} values per sample (shape {input:?}); remove model.input to take it from \
+                 the data"
+            );
+        }
+        let mut widths = vec![flat];
         widths.extend(&self.hidden);
         widths.push(self.classes);
         let layers = widths
@@ -74,7 +81,7 @@ impl ModelSpec for FcnSpec {
             .enumerate()
             .map(|(i, w)| factory.linear(&format!("fc{}", i + 1), w[0], w[1]))
             .collect::<Result<Vec<_>>>()?;
-        let out = check_chain(&[self.input], &layers.iter().collect::<Vec<_>>())?;
+        let out = check_chain(&[flat], &layers.iter().collect::<Vec<_>>())?;
         anyhow::ensure!(
             out == [self.classes],
             "fcn: output {out:?} != [{}]",

@@ -10,6 +10,9 @@
 //! - other blocks: 3x3 conv -> BN -> ELU -> 3x3 conv -> BN, output ELU(x + input);
 //! - head: global average pool -> dense 4w -> classes.
 //!
+//! They run on any `[channels, height, width]` input (the weight counts below are for
+//! CIFAR's 3x32x32; only the stem's input channels depend on the input).
+//!
 //! Weights (no biases, BN excluded): `967 w^2 + 27 w + 4 w classes` for ResNet20 (248,624 at
 //! w = 16), 834,992 for ResNet56 on CIFAR-100. ResNet110 here has the regular 18 blocks per
 //! stage, 1,705,904 weights on CIFAR-100, where the paper reports 1,668,272: the authors'
@@ -137,16 +140,25 @@ struct ResNetParams {
     alpha: f64,
 }
 
-fn build_resnet(factory: &mut LayerFactory, p: &ResNetParams) -> Result<Box<dyn Model>> {
+fn build_resnet(
+    factory: &mut LayerFactory,
+    input: &[usize],
+    p: &ResNetParams,
+) -> Result<Box<dyn Model>> {
     let w = (16.0 * p.width).round() as usize;
     anyhow::ensure!(
         w > 0 && p.blocks > 0,
         "resnet: width and blocks must be > 0"
     );
+    anyhow::ensure!(
+        input.len() == 3,
+        "stem.conv: a ResNet takes images [channels, height, width], got samples of shape \
+         {input:?}"
+    );
     let dev = factory.device().clone();
-    let stem = factory.conv2d("stem.conv", 3, w, 3, 1, 1)?;
+    let stem = factory.conv2d("stem.conv", input[0], w, 3, 1, 1)?;
     let stem_bn = BatchNorm::new("stem.bn", w, p.stem_bn, &dev)?;
-    let mut shape = stem.spec().output_shape(&[3, 32, 32])?;
+    let mut shape = stem.spec().output_shape(input)?;
     let mut blocks = Vec::new();
     for stage in 0..3 {
         let filters = w << stage;
@@ -262,14 +274,14 @@ macro_rules! resnet_spec {
 
         #[typetag::serde(name = $name)]
         impl ModelSpec for $ty {
-            fn input_shape(&self) -> Vec<usize> {
+            fn paper_input(&self) -> Vec<usize> {
                 vec![3, 32, 32]
             }
             fn classes(&self) -> usize {
                 self.classes
             }
-            fn build(&self, factory: &mut LayerFactory) -> Result<Box<dyn Model>> {
-                build_resnet(factory, &self.params())
+            fn build(&self, factory: &mut LayerFactory, input: &[usize]) -> Result<Box<dyn Model>> {
+                build_resnet(factory, input, &self.params())
             }
         }
         register_plugin!(Model, $name, $ty, $desc);

@@ -66,7 +66,7 @@ fn engine_matches_model_with(
     supermask_cli::link_plugins();
     let overrides: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
     let cfg = RunConfig::from_toml(&preset(preset_name), &overrides, preset_name).unwrap();
-    let mut trainer = Trainer::new(&cfg, &Device::Cpu).unwrap();
+    let mut trainer = Trainer::new(&cfg, shape, &Device::Cpu).unwrap();
     if random_bn {
         for bn in trainer.model_mut().norms_mut() {
             let sizes: Vec<(String, usize)> = bn
@@ -129,11 +129,11 @@ fn engine_matches_model(preset_name: &str, overrides: &[&str], shape: &[usize], 
 fn exported_fcn_runs_like_the_training_model() {
     // The preset's scores at init keep ~96% of the weights: dense-ish patterns; and a
     // threshold that keeps ~4%, the trained density.
-    engine_matches_model("table1-fcn-signed-elus", &[], &[28, 28], 37);
+    engine_matches_model("table1-fcn-signed-elus", &[], &[1, 28, 28], 37);
     engine_matches_model(
         "table1-fcn-signed-elus",
         &["masking.threshold={ type = \"initial-rate\", rate = 0.96 }"],
-        &[28, 28],
+        &[1, 28, 28],
         37,
     );
 }
@@ -169,7 +169,7 @@ fn exported_resnet_with_a_missing_batch_norm_tensor_is_refused() {
     supermask_cli::link_plugins();
     let name = "table6-resnet20-signed-elus-bn-learnable";
     let cfg = RunConfig::from_toml(&preset(name), &[], name).unwrap();
-    let trainer = Trainer::new(&cfg, &Device::Cpu).unwrap();
+    let trainer = Trainer::for_config(&cfg, &Device::Cpu).unwrap();
     let mut m = export_trainer(&cfg, &trainer).unwrap();
     // Batch-norm tensors travel with the masked layers and round-trip.
     let back = format::decode(&format::encode(&m).unwrap()).unwrap();

@@ -303,8 +303,8 @@ fn fused_optimizer_step_equals_reference_bitwise() {
             Var::from_tensor(&p0).unwrap(),
             Var::from_tensor(&p0).unwrap(),
         );
-        let mut fused = Optimizer::new(cfg.clone(), 1).with_path(KernelPath::Fused);
-        let mut reference = Optimizer::new(cfg, 1).with_path(KernelPath::Reference);
+        let mut fused = Optimizer::new(cfg.clone(), vec!["p".into()]).with_path(KernelPath::Fused);
+        let mut reference = Optimizer::new(cfg, vec!["p".into()]).with_path(KernelPath::Reference);
         for step in 0..4u64 {
             // A gradient of a loss that depends on the parameter: sum(p^2 * c).
             let c = Tensor::from_vec(values(5000, 10 + step), (50, 100), &Device::Cpu).unwrap();
@@ -323,8 +323,8 @@ fn fused_optimizer_step_equals_reference_bitwise() {
             assert_eq!(a, b, "{text}: step {step}");
         }
         // The velocity both keep (a checkpoint's content) is identical too.
-        let vf = fused.velocity().unwrap()[0].clone().unwrap();
-        let vr = reference.velocity().unwrap()[0].clone().unwrap();
+        let vf = fused.velocity().unwrap()[0].1.clone();
+        let vr = reference.velocity().unwrap()[0].1.clone();
         assert_eq!(vf.dims(), vr.dims());
         assert_eq!(
             vf.flatten_all().unwrap().to_vec1::<f32>().unwrap(),

@@ -85,7 +85,14 @@ fn duplicate_layer_names_are_rejected() {
 fn elus_uses_each_layers_initial_zero_share() {
     supermask_models::link();
     let spec = supermask_core::registry::model_from_table(table("type = \"fcn\"")).unwrap();
-    let model = build_model(spec.as_ref(), &masked(), &Device::Cpu, 3).unwrap();
+    let model = build_model(
+        spec.as_ref(),
+        &spec.paper_input(),
+        &masked(),
+        &Device::Cpu,
+        3,
+    )
+    .unwrap();
     for layer in model.layers() {
         let Layer::Masked(m) = layer else { panic!() };
         let [_, zero, _] = layer.mask_counts().unwrap();
@@ -119,7 +126,7 @@ fn sgdw_matches_hand_computation() {
         weight_decay: wd,
     };
     let p = Var::new(&[1.0f32, -2.0], &Device::Cpu).unwrap();
-    let mut opt = Optimizer::new(cfg, 1);
+    let mut opt = Optimizer::new(cfg, vec!["p".into()]);
     // loss = sum(c * p) has gradient c.
     let c = Tensor::new(&[0.5f32, 3.0], &Device::Cpu).unwrap();
     let mut want = [1.0f64, -2.0];
