@@ -1,5 +1,7 @@
-//! Conv2 and ResNet20 train on generated CIFAR-format data and lower the loss; the ResNet
-//! presets' augmentation and reduce-on-plateau run through the same trainer.
+//! The Conv2 and ResNet20 paper presets learn a generated CIFAR-format task with learnable
+//! class structure to high test accuracy in a few epochs (CI's guard against a recipe or kernel
+//! change that makes them diverge); the ResNet presets' augmentation and reduce-on-plateau run
+//! through the same trainer.
 
 use candle_core::Device;
 use std::path::Path;
@@ -41,58 +43,99 @@ fn make_cifar10(root: &Path, per_file: usize, test: usize) {
     file("test_batch.bin", test);
 }
 
-fn train(model: &str, masking: &str, extra: &str, epochs: usize) -> Vec<f64> {
+fn preset(name: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../configs/paper")
+        .join(format!("{name}.toml"));
+    std::fs::read_to_string(path).unwrap()
+}
+
+/// What a few epochs of training reached.
+struct Outcome {
+    /// Mean training loss per epoch.
+    losses: Vec<f64>,
+    /// Test accuracy after the last epoch.
+    test_acc: f64,
+    /// Remaining weights after the last epoch.
+    remaining: f64,
+}
+
+/// Trains a paper preset (with `sets` overrides) for `epochs` epochs on the generated task:
+/// `5 * per_file` training and 200 test images.
+fn train(preset_name: &str, sets: &[&str], per_file: usize, epochs: usize) -> Outcome {
     supermask_cli::link_plugins();
     let tmp = tempfile::tempdir().unwrap();
-    make_cifar10(tmp.path(), 16, 8);
-    let text = format!(
-        "seed = 1\n[model]\n{model}\n[masking]\n{masking}\n\
-         [data]\ndataset = \"cifar10\"\nbatch_size = 8\n{extra}\n[train]\nepochs = {epochs}\n\
-         [optimizer]\ntype = \"sgdw\"\nlr = 0.05\nweight_decay = 5e-4\n"
-    );
-    let cfg = RunConfig::from_toml(&text, &[], "test config").unwrap();
+    make_cifar10(tmp.path(), per_file, 200);
+    let mut overrides: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+    overrides.extend([
+        "data.batch_size=32".into(),
+        format!("train.epochs={epochs}"),
+    ]);
+    let cfg = RunConfig::from_toml(&preset(preset_name), &overrides, preset_name).unwrap();
     let data = load_by_name(tmp.path(), "cifar10", Split::Train).unwrap();
-    assert_eq!((data.n, data.dim, data.classes), (80, 3072, 10));
-    let mut t = Trainer::new(&cfg, &Device::Cpu).unwrap();
+    let test = load_by_name(tmp.path(), "cifar10", Split::Test).unwrap();
+    assert_eq!((data.n, data.dim, data.classes), (5 * per_file, 3072, 10));
+    let mut t = Trainer::new(&cfg, &data.shape, &Device::Cpu).unwrap();
     t.check_data(&data).unwrap();
-    (0..epochs)
+    let losses = (0..epochs)
         .map(|e| {
             let s = t.train_epoch(&data, e, &mut |_, _, _| {}).unwrap();
             t.end_epoch(s.loss);
             s.loss
         })
-        .collect()
+        .collect();
+    Outcome {
+        losses,
+        test_acc: t.evaluate(&test).unwrap().acc,
+        remaining: t.layer_metrics().unwrap().0,
+    }
 }
 
-const SIGNED: &str = "mode = \"masked\"\nmask = { type = \"signed\" }\n\
-    threshold = { type = \"initial-rate\", rate = 0.3 }\n\
-    weight_init = { type = \"elus\", variant = \"scaled-he\", gain = 1.7320508075688772, dist = \"signed-constant\" }\n\
-    score_init = { type = \"xavier-uniform\" }";
+/// Each class is one bright square on noise, so a net that trains gets nearly every test
+/// image right within a few epochs; one that diverges stays near chance (0.1). These are the
+/// paper presets unchanged but for the batch size and epochs, so a recipe or kernel change
+/// that makes the Conv nets or ResNets diverge fails here.
+const HIGH: f64 = 0.9;
 
 #[test]
-fn conv2_signed_lowers_the_loss() {
-    let losses = train("type = \"conv2\"", SIGNED, "", 3);
-    assert!(losses[2] < 0.8 * losses[0], "losses {losses:?}");
-}
-
-#[test]
-fn resnet20_signed_with_augmentation_and_plateau_lowers_the_loss() {
-    let losses = train(
-        "type = \"resnet20\"\nbn = \"none\"\nstem_bn = \"learnable\"",
-        SIGNED,
-        "augment = true\n[schedule]\ntype = \"reduce-on-plateau\"\nfactor = 0.2\npatience = 15",
-        3,
+fn conv2_signed_preset_learns_the_task() {
+    let o = train("table2-conv2-signed-elus", &[], 80, 4);
+    assert!(
+        o.test_acc >= HIGH,
+        "test accuracy {} (losses {:?})",
+        o.test_acc,
+        o.losses
     );
-    assert!(losses[2] < 0.9 * losses[0], "losses {losses:?}");
+    assert!(o.losses[3] < o.losses[0], "losses {:?}", o.losses);
+    assert!(o.remaining < 0.7, "remaining {}", o.remaining);
 }
 
 #[test]
-fn resnet20_dense_learnable_bn_lowers_the_loss() {
-    let losses = train(
-        "type = \"resnet20\"\nbn = \"learnable\"",
-        "mode = \"dense\"\nweight_init = { type = \"he\", dist = \"uniform\" }",
-        "",
-        3,
+fn narrow_resnet20_signed_preset_with_augmentation_and_plateau_learns_the_task() {
+    let o = train(
+        "table4-resnet20-x1-signed-elus",
+        &["model.width=0.5"],
+        160,
+        6,
     );
-    assert!(losses[2] < 0.9 * losses[0], "losses {losses:?}");
+    assert!(
+        o.test_acc >= HIGH,
+        "test accuracy {} (losses {:?})",
+        o.test_acc,
+        o.losses
+    );
+    assert!(o.losses[5] < o.losses[0], "losses {:?}", o.losses);
+}
+
+/// The dense baseline's learnable batch norms evaluate with running statistics (Keras'
+/// momentum 0.99), which lag far behind after 52 steps, so this asserts the training loss.
+#[test]
+fn narrow_resnet20_dense_learnable_bn_lowers_the_loss() {
+    let o = train(
+        "table4-resnet20-x1-baseline-he",
+        &["model.width=0.5"],
+        80,
+        4,
+    );
+    assert!(o.losses[3] < 0.5 * o.losses[0], "losses {:?}", o.losses);
 }
