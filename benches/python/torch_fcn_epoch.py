@@ -105,6 +105,8 @@ def main():
         ap.error("--epochs, --samples, --batch and --threads must be >= 1")
 
     torch.set_num_threads(args.threads)
+    # Denormals flushed to zero, as on the Rust side (benches/src/lib.rs: set_threads).
+    torch.set_flush_denormal(True)
     # single-process benchmark: keep inter-op pool from adding threads
     try:
         torch.set_num_interop_threads(1)

@@ -86,6 +86,8 @@ def main():
                     help="time only the FCN, or only the Conv2 and ResNet20")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    # Denormals flushed to zero, as on the Rust side (benches/src/lib.rs: set_threads).
+    torch.set_flush_denormal(True)
     gen = torch.Generator().manual_seed(0)
     sizes = [784, 300, 100, 10]
     ws = [torch.randn(o, i, generator=gen) * (2.0 / i) ** 0.5 for i, o in zip(sizes[:-1], sizes[1:])]

@@ -6,8 +6,9 @@ use supermask_export::{LayerWeights, SsmLayer, SsmModel};
 
 /// Sets the thread count from `SUPERMASK_BENCH_THREADS` (default 2) unless
 /// `RAYON_NUM_THREADS` is set, with the CLI's pool and allocator setup
-/// ([`supermask_cli::configure_threads`], [`supermask_cli::configure_allocator`]);
-/// call before any tensor work. Returns the count.
+/// ([`supermask_cli::configure_threads`], [`supermask_cli::configure_allocator`]), and
+/// flushes denormals on every thread ([`flush_denormals`]), as the PyTorch scripts do; call
+/// before any tensor work. Returns the count.
 pub fn set_threads() -> usize {
     let threads: usize = std::env::var("SUPERMASK_BENCH_THREADS")
         .ok()
@@ -17,7 +18,55 @@ pub fn set_threads() -> usize {
         .is_none()
         .then_some(threads);
     supermask_cli::configure_allocator();
-    supermask_cli::configure_threads(requested)
+    let n = supermask_cli::configure_threads(requested);
+    flush_denormals(n);
+    n
+}
+
+/// Flushes denormal floats to zero (MXCSR's FTZ and DAZ bits) on the calling thread and on
+/// every thread of rayon's global pool, where the fused kernels and candle's GEMM run, as
+/// PyTorch's `torch.set_flush_denormal(True)` does on the reference side: a net whose values
+/// decay into denormals would otherwise time the slow microcode path on either side. Call
+/// before any tensor work (it builds the global pool). A no-op off
+/// x86-64. [`set_threads`] calls it.
+pub fn flush_denormals(threads: usize) {
+    set_ftz_daz();
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .start_handler(|_| set_ftz_daz())
+        .build_global()
+        .expect("flush_denormals runs before rayon's global pool is used");
+}
+
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code, deprecated)]
+fn set_ftz_daz() {
+    use std::arch::x86_64::{_mm_getcsr, _mm_setcsr};
+    const FTZ: u32 = 1 << 15;
+    const DAZ: u32 = 1 << 6;
+    // SAFETY: reading and writing MXCSR changes only this thread's float rounding/flush mode;
+    // FTZ and DAZ are supported by every x86-64 CPU with SSE2 (all of them).
+    unsafe { _mm_setcsr(_mm_getcsr() | FTZ | DAZ) }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn set_ftz_daz() {}
+
+/// Why a benchmark run's losses do not show a healthy training run, if they do not: a
+/// non-finite loss, one above `bound` (chance level for 10 classes is 2.3; the clipped loss
+/// cannot exceed 16.1), or a last loss more than twice the first. A ratio is only reported
+/// for healthy runs on both sides.
+pub fn unhealthy(losses: &[f64], bound: f64) -> Option<String> {
+    let (Some(&first), Some(&last)) = (losses.first(), losses.last()) else {
+        return Some("no loss reported".into());
+    };
+    if let Some(v) = losses.iter().find(|v| !v.is_finite()) {
+        return Some(format!("loss {v}"));
+    }
+    if let Some(v) = losses.iter().find(|&&v| v > bound) {
+        return Some(format!("loss {v:.3} > {bound}"));
+    }
+    (last > 2.0 * first).then(|| format!("loss grew {first:.3} -> {last:.3}"))
 }
 
 /// `n` synthetic MNIST-shaped samples (see [`synthetic`]).
