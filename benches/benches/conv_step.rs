@@ -6,7 +6,8 @@
 //!
 //! `cargo bench -p supermask-benches --bench conv_step` (threads: `SUPERMASK_BENCH_THREADS`,
 //! default 2). Each side runs 2 warm-up steps and reports the mean of the next 5, on one batch
-//! of N(0,1) inputs with random labels, with denormals flushed to zero on both sides. Each
+//! of N(0,1) inputs with a learnable class signal ([`supermask_benches::synthetic_learnable`]),
+//! with denormals flushed to zero on both sides. Each
 //! side's step losses are printed, and no ratio is reported unless both runs are healthy
 //! (finite losses below 10, not growing: [`supermask_benches::unhealthy`]): an exploding net
 //! times different arithmetic (the first version of this bench compared against a PyTorch
@@ -17,7 +18,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use candle_core::Device;
 use std::time::Instant;
-use supermask_benches::{run_torch, set_threads, synthetic, unhealthy};
+use supermask_benches::{run_torch, set_threads, synthetic_learnable, unhealthy};
 use supermask_cli::{config::RunConfig, Trainer};
 
 const STEPS: usize = 5;
@@ -95,7 +96,7 @@ fn ours(w: &Workload) -> (f64, Vec<f64>) {
     let cfg =
         RunConfig::from_toml(w.preset, &["data.augment=false".into()], w.name).expect("preset");
     // One epoch of 128 samples is exactly one step at batch 128.
-    let data = synthetic(128, &[3, 32, 32], 10, 0);
+    let data = synthetic_learnable(128, &[3, 32, 32], 10, 0);
     let mut t = Trainer::new(&cfg, &data.shape, &Device::Cpu).expect("model");
     let (mut times, mut losses) = (Vec::new(), Vec::new());
     for epoch in 0..WARMUP + STEPS {

@@ -11,8 +11,10 @@ REPRODUCTION-NOTES "Corrections"):
   --dense: trainable He-uniform W, no mask;
   loss --loss (clipped: Keras' cross-entropy on clipped probabilities; logits);
   SGDW (Nesterov 0.9, decoupled decay --wd applied before the step) at --lr.
-Data: one batch of N(0,1) inputs [--batch, 3, 32, 32] with labels uniform in 0..9, not timed,
-the same batch every step. Denormal floats are flushed to zero (torch.set_flush_denormal), as
+Data: one batch of N(0,1) inputs [--batch, 3, 32, 32] with labels uniform in 0..9 and a
+learnable class signal as on the Rust side (benches/src/lib.rs: synthetic_learnable): a sample
+of class k gets +2 on rows [k*32/10, (k+1)*32/10) of channel k % 3. Not timed; the same batch
+every step. Denormal floats are flushed to zero (torch.set_flush_denormal), as
 on the Rust side, so a net whose activations decay cannot look slow or fast for that reason.
 
 Prints one JSON line: {"framework": "pytorch", "model", "step_seconds" (mean of --steps steps
@@ -60,6 +62,8 @@ def main():
     opt = sm_torch.SGDW(model.parameters(), args.lr)
     x = torch.randn(args.batch, 3, 32, 32, generator=gen)
     y = torch.randint(0, 10, (args.batch,), generator=gen)
+    for i, k in enumerate(y.tolist()):
+        x[i, k % 3, k * 32 // 10:(k + 1) * 32 // 10, :] += 2.0
     times, losses = [], []
     for i in range(args.warmup + args.steps):
         t0 = time.perf_counter()

@@ -69,6 +69,26 @@ pub fn unhealthy(losses: &[f64], bound: f64) -> Option<String> {
     (last > 2.0 * first).then(|| format!("loss grew {first:.3} -> {last:.3}"))
 }
 
+/// [`synthetic`] images `[c, h, w]` with a learnable class signal, the training benchmarks'
+/// batch (the PyTorch scripts build the same kind): a sample of class `k` gets +2 on the rows
+/// `[k h / classes, (k + 1) h / classes)` of channel `k % c`, so a healthy training run's
+/// loss falls over a few steps on it (on random labels a sound recipe can look unhealthy).
+pub fn synthetic_learnable(n: usize, shape: &[usize], classes: usize, seed: u64) -> Dataset {
+    let mut d = synthetic(n, shape, classes, seed);
+    let [c, h, w] = shape[..] else {
+        panic!("synthetic_learnable needs [c, h, w], got {shape:?}")
+    };
+    for (img, &label) in d.images.chunks_exact_mut(c * h * w).zip(&d.labels) {
+        let k = usize::from(label);
+        let rows = k * h / classes..(k + 1) * h / classes;
+        let plane = &mut img[(k % c) * h * w..(k % c + 1) * h * w];
+        for r in rows {
+            plane[r * w..(r + 1) * w].iter_mut().for_each(|v| *v += 2.0);
+        }
+    }
+    d
+}
+
 /// `n` synthetic MNIST-shaped samples (see [`synthetic`]).
 pub fn synthetic_mnist(n: usize, seed: u64) -> Dataset {
     synthetic(n, &[1, 28, 28], 10, seed)
