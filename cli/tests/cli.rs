@@ -105,24 +105,7 @@ fn resume_matches(config: &str, extra: &[&str]) {
     for x in extra {
         base.extend(["--set", x]);
     }
-    let mut a = base.clone();
-    a.extend(["--out", s(&full)]);
-    ok(&a);
-    let mut b = base.clone();
-    b.extend(["--out", s(&part), "--stop-after", "1"]);
-    ok(&b);
-    assert_eq!(metrics(&part).len(), 1);
-    assert!(
-        !part.join("summary.json").exists(),
-        "a stopped run is not finished"
-    );
-    ok(&["train", "--resume", s(&part), "--data", s(&e.data)]);
-    assert_eq!(
-        without_timing(metrics(&full)),
-        without_timing(metrics(&part))
-    );
-    assert_eq!(checkpoint_tensors(&full), checkpoint_tensors(&part));
-    assert!(part.join("summary.json").exists());
+    assert_stop_and_resume_matches(&e, &base, &full, &part);
 }
 
 #[test]
@@ -512,6 +495,46 @@ fn every_preset_loads() {
         }
     }
     assert!(n >= 6, "the six Table 1 presets");
+}
+
+/// Every corrected Conv/ResNet preset names, in its header, the `--set` overrides that select
+/// the first (diverging) recipe; those overrides apply and give that recipe: a global
+/// `initial-rate` threshold and the loss on logits.
+#[test]
+fn every_corrected_preset_can_select_the_first_recipe() {
+    supermask_cli::link_plugins();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/paper");
+    let marker = "# The first recipe (diverges on real images): ";
+    let mut n = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let p = entry.unwrap().path();
+        let text = std::fs::read_to_string(&p).unwrap_or_default();
+        let Some(line) = text.lines().find_map(|l| l.strip_prefix(marker)) else {
+            continue;
+        };
+        // `--set 'k=v' --set k=v ...`, single-quoted where the value has spaces.
+        let sets: Vec<String> = line
+            .split("--set ")
+            .map(|x| x.trim().trim_matches('\'').to_string())
+            .filter(|x| !x.is_empty())
+            .collect();
+        let cfg = RunConfig::load(Some(&p), &sets)
+            .unwrap_or_else(|e| panic!("{}: {sets:?}: {e:#}", p.display()));
+        let toml = cfg.to_toml().unwrap();
+        assert!(
+            toml.contains("type = \"cross-entropy\""),
+            "{}: {toml}",
+            p.display()
+        );
+        if cfg.masking.threshold().is_some() {
+            assert!(toml.contains("initial-rate"), "{}", p.display());
+        }
+        n += 1;
+    }
+    assert!(
+        n >= 19,
+        "{n} signed presets carry the first recipe's overrides"
+    );
 }
 
 #[test]

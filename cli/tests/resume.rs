@@ -46,26 +46,8 @@ fn stop_and_resume_equals_uninterrupted(e: &Env, label: &str, text: &str) {
     let full = e.root.join(format!("{label}-full"));
     let part = e.root.join(format!("{label}-part"));
     let base = ["train", "--config", s(&cfg), "--data", s(&e.data)];
-    let mut a = base.to_vec();
-    a.extend(["--out", s(&full)]);
-    ok(&a);
-    let mut b = base.to_vec();
-    b.extend(["--out", s(&part), "--stop-after", "1"]);
-    ok(&b);
-    assert_eq!(metrics(&part).len(), 1, "{label}");
-    ok(&["train", "--resume", s(&part), "--data", s(&e.data)]);
-    assert_eq!(
-        without_timing(metrics(&full)),
-        without_timing(metrics(&part)),
-        "{label}: metrics"
-    );
-    let (cf, cp) = (checkpoint_tensors(&full), checkpoint_tensors(&part));
-    assert_eq!(
-        cf.iter().map(|(k, _)| k).collect::<Vec<_>>(),
-        cp.iter().map(|(k, _)| k).collect::<Vec<_>>(),
-        "{label}: checkpoint tensor names"
-    );
-    assert_eq!(cf, cp, "{label}: checkpoint tensors");
+    assert_stop_and_resume_matches(e, &base, &full, &part);
+    let cf = checkpoint_tensors(&full);
     // The optimizer state of every trainable tensor went through the checkpoint.
     let velocities = cf.iter().filter(|(k, _)| k.ends_with(".velocity")).count();
     assert!(velocities > 0, "{label}: no optimizer state saved");

@@ -163,3 +163,34 @@ pub fn one_epoch_args<'a>(cfg: &'a Path, e: &'a Env, out: &'a Path) -> [&'a str;
         s(out),
     ]
 }
+
+/// Trains `base` (a `train` command without `--out`) into `full`, and again into `part` with
+/// `--stop-after 1` followed by `--resume`; asserts the two runs end with the same metrics
+/// (timing aside) and bit-identical checkpoints.
+pub fn assert_stop_and_resume_matches(e: &Env, base: &[&str], full: &Path, part: &Path) {
+    let mut a = base.to_vec();
+    a.extend(["--out", s(full)]);
+    ok(&a);
+    let mut b = base.to_vec();
+    b.extend(["--out", s(part), "--stop-after", "1"]);
+    ok(&b);
+    assert_eq!(metrics(part).len(), 1, "{}", part.display());
+    assert!(
+        !part.join("summary.json").exists(),
+        "a stopped run is not finished"
+    );
+    ok(&["train", "--resume", s(part), "--data", s(&e.data)]);
+    assert_eq!(
+        without_timing(metrics(full)),
+        without_timing(metrics(part)),
+        "{}: metrics",
+        part.display()
+    );
+    assert_eq!(
+        checkpoint_tensors(full),
+        checkpoint_tensors(part),
+        "{}: checkpoint tensors",
+        part.display()
+    );
+    assert!(part.join("summary.json").exists());
+}
