@@ -135,13 +135,13 @@ fn killed_sweep_resumes_to_the_same_results(e: &Env, grid: &Path) {
     let grid = grid.to_path_buf();
     let reference = e.root.join("reference");
     let killed = e.root.join("killed");
-    let out = sweep_ok(&e, &grid, &reference, &[]);
+    let out = sweep_ok(e, &grid, &reference, &[]);
     assert_eq!(counts(&out.stdout), (4, 0));
 
     // Start the same sweep elsewhere and SIGKILL it once the second run has finished an
     // epoch but not its last.
     let mut child = Command::new(BIN)
-        .args(sweep_args(&e, &grid, &killed))
+        .args(sweep_args(e, &grid, &killed))
         .env("RUST_LOG", "warn")
         .spawn()
         .unwrap();
@@ -190,7 +190,7 @@ fn killed_sweep_resumes_to_the_same_results(e: &Env, grid: &Path) {
             .unwrap();
     let checkpointed = state["epoch"].as_u64().unwrap() as usize;
 
-    let out = sweep_ok(&e, &grid, &killed, &[]);
+    let out = sweep_ok(e, &grid, &killed, &[]);
     let (trained, skipped) = counts(&out.stdout);
     assert_eq!(skipped, finished_before, "finished runs are skipped");
     assert_eq!(trained + skipped, 4, "every run is done exactly once");
@@ -213,7 +213,7 @@ fn killed_sweep_resumes_to_the_same_results(e: &Env, grid: &Path) {
     };
     assert_eq!(lines(&before), lines(&after));
     // A third start has nothing to do.
-    let out = sweep_ok(&e, &grid, &killed, &[]);
+    let out = sweep_ok(e, &grid, &killed, &[]);
     assert_eq!(counts(&out.stdout), (0, 4));
 }
 
