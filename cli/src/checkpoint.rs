@@ -48,6 +48,11 @@ fn velocity_key(param: &str) -> String {
     format!("optim.{param}.velocity")
 }
 
+/// The parameter whose momentum buffer a checkpoint name holds ([`velocity_key`] inverted).
+fn velocity_param(key: &str) -> Option<&str> {
+    key.strip_prefix("optim.")?.strip_suffix(".velocity")
+}
+
 /// Saves the trainer's tensors and loop state into `dir`.
 pub fn save(dir: &Path, trainer: &Trainer, state: &LoopState) -> Result<()> {
     let mut tensors: HashMap<String, Tensor> = HashMap::new();
@@ -119,10 +124,7 @@ pub fn load(
         // Momentum buffers by parameter name: every `optim.<param>.velocity` tensor.
         let velocity: HashMap<String, Tensor> = tensors
             .iter()
-            .filter_map(|(k, t)| {
-                let param = k.strip_prefix("optim.")?.strip_suffix(".velocity")?;
-                Some((param.to_string(), t.clone()))
-            })
+            .filter_map(|(k, t)| Some((velocity_param(k)?.to_string(), t.clone())))
             .collect();
         let shapes: Vec<Vec<usize>> = trainable_params(trainer.model())
             .iter()

@@ -127,11 +127,7 @@ pub struct Summary<'a> {
     pub mean_epoch_seconds: f64,
 }
 
-/// Loads the test split named by the config, checking its sample shape.
-fn load_test(cfg: &RunConfig, data_dir: &Path) -> Result<Dataset> {
-    load_checked(cfg, data_dir, Split::Test)
-}
-
+/// Loads one split named by the config, checking its sample shape.
 fn load_checked(cfg: &RunConfig, data_dir: &Path, split: Split) -> Result<Dataset> {
     let ds = &cfg.data.dataset;
     let data = load_by_name(data_dir, ds, split)?;
@@ -154,7 +150,7 @@ pub fn load_data(cfg: &RunConfig, data_dir: &Path) -> Result<(Dataset, Dataset)>
             .subset(n, cfg.data.subset_seed)
             .context("data.train_subset")?;
     }
-    let test = load_test(cfg, data_dir)?;
+    let test = load_checked(cfg, data_dir, Split::Test)?;
     anyhow::ensure!(
         train.n > 0 && test.n > 0,
         "the {} data under {} has {} training and {} test samples; both must be non-empty",
@@ -412,7 +408,7 @@ pub fn eval(dir: &Path, data_dir: &Path, device: &Device) -> Result<EvalReport> 
     );
     let cfg = RunConfig::load(Some(&dir.join(CONFIG_FILE)), &[])?;
     let device = device.clone();
-    let test = load_test(&cfg, data_dir)?;
+    let test = load_checked(&cfg, data_dir, Split::Test)?;
     let mut trainer = Trainer::new(&cfg, &test.shape, &device)?;
     trainer.check_data(&test)?;
     checkpoint::load(dir, &mut trainer, &device, false)?;
