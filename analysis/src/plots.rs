@@ -1,7 +1,7 @@
 //! Figures with `plotters`, each written as SVG and PNG (text drawn with a bundled font, so no
-//! system font library is needed). Files are written under a temporary name and renamed.
+//! system font library is needed). Files are written atomically (`supermask_core::fsio`).
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use plotters::{
     coord::{types::RangedCoordf64, Shift},
     prelude::*,
@@ -40,8 +40,7 @@ macro_rules! save_both {
         let mut written = Vec::new();
         for ext in ["svg", "png"] {
             let path = stem.with_extension(ext);
-            let tmp = tmp_path(&path);
-            {
+            supermask_core::fsio::write_atomic_with(&path, |tmp| {
                 let $svg = ext == "svg";
                 if $svg {
                     let $root = SVGBackend::new(&tmp, $size).into_drawing_area();
@@ -54,18 +53,12 @@ macro_rules! save_both {
                     $body?;
                     $root.present().map_err(err)?;
                 }
-            }
-            std::fs::rename(&tmp, &path)
-                .with_context(|| format!("renaming to {}", path.display()))?;
+                Ok(())
+            })?;
             written.push(path);
         }
         Ok(written)
     }};
-}
-
-fn tmp_path(path: &Path) -> PathBuf {
-    let name = path.file_name().unwrap_or_default().to_string_lossy();
-    path.with_file_name(format!(".tmp-{name}"))
 }
 
 /// One curve with its band: mean and 5%/95% quantiles per epoch.

@@ -19,7 +19,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use candle_core::Device;
 use std::time::Instant;
 use supermask_benches::{run_torch, set_threads, synthetic_learnable, unhealthy};
-use supermask_cli::{config::RunConfig, Trainer};
+use supermask_train::{config::RunConfig, Trainer};
 
 const STEPS: usize = 5;
 const WARMUP: usize = 2;
@@ -101,9 +101,7 @@ fn ours(w: &Workload) -> (f64, Vec<f64>) {
     let (mut times, mut losses) = (Vec::new(), Vec::new());
     for epoch in 0..WARMUP + STEPS {
         let t0 = Instant::now();
-        let stats = t
-            .train_epoch(&data, epoch, &mut |_, _, _| {})
-            .expect("step");
+        let stats = t.train_epoch(&data, epoch).expect("step");
         if epoch >= WARMUP {
             times.push(t0.elapsed().as_secs_f64());
         }
@@ -121,7 +119,7 @@ fn losses_text(l: &[f64]) -> String {
 
 fn main() {
     let threads = set_threads();
-    supermask_cli::link_plugins();
+    supermask_train::link_plugins();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/torch_conv_step.py");
     let th = threads.to_string();
     let (w, s) = (WARMUP.to_string(), STEPS.to_string());

@@ -16,7 +16,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use candle_core::Device;
 use std::time::Instant;
 use supermask_benches::{run_torch, set_threads, synthetic_mnist};
-use supermask_cli::{config::RunConfig, Trainer};
+use supermask_train::{config::RunConfig, Trainer};
 
 fn ours(config: &str, overrides: &[&str], data: &supermask_datasets::Dataset) -> f64 {
     let overrides: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
@@ -25,8 +25,7 @@ fn ours(config: &str, overrides: &[&str], data: &supermask_datasets::Dataset) ->
     let mut last = 0.0;
     for epoch in 0..2 {
         let t0 = Instant::now();
-        t.train_epoch(data, epoch, &mut |_, _, _| {})
-            .expect("epoch");
+        t.train_epoch(data, epoch).expect("epoch");
         last = t0.elapsed().as_secs_f64();
     }
     last
@@ -34,7 +33,7 @@ fn ours(config: &str, overrides: &[&str], data: &supermask_datasets::Dataset) ->
 
 fn main() {
     let threads = set_threads();
-    supermask_cli::link_plugins();
+    supermask_train::link_plugins();
     let data = synthetic_mnist(60_000, 0);
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/torch_fcn_epoch.py");
     let th = threads.to_string();

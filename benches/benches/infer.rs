@@ -19,9 +19,10 @@ use candle_core::{Device, Tensor};
 use supermask_benches::{
     generated_conv2, generated_fcn, median_time, run_torch, set_threads, unit_values,
 };
-use supermask_cli::{config::RunConfig, export::export_trainer, Trainer};
+use supermask_cli::export::export_trainer;
 use supermask_core::ForwardCtx;
 use supermask_export::{format, Engine};
+use supermask_train::{config::RunConfig, Trainer};
 
 /// Median seconds of `reps` calls after up to 20 warm-up calls.
 fn time(reps: usize, f: impl FnMut()) -> f64 {
@@ -220,7 +221,7 @@ fn main() {
     // ResNet20 x1 (Table 4 preset) with the paper's 21.13% remaining weights (initial rate
     // 0.7887), against the training model's evaluation forward (fused kernels: dense GEMM at
     // this density) and a dense PyTorch ResNet20 in evaluation mode.
-    supermask_cli::link_plugins();
+    supermask_train::link_plugins();
     let preset = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../configs/paper/table4-resnet20-x1-signed-elus.toml"

@@ -8,11 +8,11 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use candle_core::Device;
 use std::time::Instant;
 use supermask_benches::{set_threads, synthetic};
-use supermask_cli::{config::RunConfig, Trainer};
+use supermask_train::{config::RunConfig, Trainer};
 
 fn main() -> anyhow::Result<()> {
     set_threads();
-    supermask_cli::link_plugins();
+    supermask_train::link_plugins();
     let args: Vec<String> = std::env::args().skip(1).collect();
     anyhow::ensure!(
         args.len() >= 2,
@@ -34,10 +34,10 @@ fn main() -> anyhow::Result<()> {
     };
     let data = synthetic(cfg.data.batch_size, &shape, classes, 0);
     let mut t = Trainer::new(&cfg, &shape, &Device::Cpu)?;
-    t.train_epoch(&data, 0, &mut |_, _, _| {})?;
+    t.train_epoch(&data, 0)?;
     let t0 = Instant::now();
     for epoch in 1..=steps {
-        t.train_epoch(&data, epoch, &mut |_, _, _| {})?;
+        t.train_epoch(&data, epoch)?;
     }
     println!(
         "{}: {:.4} s per step (batch {}, {steps} steps)",

@@ -6,7 +6,7 @@ use supermask_export::{LayerWeights, SsmLayer, SsmModel};
 
 /// Sets the thread count from `SUPERMASK_BENCH_THREADS` (default 2) unless
 /// `RAYON_NUM_THREADS` is set, with the CLI's pool and allocator setup
-/// ([`supermask_cli::configure_threads`], [`supermask_cli::configure_allocator`]), and
+/// ([`supermask_train::configure_threads`], [`supermask_train::configure_allocator`]), and
 /// flushes denormals on every thread ([`flush_denormals`]), as the PyTorch scripts do; call
 /// before any tensor work. Returns the count.
 pub fn set_threads() -> usize {
@@ -17,8 +17,8 @@ pub fn set_threads() -> usize {
     let requested = std::env::var_os("RAYON_NUM_THREADS")
         .is_none()
         .then_some(threads);
-    supermask_cli::configure_allocator();
-    let n = supermask_cli::configure_threads(requested);
+    supermask_train::configure_allocator();
+    let n = supermask_train::configure_threads(requested);
     flush_denormals(n);
     n
 }

@@ -1,13 +1,13 @@
 //! `supermask export`, `inspect` and `infer`: trained runs to `.ssm` files and back to
 //! predictions through the sparse ternary engine (`supermask-export`).
 
-use crate::{checkpoint, config::RunConfig, run::CONFIG_FILE, Trainer};
 use anyhow::{ensure, Context, Result};
 use candle_core::{DType, Device};
 use std::{io::Write, path::Path, time::Instant};
 use supermask_core::Layer;
 use supermask_datasets::{load_by_name, Split};
 use supermask_export::{format, Engine, LayerWeights, SsmLayer, SsmModel};
+use supermask_train::{checkpoint, config::RunConfig, run::CONFIG_FILE, Trainer};
 
 /// The exported content of a finished (or checkpointed) run directory: the architecture, each
 /// masked layer's effective weight `W * g(M)` (one magnitude and a sign pattern when the

@@ -1,65 +1,19 @@
-//! Library side of the `supermask` binary: run configs, the trainer, checkpoints, metrics and
-//! the `train` / `eval` workflows. Benchmarks and integration tests use it directly.
+//! The `supermask` command line as a library: [`main`] is the whole binary, so a crate that
+//! adds plugins ships the same command line with its plugins in a three-line `main`:
+//!
+//! ```no_run
+//! fn main() {
+//!     supermask_cli::main()
+//! }
+//! ```
+//!
+//! (a plugin defined in the binary's own crate is linked by that crate; see the README, "A
+//! plugin in its own crate"). The workflows behind the commands live in libraries: training in
+//! `supermask-train`, export and inference glue in [`export`], studies in [`study`].
 
-pub mod checkpoint;
-pub mod config;
-pub mod device;
+mod app;
 pub mod export;
-pub mod guard;
-pub mod metrics;
 pub mod models;
-pub mod run;
 pub mod study;
-pub mod sweep;
-pub mod trainer;
 
-pub use config::RunConfig;
-pub use trainer::Trainer;
-
-/// Links the plugin and model crates so every registration exists.
-pub fn link_plugins() {
-    supermask_plugins::link();
-    supermask_models::link();
-}
-
-/// Sets up the CPU thread pools before any tensor work; returns the thread count the fused
-/// kernels use.
-///
-/// - `threads` (e.g. `--threads`) sets rayon's pool, where the fused kernels, candle's GEMM
-///   and convolutions run (`RAYON_NUM_THREADS` when not given; default: all cores).
-/// - candle's separate element-wise pool is kept to one thread (no worker) unless
-///   `CANDLE_NUM_THREADS` is set: its workers spin-wait between ops and then compete with the
-///   rayon threads for the same cores. Measured on the 2-core development machine: the FCN
-///   epoch takes 1.17 s with one candle thread against 1.26-1.48 s with two, the dense FCN
-///   epoch 0.96 s against 1.90 s (docs/results/bench.md).
-///
-/// Must run before the first tensor operation (both pools read the environment once).
-pub fn configure_threads(threads: Option<usize>) -> usize {
-    if let Some(n) = threads.filter(|&n| n > 0) {
-        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
-    }
-    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
-        std::env::set_var("CANDLE_NUM_THREADS", "1");
-    }
-    std::env::var("RAYON_NUM_THREADS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .filter(|&n| n > 0)
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-}
-
-/// mimalloc's option index of `purge_delay` (`mi_option_purge_delay` in `mimalloc.h`, the same
-/// in its v2 and v3 headers; libmimalloc-sys has no constant for it).
-const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-
-/// Tells mimalloc (the CLI's and benchmarks' global allocator) never to return freed memory
-/// to the OS. A training step frees and reallocates the same activation-sized buffers; with
-/// the default 10 ms purge delay they come back as fresh pages the kernel zeroes on first
-/// touch (15% of a ResNet20 step in `perf`). Measured: ResNet20 signed step 0.73 -> 0.55 s,
-/// Conv4 0.80 -> 0.64 s (docs/results/bench.md). The cost: the process keeps its peak memory.
-#[allow(unsafe_code)]
-pub fn configure_allocator() {
-    // SAFETY: `mi_option_set` stores an option value; it is valid for any option index and
-    // value, at any time, from any thread.
-    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) }
-}
+pub use app::{main, run, Cli};

@@ -2,14 +2,6 @@
 //! the seed, statistics per group (the layout of Tables 1, 2, 12), Welch's t-tests, the paper's
 //! size metric, mask analyses and figures, and a markdown report beside the paper's numbers.
 
-use crate::{
-    checkpoint,
-    config::RunConfig,
-    metrics::EpochMetrics,
-    run::{CONFIG_FILE, METRICS_FILE, SUMMARY_FILE},
-    sweep::{Plan, PLAN_FILE},
-    Trainer,
-};
 use anyhow::Context;
 use candle_core::{DType, Device};
 use sha2::{Digest, Sha256};
@@ -24,7 +16,15 @@ use supermask_analysis::{
     size,
     stats::{welch, Band, Welch},
 };
-use supermask_core::{Layer, Result};
+use supermask_core::{fsio::write_atomic, Layer, Result};
+use supermask_train::{
+    checkpoint,
+    config::RunConfig,
+    metrics::EpochMetrics,
+    run::{CONFIG_FILE, METRICS_FILE, SUMMARY_FILE},
+    sweep::{Plan, PLAN_FILE},
+    Trainer,
+};
 
 /// A finished run.
 #[derive(Clone, Debug)]
@@ -674,8 +674,8 @@ pub fn aggregate(dir: &Path, out: &Path, pairs: &[(String, String)]) -> Result<S
     md.push_str("\nWelch's t-tests:\n\n");
     md.push_str(&comparisons_md(&cmp));
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    checkpoint::write_atomic(&out.join("aggregate.csv"), stats_csv(&stats).as_bytes())?;
-    checkpoint::write_atomic(&out.join("aggregate.md"), md.as_bytes())?;
+    write_atomic(&out.join("aggregate.csv"), stats_csv(&stats).as_bytes())?;
+    write_atomic(&out.join("aggregate.md"), md.as_bytes())?;
     Ok(md)
 }
 
@@ -1362,7 +1362,7 @@ pub fn report(dir: &Path, out: &Path, opts: &ReportOptions) -> Result<()> {
         }
     }
     std::fs::create_dir_all(base).with_context(|| format!("creating {}", base.display()))?;
-    checkpoint::write_atomic(out, md.as_bytes())?;
+    write_atomic(out, md.as_bytes())?;
     Ok(())
 }
 

@@ -4,7 +4,7 @@ mod common;
 
 use common::*;
 use std::path::Path;
-use supermask_cli::config::RunConfig;
+use supermask_train::config::RunConfig;
 #[test]
 fn train_one_epoch_writes_the_run_files() {
     let e = env();
@@ -502,7 +502,7 @@ fn every_preset_loads() {
 /// `initial-rate` threshold and the loss on logits.
 #[test]
 fn every_corrected_preset_can_select_the_first_recipe() {
-    supermask_cli::link_plugins();
+    supermask_train::link_plugins();
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/paper");
     let marker = "# The first recipe (diverges on real images): ";
     let mut n = 0;
@@ -539,7 +539,7 @@ fn every_corrected_preset_can_select_the_first_recipe() {
 
 #[test]
 fn cuda_device_without_cuda_build_is_one_clear_error() {
-    if supermask_cli::device::CUDA_BUILT {
+    if supermask_train::device::CUDA_BUILT {
         return; // a CUDA build may have a GPU; this test is about CPU-only builds
     }
     let e = env();

@@ -55,7 +55,7 @@ fn stop_and_resume_equals_uninterrupted(e: &Env, label: &str, text: &str) {
 
 #[test]
 fn every_model_resumes_bit_identically() {
-    supermask_cli::link_plugins();
+    supermask_train::link_plugins();
     let e = env_sized(64, 32);
     let models = Registry::names(PluginKind::Model);
     assert!(models.len() >= 8, "{models:?}");

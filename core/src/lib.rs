@@ -9,6 +9,7 @@
 //!
 //! Concrete plugins live in `supermask-plugins`; models in `supermask-models`.
 
+pub mod fsio;
 pub mod fused;
 pub mod init;
 pub mod layer;

@@ -340,28 +340,4 @@ pub fn fetch_by_name(name: &str, data_dir: &Path) -> Result<Vec<PathBuf>> {
     }
 }
 
-/// Writes `bytes` to `path` atomically: temp file in the same directory, then rename.
-/// Creates the parent directory if needed.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let parent = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    std::fs::create_dir_all(&parent)
-        .map_err(|e| anyhow!("{}: cannot create directory: {e}", parent.display()))?;
-    let mut builder = tempfile::Builder::new();
-    builder.prefix(".tmp-");
-    // Temp files are created 0600; the final file should get the usual 0666 & !umask.
-    #[cfg(unix)]
-    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
-    let mut tmp = builder
-        .tempfile_in(&parent)
-        .map_err(|e| anyhow!("{}: cannot create temp file: {e}", parent.display()))?;
-    tmp.write_all(bytes)
-        .and_then(|_| tmp.as_file().sync_all())
-        .map_err(|e| anyhow!("{}: write failed: {e}", path.display()))?;
-    tmp.persist(path)
-        .map_err(|e| anyhow!("{}: cannot rename temp file: {}", path.display(), e.error))?;
-    Ok(())
-}
+pub(crate) use supermask_core::fsio::write_atomic;

@@ -12,10 +12,8 @@
 //! bounded by what the input can hold (see [`DECODE_BUDGET_FACTOR`]).
 
 use std::fmt;
-use std::fs::OpenOptions;
-use std::io::Write;
+
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{bail, ensure, Context, Result};
 use sha2::{Digest, Sha256};
@@ -412,44 +410,7 @@ pub fn layer_infos(bytes: &[u8]) -> Result<Vec<LayerInfo>> {
 /// the same directory, which is synced and then renamed over `path`.
 pub fn write_file(m: &SsmModel, path: &Path) -> Result<()> {
     let bytes = encode(m).with_context(|| format!("encoding {}", path.display()))?;
-    let file_name = path
-        .file_name()
-        .with_context(|| format!("{} does not name a file", path.display()))?;
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let mut attempt = 0;
-    let (tmp, mut file) = loop {
-        let tmp = dir.join(format!(
-            ".{}.{}-{}.tmp",
-            file_name.to_string_lossy(),
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
-        match OpenOptions::new().write(true).create_new(true).open(&tmp) {
-            Ok(f) => break (tmp, f),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempt < 100 => {
-                attempt += 1;
-            }
-            Err(e) => {
-                return Err(e).with_context(|| format!("creating {}", tmp.display()));
-            }
-        }
-    };
-    let written = file.write_all(&bytes).and_then(|()| file.sync_all());
-    drop(file);
-    let written = written
-        .with_context(|| format!("writing {}", tmp.display()))
-        .and_then(|()| {
-            std::fs::rename(&tmp, path)
-                .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
-        });
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    written
+    supermask_core::fsio::write_atomic(path, &bytes)
 }
 
 /// Reads and decodes the `.ssm` file at `path`; every error names the path.

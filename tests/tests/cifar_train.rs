@@ -5,8 +5,8 @@
 
 use candle_core::Device;
 use std::path::Path;
-use supermask_cli::{config::RunConfig, Trainer};
 use supermask_datasets::{load_by_name, write_cifar_file, CifarDataset, Split};
+use supermask_train::{config::RunConfig, Trainer};
 
 /// Writes a learnable CIFAR-10 set: class c has a bright 8x8 square at a class-specific place
 /// in one class-specific channel, on uniform noise.
@@ -63,7 +63,7 @@ struct Outcome {
 /// Trains a paper preset (with `sets` overrides) for `epochs` epochs on the generated task:
 /// `5 * per_file` training and 200 test images.
 fn train(preset_name: &str, sets: &[&str], per_file: usize, epochs: usize) -> Outcome {
-    supermask_cli::link_plugins();
+    supermask_train::link_plugins();
     let tmp = tempfile::tempdir().unwrap();
     make_cifar10(tmp.path(), per_file, 200);
     let mut overrides: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
@@ -79,7 +79,7 @@ fn train(preset_name: &str, sets: &[&str], per_file: usize, epochs: usize) -> Ou
     t.check_data(&data).unwrap();
     let losses = (0..epochs)
         .map(|e| {
-            let s = t.train_epoch(&data, e, &mut |_, _, _| {}).unwrap();
+            let s = t.train_epoch(&data, e).unwrap();
             t.end_epoch(s.loss);
             s.loss
         })

@@ -3,9 +3,10 @@
 //! order of float additions); the file round-trips.
 
 use candle_core::{Device, Tensor};
-use supermask_cli::{config::RunConfig, export::export_trainer, Trainer};
+use supermask_cli::export::export_trainer;
 use supermask_datasets::Dataset;
 use supermask_export::{format, Engine};
+use supermask_train::{config::RunConfig, Trainer};
 
 fn preset(name: &str) -> String {
     std::fs::read_to_string(format!(
@@ -63,7 +64,7 @@ fn engine_matches_model_with(
     n: usize,
     random_bn: bool,
 ) {
-    supermask_cli::link_plugins();
+    supermask_train::link_plugins();
     let overrides: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
     let cfg = RunConfig::from_toml(&preset(preset_name), &overrides, preset_name).unwrap();
     let mut trainer = Trainer::new(&cfg, shape, &Device::Cpu).unwrap();
@@ -166,7 +167,7 @@ fn exported_resnet_runs_like_the_training_model() {
 
 #[test]
 fn exported_resnet_with_a_missing_batch_norm_tensor_is_refused() {
-    supermask_cli::link_plugins();
+    supermask_train::link_plugins();
     let name = "table6-resnet20-signed-elus-bn-learnable";
     let cfg = RunConfig::from_toml(&preset(name), &[], name).unwrap();
     let trainer = Trainer::for_config(&cfg, &Device::Cpu).unwrap();

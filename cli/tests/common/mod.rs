@@ -5,8 +5,8 @@ use std::{
     path::{Path, PathBuf},
     process::{Command, Output},
 };
-use supermask_cli::metrics::EpochMetrics;
 use supermask_datasets::{write_idx_images, write_idx_labels};
+use supermask_train::metrics::EpochMetrics;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_supermask");
 

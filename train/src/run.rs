@@ -1,21 +1,20 @@
 //! The `train` and `eval` workflows: output directory, data, epochs, files.
 
 use crate::{
-    checkpoint::{self, write_atomic, LoopState, CHECKPOINT_FILE, STATE_FILE},
+    callbacks::{Callback, Checkpointer, DivergenceGuard, LogEpoch, MetricsFile, Progress},
+    checkpoint::{self, CHECKPOINT_FILE, STATE_FILE},
     config::RunConfig,
     metrics::EpochMetrics,
     trainer::Trainer,
 };
 use anyhow::Context;
 use candle_core::Device;
-use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use std::{
     io::Write,
     path::{Path, PathBuf},
-    time::Instant,
 };
-use supermask_core::Result;
+use supermask_core::{fsio::write_atomic, Result};
 use supermask_datasets::{load_by_name, Dataset, Split};
 
 /// File names written into a run directory.
@@ -109,6 +108,9 @@ pub struct TrainRequest {
     pub progress: bool,
     /// Compute device.
     pub device: Device,
+    /// Callbacks added after the standard ones (progress, log, metrics file, checkpointer,
+    /// divergence guard).
+    pub callbacks: Vec<Box<dyn Callback>>,
 }
 
 /// `summary.json`.
@@ -175,15 +177,6 @@ fn read_metrics(path: &Path) -> Result<Vec<EpochMetrics>> {
             serde_json::from_str(l).with_context(|| format!("{} line {}", path.display(), i + 1))
         })
         .collect()
-}
-
-fn write_metrics(path: &Path, all: &[EpochMetrics]) -> Result<()> {
-    let mut text = String::new();
-    for m in all {
-        text.push_str(&serde_json::to_string(m)?);
-        text.push('\n');
-    }
-    write_atomic(path, text.as_bytes())
 }
 
 /// The metrics of `out` when it holds a finished run of `cfg`; `None` when it holds no run or
@@ -274,85 +267,31 @@ pub fn train_locked(req: TrainRequest, lock: Option<RunLock>) -> Result<Vec<Epoc
     let _ = std::fs::remove_file(out.join(SUMMARY_FILE));
 
     let end = cfg.train.epochs.min(req.stop_after.unwrap_or(usize::MAX));
-    for epoch in start_epoch..end {
-        let bar = progress_bar(req.progress, epoch + 1, cfg.train.epochs);
-        let t0 = Instant::now();
-        let train_stats = trainer
-            .train_epoch(&train_set, epoch, &mut |done, total, loss| {
-                if let Some(b) = &bar {
-                    b.set_length(total as u64);
-                    b.set_position(done as u64);
-                    b.set_message(format!("loss {loss:.4}"));
-                }
-            })
-            .with_context(|| {
-                format!(
-                    "training stopped; {} holds the checkpoint of the last finished epoch ({epoch})",
-                    out.display()
-                )
-            })?;
-        let seconds = t0.elapsed().as_secs_f64();
-        trainer.end_epoch(train_stats.loss);
-        if let Some(b) = bar {
-            b.finish_and_clear();
-        }
-        let t1 = Instant::now();
-        let test_stats = trainer.evaluate(&test_set)?;
-        let (remaining, layers) = trainer.layer_metrics()?;
-        let m = EpochMetrics {
-            epoch: epoch + 1,
-            step: trainer.step,
-            lr: trainer.lr(),
-            train_loss: train_stats.loss,
-            train_acc: train_stats.acc,
-            test_loss: test_stats.loss,
-            test_acc: test_stats.acc,
-            remaining,
-            seconds,
-            eval_seconds: t1.elapsed().as_secs_f64(),
-            layers,
-        };
-        tracing::info!(
-            "epoch {}/{} train loss {:.4} acc {:.4} | test loss {:.4} acc {:.4} | remaining {:.4} [{}] | {:.2}s",
-            m.epoch,
+    if req.progress {
+        trainer.add_callback(Box::new(Progress::new(cfg.train.epochs)));
+    }
+    trainer.add_callback(Box::new(LogEpoch));
+    trainer.add_callback(Box::new(MetricsFile::new(&out.join(METRICS_FILE))));
+    trainer.add_callback(Box::new(Checkpointer::new(out)));
+    trainer.add_callback(Box::new(DivergenceGuard::new(cfg.train.guard.clone())));
+    for callback in req.callbacks {
+        trainer.add_callback(callback);
+    }
+    trainer
+        .fit(
+            &train_set,
+            &test_set,
+            start_epoch..end,
             cfg.train.epochs,
-            m.train_loss,
-            m.train_acc,
-            m.test_loss,
-            m.test_acc,
-            m.remaining,
-            m.layers.iter().map(|l| format!("{} {:.4}", l.name, l.remaining)).collect::<Vec<_>>().join(", "),
-            m.seconds
-        );
-        tracing::info!(
-            "epoch {} mask shares -1/0/+1: {}",
-            m.epoch,
-            m.layers
-                .iter()
-                .map(|l| format!("{} {:.4}/{:.4}/{:.4}", l.name, l.neg, l.zero, l.pos))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-        history.push(m);
-        write_metrics(&out.join(METRICS_FILE), &history)?;
-        checkpoint::save(
-            out,
-            &trainer,
-            &LoopState {
-                epoch: epoch + 1,
-                step: trainer.step,
-                plateau: trainer.plateau.clone(),
-            },
-        )?;
-        crate::guard::check(&cfg.train.guard, &history, test_set.classes).with_context(|| {
+            &mut history,
+        )
+        .with_context(|| {
             format!(
-                "training stopped by the divergence guard ([train.guard]); {} holds the \
-                 checkpoint and metrics of epoch {}",
+                "{} holds the checkpoint and metrics of the last finished epoch ({})",
                 out.display(),
-                epoch + 1
+                history.len()
             )
         })?;
-    }
 
     if history.len() == cfg.train.epochs {
         let last = history.last().context("no epoch trained")?;
@@ -370,20 +309,6 @@ pub fn train_locked(req: TrainRequest, lock: Option<RunLock>) -> Result<Vec<Epoc
         )?;
     }
     Ok(history)
-}
-
-fn progress_bar(enabled: bool, epoch: usize, epochs: usize) -> Option<ProgressBar> {
-    if !enabled {
-        return None;
-    }
-    let bar = ProgressBar::new(0);
-    bar.set_style(
-        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} {elapsed}")
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
-    bar.set_prefix(format!("epoch {epoch}/{epochs}"));
-    Some(bar)
 }
 
 /// Result of `eval`.
@@ -440,6 +365,7 @@ pub fn print_eval(report: &EvalReport, w: &mut dyn Write) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::callbacks::write_metrics;
 
     /// A resumed run rewrites its earlier metric lines from what it read back, so the file's
     /// numbers must survive a read and a write unchanged. 3398 / 30000 (a layer's zero share

@@ -1,14 +1,18 @@
-//! The training loop of one model: batches, loss, backward, optimizer, thresholds, metrics.
+//! The training loop of one model: batches, loss, backward, optimizer step, callbacks,
+//! evaluation and metrics.
 
-use crate::{config::RunConfig, metrics::LayerMetrics};
+use crate::{
+    callbacks::{Callback, EpochEnd, StepInfo, ThresholdUpdates},
+    config::RunConfig,
+    metrics::{EpochMetrics, LayerMetrics},
+};
 use anyhow::Context;
 use candle_core::{Device, Tensor, Var};
-use std::sync::Arc;
+use std::{ops::Range, time::Instant};
 use supermask_core::{
     build_model, loss,
-    model::masked_layers_mut,
     optim::{Optimizer, PlateauState},
-    trainable_params, ForwardCtx, Layer, Model, Result, Threshold, UpdateEvery,
+    trainable_params, ForwardCtx, Layer, Model, Result,
 };
 use supermask_datasets::{augment_pad_crop_flip, epoch_order, Dataset};
 
@@ -21,14 +25,14 @@ pub struct PassStats {
     pub acc: f64,
 }
 
-/// A model with its optimizer state and step counter.
+/// A model with its optimizer state, step counter and callbacks.
 pub struct Trainer {
     cfg: RunConfig,
     /// Per-sample input shape the model was built for.
     input: Vec<usize>,
     model: Box<dyn Model>,
     opt: Optimizer,
-    threshold: Option<Arc<dyn Threshold>>,
+    callbacks: Vec<Box<dyn Callback>>,
     /// Global optimizer step.
     pub step: u64,
     /// Reduce-on-plateau state.
@@ -46,7 +50,8 @@ impl Trainer {
     }
 
     /// Builds and initializes the model of `cfg` on `device` for per-sample inputs of shape
-    /// `input` (the dataset's, e.g. [`RunConfig::input_shape`]).
+    /// `input` (the dataset's, e.g. [`RunConfig::input_shape`]). Its only callback is
+    /// [`ThresholdUpdates`] when the threshold rule updates during training.
     pub fn new(cfg: &RunConfig, input: &[usize], device: &Device) -> Result<Self> {
         let model = build_model(cfg.model.as_ref(), input, &cfg.masking, device, cfg.seed)?;
         let names = trainable_params(model.as_ref())
@@ -57,7 +62,14 @@ impl Trainer {
             cfg: cfg.clone(),
             input: input.to_vec(),
             opt: Optimizer::new(cfg.optimizer.clone(), names).with_path(cfg.train.kernels.path),
-            threshold: cfg.masking.threshold().cloned(),
+            callbacks: cfg
+                .masking
+                .threshold()
+                .cloned()
+                .and_then(ThresholdUpdates::new)
+                .map(|c| Box::new(c) as Box<dyn Callback>)
+                .into_iter()
+                .collect(),
             model,
             step: 0,
             plateau: PlateauState::default(),
@@ -69,6 +81,21 @@ impl Trainer {
     /// its data: export, analysis).
     pub fn for_config(cfg: &RunConfig, device: &Device) -> Result<Self> {
         Self::new(cfg, &cfg.input_shape()?, device)
+    }
+
+    /// Adds a callback; callbacks run in the order they were added.
+    pub fn add_callback(&mut self, callback: Box<dyn Callback>) {
+        self.callbacks.push(callback);
+    }
+
+    /// The names of the callbacks, in order.
+    pub fn callback_names(&self) -> Vec<&str> {
+        self.callbacks.iter().map(|c| c.name()).collect()
+    }
+
+    /// The run's config.
+    pub fn config(&self) -> &RunConfig {
+        &self.cfg
     }
 
     /// Per-sample input shape the model was built for.
@@ -147,35 +174,24 @@ impl Trainer {
         Ok((x, y))
     }
 
-    /// Recomputes thresholds if the rule updates at `when`.
-    fn update_thresholds(&mut self, when: UpdateEvery) -> Result<()> {
-        let Some(th) = self.threshold.clone() else {
-            return Ok(());
-        };
-        if th.every() != when {
-            return Ok(());
-        }
-        let mut masked = masked_layers_mut(self.model.as_mut());
-        let scores: Vec<Tensor> = masked
-            .iter()
-            .map(|m| m.scores().as_tensor().detach())
-            .collect();
-        let current: Vec<_> = masked.iter().map(|m| m.taus()).collect();
-        let taus = th.update(&scores, &current)?;
-        for (m, t) in masked.iter_mut().zip(taus) {
-            m.set_taus(t)?;
-        }
-        Ok(())
+    /// Runs `f` on every callback with the model (the callbacks are taken out for the call).
+    fn each_callback(
+        &mut self,
+        mut f: impl FnMut(&mut dyn Callback, &mut dyn Model) -> Result<()>,
+    ) -> Result<()> {
+        let mut callbacks = std::mem::take(&mut self.callbacks);
+        let result = callbacks.iter_mut().try_for_each(|c| {
+            let name = c.name().to_string();
+            f(c.as_mut(), self.model.as_mut()).with_context(|| format!("callback `{name}`"))
+        });
+        self.callbacks = callbacks;
+        result
     }
 
-    /// Trains one epoch (0-based `epoch` selects the data order); `on_batch(done, total,
-    /// loss)` is called after every step. Fails on a non-finite loss.
-    pub fn train_epoch(
-        &mut self,
-        data: &Dataset,
-        epoch: usize,
-        on_batch: &mut dyn FnMut(usize, usize, f64),
-    ) -> Result<PassStats> {
+    /// Trains one epoch (0-based `epoch` selects the data order), calling the callbacks'
+    /// `on_step` after every step and `on_train_end` after the last. Fails on a non-finite
+    /// loss.
+    pub fn train_epoch(&mut self, data: &Dataset, epoch: usize) -> Result<PassStats> {
         let order = epoch_order(data.n, self.cfg.seed, epoch, self.cfg.data.shuffle);
         let batches: Vec<&[usize]> = order.chunks(self.cfg.data.batch_size).collect();
         let (mut loss_sum, mut correct) = (0.0f64, 0usize);
@@ -202,16 +218,76 @@ impl Trainer {
             self.opt
                 .step(&params, &grads, factor * self.plateau.factor, factor)?;
             self.step += 1;
-            self.update_thresholds(UpdateEvery::Step)?;
+            let info = StepInfo {
+                epoch,
+                batch: i + 1,
+                batches: batches.len(),
+                step: self.step,
+                loss: lv,
+            };
+            self.each_callback(|c, model| c.on_step(model, &info))?;
             loss_sum += lv * idx.len() as f64;
             correct += loss::correct(&logits.detach(), &y)?;
-            on_batch(i + 1, batches.len(), lv);
         }
-        self.update_thresholds(UpdateEvery::Epoch)?;
+        self.each_callback(|c, model| c.on_train_end(model, epoch))?;
         Ok(PassStats {
             loss: loss_sum / data.n as f64,
             acc: correct as f64 / data.n as f64,
         })
+    }
+
+    /// Trains the 0-based epochs `epochs` of a run of `total_epochs`: per epoch,
+    /// [`Trainer::train_epoch`], the schedule's epoch end, evaluation on `test`, the epoch's
+    /// [`EpochMetrics`] appended to `history`, then the callbacks' `on_epoch_end`. The first
+    /// error (a non-finite loss, a callback such as the divergence guard) stops it; `history`
+    /// then holds the epochs that finished.
+    pub fn fit(
+        &mut self,
+        train: &Dataset,
+        test: &Dataset,
+        epochs: Range<usize>,
+        total_epochs: usize,
+        history: &mut Vec<EpochMetrics>,
+    ) -> Result<()> {
+        for epoch in epochs {
+            let t0 = Instant::now();
+            let train_stats = self
+                .train_epoch(train, epoch)
+                .with_context(|| format!("training stopped in epoch {}", epoch + 1))?;
+            let seconds = t0.elapsed().as_secs_f64();
+            self.end_epoch(train_stats.loss);
+            let t1 = Instant::now();
+            let test_stats = self.evaluate(test)?;
+            let (remaining, layers) = self.layer_metrics()?;
+            history.push(EpochMetrics {
+                epoch: epoch + 1,
+                step: self.step,
+                lr: self.lr(),
+                train_loss: train_stats.loss,
+                train_acc: train_stats.acc,
+                test_loss: test_stats.loss,
+                test_acc: test_stats.acc,
+                remaining,
+                seconds,
+                eval_seconds: t1.elapsed().as_secs_f64(),
+                layers,
+            });
+            let end = EpochEnd {
+                metrics: history.last().expect("pushed above"),
+                history,
+                epochs: total_epochs,
+                classes: test.classes,
+            };
+            let mut callbacks = std::mem::take(&mut self.callbacks);
+            let result = callbacks.iter_mut().try_for_each(|c| {
+                let name = c.name().to_string();
+                c.on_epoch_end(self, &end)
+                    .with_context(|| format!("{name} after epoch {}", epoch + 1))
+            });
+            self.callbacks = callbacks;
+            result?;
+        }
+        Ok(())
     }
 
     /// Loss and accuracy on `data` in evaluation mode.

@@ -276,7 +276,7 @@ pub fn write_plan(out: &Path, plan: &Plan) -> Result<()> {
         );
         return Ok(());
     }
-    crate::checkpoint::write_atomic(&path, serde_json::to_string_pretty(plan)?.as_bytes())
+    supermask_core::fsio::write_atomic(&path, serde_json::to_string_pretty(plan)?.as_bytes())
 }
 
 /// Quotes a word for a POSIX shell when needed.
@@ -377,6 +377,7 @@ pub fn execute(
                     stop_after: None,
                     progress: false,
                     device: Device::Cpu,
+                    callbacks: Vec::new(),
                 },
                 Some(lock),
             )?;

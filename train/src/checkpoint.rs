@@ -8,7 +8,11 @@ use anyhow::Context;
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 use std::{collections::HashMap, path::Path};
-use supermask_core::{optim::PlateauState, trainable_params, Result};
+use supermask_core::{
+    fsio::{write_atomic, write_atomic_with},
+    optim::PlateauState,
+    trainable_params, Result,
+};
 
 /// File name of the tensor checkpoint.
 pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
@@ -27,20 +31,6 @@ pub struct LoopState {
     /// Reduce-on-plateau state.
     #[serde(default)]
     pub plateau: PlateauState,
-}
-
-/// Writes `bytes` to `path` atomically.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = tmp_path(path);
-    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
-    Ok(())
-}
-
-fn tmp_path(path: &Path) -> std::path::PathBuf {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(".tmp");
-    path.with_file_name(name)
 }
 
 /// The checkpoint name of a parameter's momentum buffer.
@@ -74,11 +64,9 @@ pub fn save(dir: &Path, trainer: &Trainer, state: &LoopState) -> Result<()> {
         STATE_TENSOR.to_string(),
         Tensor::from_vec(bytes, n, &Device::Cpu)?,
     );
-    let path = dir.join(CHECKPOINT_FILE);
-    let tmp = tmp_path(&path);
-    candle_core::safetensors::save(&tensors, &tmp)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, &path).with_context(|| format!("renaming to {}", path.display()))?;
+    write_atomic_with(&dir.join(CHECKPOINT_FILE), |tmp| {
+        Ok(candle_core::safetensors::save(&tensors, tmp)?)
+    })?;
     write_atomic(&dir.join(STATE_FILE), state_json.as_bytes())
 }
 

