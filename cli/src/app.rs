@@ -7,7 +7,8 @@ use supermask_core::{PluginKind, Registry};
 use supermask_datasets::{fetch_by_name, resolve_data_dir};
 use supermask_train::{
     config::{RunConfig, DEFAULT_CONFIG_NAME},
-    run::{self, TrainRequest, CONFIG_FILE},
+    run::{self, TrainRequest},
+    rundir::RunDir,
 };
 
 /// Train and study signed Supermasks.
@@ -305,8 +306,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                             "--resume only accepts --set train.epochs=N (got --set {s})"
                         );
                     }
-                    let cfg = RunConfig::load(Some(&dir.join(CONFIG_FILE)), &set)
-                        .with_context(|| format!("{} is not a resumable run", dir.display()))?;
+                    let cfg = RunDir::open_with(&dir, &set)
+                        .with_context(|| format!("{} is not a resumable run", dir.display()))?
+                        .config;
                     (cfg, dir, run::Start::Resume)
                 }
                 None => {

@@ -7,16 +7,15 @@ use std::{io::Write, path::Path, time::Instant};
 use supermask_core::Layer;
 use supermask_datasets::{load_by_name, Split};
 use supermask_export::{format, Engine, LayerWeights, SsmLayer, SsmModel};
-use supermask_train::{checkpoint, config::RunConfig, run::CONFIG_FILE, Trainer};
+use supermask_train::{config::RunConfig, rundir::RunDir, Trainer};
 
 /// The exported content of a finished (or checkpointed) run directory: the architecture, each
 /// masked layer's effective weight `W * g(M)` (one magnitude and a sign pattern when the
 /// weights are signed constants), dense layers' weights, and the batch-norm tensors.
 pub fn export_run(dir: &Path) -> Result<SsmModel> {
-    let cfg = RunConfig::load(Some(&dir.join(CONFIG_FILE)), &[])?;
-    let mut trainer = Trainer::for_config(&cfg, &Device::Cpu)?;
-    checkpoint::load(dir, &mut trainer, &Device::Cpu, false)?;
-    export_trainer(&cfg, &trainer)
+    let run = RunDir::open(dir)?;
+    let trainer = run.trained_for_config(&Device::Cpu)?;
+    export_trainer(&run.config, &trainer)
 }
 
 /// The exported content of a trainer's current model (see [`export_run`]).
@@ -191,9 +190,7 @@ pub fn infer(
         .count();
     let (mut mismatches, mut max_rel) = (None, None);
     if let Some(dir) = compare {
-        let cfg = RunConfig::load(Some(&dir.join(CONFIG_FILE)), &[])?;
-        let mut trainer = Trainer::for_config(&cfg, &Device::Cpu)?;
-        checkpoint::load(dir, &mut trainer, &Device::Cpu, false)?;
+        let trainer = RunDir::open(dir)?.trained_for_config(&Device::Cpu)?;
         let reference = trainer.logits(&test)?;
         ensure!(
             reference.len() == logits.len(),

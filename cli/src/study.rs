@@ -18,12 +18,10 @@ use supermask_analysis::{
 };
 use supermask_core::{fsio::write_atomic, Layer, Result};
 use supermask_train::{
-    checkpoint,
     config::RunConfig,
     metrics::EpochMetrics,
-    run::{CONFIG_FILE, METRICS_FILE, SUMMARY_FILE},
+    rundir::{RunDir, CONFIG_FILE, METRICS_FILE, SUMMARY_FILE},
     sweep::{Plan, PLAN_FILE},
-    Trainer,
 };
 
 /// A finished run.
@@ -52,8 +50,12 @@ impl RunRecord {
 
     /// The final masks `g(M)` of the masked layers, from the checkpoint.
     pub fn masks(&self) -> Result<Vec<LayerMask>> {
-        let mut trainer = Trainer::for_config(&self.config, &Device::Cpu)?;
-        checkpoint::load(&self.dir, &mut trainer, &Device::Cpu, false)?;
+        let run = RunDir {
+            dir: self.dir.clone(),
+            config: self.config.clone(),
+            metrics: Vec::new(),
+        };
+        let trainer = run.trained_for_config(&Device::Cpu)?;
         let mut out = Vec::new();
         for layer in trainer.model().layers() {
             if let Layer::Masked(l) = layer {
@@ -195,23 +197,14 @@ pub fn load_groups(dir: &Path) -> Result<(Vec<Group>, Vec<PathBuf>)> {
         if !d.join(CONFIG_FILE).exists() || !d.join(METRICS_FILE).exists() {
             continue;
         }
-        if !d.join(SUMMARY_FILE).exists() {
+        let run = RunDir::open(&d)?;
+        if !run.is_finished() {
             unfinished.push(d);
             continue;
         }
-        let config = RunConfig::load(Some(&d.join(CONFIG_FILE)), &[])?;
-        let text = std::fs::read_to_string(d.join(METRICS_FILE))
-            .with_context(|| format!("reading {}", d.join(METRICS_FILE).display()))?;
-        let metrics: Vec<EpochMetrics> = text
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(serde_json::from_str)
-            .collect::<std::result::Result<_, _>>()
-            .with_context(|| format!("parsing {}", d.join(METRICS_FILE).display()))?;
-        if metrics.len() != config.train.epochs {
-            unfinished.push(d);
-            continue;
-        }
+        let RunDir {
+            config, metrics, ..
+        } = run;
         let name = d
             .file_name()
             .unwrap_or_default()

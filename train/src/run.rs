@@ -1,9 +1,12 @@
 //! The `train` and `eval` workflows: output directory, data, epochs, files.
 
+pub use crate::rundir::{RunDir, RunLock, CONFIG_FILE, LOCK_FILE, METRICS_FILE, SUMMARY_FILE};
+
 use crate::{
     callbacks::{Callback, Checkpointer, DivergenceGuard, LogEpoch, MetricsFile, Progress},
     checkpoint::{self, CHECKPOINT_FILE, STATE_FILE},
     config::RunConfig,
+    rundir::read_metrics,
     metrics::EpochMetrics,
     trainer::Trainer,
 };
@@ -16,67 +19,6 @@ use std::{
 };
 use supermask_core::{fsio::write_atomic, Result};
 use supermask_datasets::{load_by_name, Dataset, Split};
-
-/// File names written into a run directory.
-pub const CONFIG_FILE: &str = "config.toml";
-/// Per-epoch metrics, one JSON object per line.
-pub const METRICS_FILE: &str = "metrics.jsonl";
-/// Final values; its presence marks a finished run.
-pub const SUMMARY_FILE: &str = "summary.json";
-/// Lock file: a process training a run directory holds an exclusive lock on it.
-pub const LOCK_FILE: &str = ".lock";
-
-/// An exclusive advisory lock (`flock`) on a run directory, held while a process trains it.
-/// The operating system releases it when the process exits, however it exits (SIGKILL
-/// included), so a stale lock never blocks a restart.
-#[derive(Debug)]
-pub struct RunLock {
-    _file: std::fs::File,
-}
-
-impl RunLock {
-    fn open(dir: &Path) -> Result<std::fs::File> {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let path = dir.join(LOCK_FILE);
-        std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .with_context(|| format!("opening {}", path.display()))
-    }
-
-    /// Takes the lock of `dir` (created if missing); `None` when another process holds it.
-    pub fn try_acquire(dir: &Path) -> Result<Option<Self>> {
-        let file = Self::open(dir)?;
-        match file.try_lock() {
-            Ok(()) => Ok(Some(Self { _file: file })),
-            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
-            Err(std::fs::TryLockError::Error(e)) => {
-                Err(anyhow::Error::new(e).context(format!("locking {}", dir.display())))
-            }
-        }
-    }
-
-    /// Takes the lock of `dir`, or fails with a clear error when another process trains it.
-    pub fn acquire(dir: &Path) -> Result<Self> {
-        Self::try_acquire(dir)?.with_context(|| {
-            format!(
-                "{} is being trained by another process (it holds {}); wait for it or choose another --out",
-                dir.display(),
-                dir.join(LOCK_FILE).display()
-            )
-        })
-    }
-
-    /// Waits until the lock of `dir` is free, then takes it.
-    pub fn wait(dir: &Path) -> Result<Self> {
-        let file = Self::open(dir)?;
-        file.lock()
-            .with_context(|| format!("locking {}", dir.display()))?;
-        Ok(Self { _file: file })
-    }
-}
 
 /// How `train` treats the output directory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -164,38 +106,19 @@ pub fn load_data(cfg: &RunConfig, data_dir: &Path) -> Result<(Dataset, Dataset)>
     Ok((train, test))
 }
 
-fn read_metrics(path: &Path) -> Result<Vec<EpochMetrics>> {
-    if !path.exists() {
-        return Ok(Vec::new());
-    }
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    text.lines()
-        .filter(|l| !l.trim().is_empty())
-        .enumerate()
-        .map(|(i, l)| {
-            serde_json::from_str(l).with_context(|| format!("{} line {}", path.display(), i + 1))
-        })
-        .collect()
-}
-
 /// The metrics of `out` when it holds a finished run of `cfg`; `None` when it holds no run or
 /// an unfinished one; an error when it holds a run of another config.
 pub fn finished_run(out: &Path, cfg: &RunConfig) -> Result<Option<Vec<EpochMetrics>>> {
     if !out.join(CONFIG_FILE).exists() {
         return Ok(None);
     }
-    let stored = RunConfig::load(Some(&out.join(CONFIG_FILE)), &[])?;
+    let run = RunDir::open(out)?;
     anyhow::ensure!(
-        stored.to_toml()? == cfg.to_toml()?,
+        run.config.to_toml()? == cfg.to_toml()?,
         "{} holds a run of another config; choose another --out",
         out.display()
     );
-    if !out.join(SUMMARY_FILE).exists() {
-        return Ok(None);
-    }
-    let history = read_metrics(&out.join(METRICS_FILE))?;
-    Ok((history.len() == cfg.train.epochs).then_some(history))
+    Ok(run.is_finished().then_some(run.metrics))
 }
 
 /// Trains as requested under the output directory's lock; returns the metrics of every epoch.
@@ -326,17 +249,10 @@ pub struct EvalReport {
 
 /// Evaluates the checkpoint in a run directory on its config's test set.
 pub fn eval(dir: &Path, data_dir: &Path, device: &Device) -> Result<EvalReport> {
-    anyhow::ensure!(
-        dir.join(CHECKPOINT_FILE).exists(),
-        "{} holds no checkpoint ({CHECKPOINT_FILE}); pass a directory written by `supermask train`",
-        dir.display()
-    );
-    let cfg = RunConfig::load(Some(&dir.join(CONFIG_FILE)), &[])?;
-    let device = device.clone();
-    let test = load_checked(&cfg, data_dir, Split::Test)?;
-    let mut trainer = Trainer::new(&cfg, &test.shape, &device)?;
+    let run = RunDir::open(dir)?;
+    let test = load_checked(&run.config, data_dir, Split::Test)?;
+    let trainer = run.trained(&test.shape, device)?;
     trainer.check_data(&test)?;
-    checkpoint::load(dir, &mut trainer, &device, false)?;
     let stats = trainer.evaluate(&test)?;
     let (remaining, layers) = trainer.layer_metrics()?;
     Ok(EvalReport {
