@@ -175,9 +175,18 @@ enum DataCommand {
 
 /// The `supermask` binary: sets up logging, links the framework's plugins, parses the
 /// process arguments, sets up threads and the allocator, runs the command, and on an error
-/// prints it with its causes on one line and exits with status 1. Plugins of the calling
-/// crate are registered already (they are linked into its binary).
+/// prints it with its causes on one line and exits with status 1.
 pub fn main() {
+    main_with(&[])
+}
+
+/// [`main`] for a binary that adds plugins: calls each of `links` first (a plugin crate's
+/// `link()`, which makes sure the crate is linked so its registrations exist), so
+/// `supermask_cli::main_with(&[my_plugins::link])` is the whole `main` of a plugin crate.
+pub fn main_with(links: &[fn()]) {
+    for link in links {
+        link();
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

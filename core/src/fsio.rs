@@ -35,6 +35,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 /// temporary file exists (empty) when `write` is called; after `write` returns it is synced
 /// and renamed over `path`. On any error it is removed and `path` is untouched.
 pub fn write_atomic_with(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    replace(path, write).with_context(|| format!("writing {}", path.display()))
+}
+
+fn replace(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let parent = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
@@ -54,7 +58,7 @@ pub fn write_atomic_with(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -
         });
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
-        return result.with_context(|| format!("writing {}", path.display()));
+        return result;
     }
     sync_dir(&parent);
     Ok(())

@@ -8,7 +8,7 @@
 use crate::{
     fused::{with_f32, EffLayout, Effective, FusedLayer, Geometry, KernelConfig},
     init::{Fans, Initializer},
-    mask::{MaskCtx, MaskFn},
+    mask::{MaskCtx, MaskFn, MaskGradient},
     model::MaskingConfig,
     rng,
     threshold::Taus,
@@ -274,7 +274,12 @@ impl MaskedLayer {
     /// Effective weight `W * g(M)` with the straight-through gradient to `M` (reference path).
     pub fn effective_weight(&self, ctx: &ForwardCtx) -> Result<Tensor> {
         let mctx = self.mask_ctx(ctx);
-        let m = self.mask.apply(self.scores.as_tensor(), self.taus, &mctx)?;
+        let m = crate::mask::apply(
+            self.mask.as_ref(),
+            self.scores.as_tensor(),
+            self.taus,
+            &mctx,
+        )?;
         Ok(self.weight()?.mul(&m)?)
     }
 }
@@ -370,7 +375,7 @@ impl Layer {
         let (eff, weight, param) = match self {
             Layer::Masked(l) => {
                 let w = l.weight()?;
-                if !l.mask.straight_through() || !ctx.kernels.fused_for(w) {
+                if l.mask.gradient() != MaskGradient::StraightThrough || !ctx.kernels.fused_for(w) {
                     return Ok(None);
                 }
                 let eff = l.fused_effective(ctx, ctx.kernels.layout())?;

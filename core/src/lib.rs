@@ -25,7 +25,7 @@ pub mod threshold;
 pub use init::{sample_with_variance, Distribution, Fans, Initializer};
 pub use layer::{DenseLayer, ForwardCtx, Layer, LayerFactory, LayerOp, LayerSpec, MaskedLayer};
 pub use loss::Loss;
-pub use mask::{MaskCtx, MaskFn, MaskRange};
+pub use mask::{MaskCtx, MaskFn, MaskGradient, MaskRange};
 pub use model::{build_model, trainable_params, MaskingConfig, Model, ModelSpec};
 pub use norm::{BatchNorm, BnMode};
 pub use registry::{PluginEntry, PluginKind, Registry};

@@ -2,7 +2,8 @@
 //!
 //! A mask function maps a real score tensor `M` to mask values `g(M)`; the effective weight of a
 //! masked layer is `W * g(M)`. In the backward pass `g` is treated as the identity (the
-//! straight-through estimator, STE), so `dL/dM = dL/d(W*g(M)) * W`.
+//! straight-through estimator, STE), so `dL/dM = dL/d(W*g(M)) * W`, unless the mask declares
+//! another gradient ([`MaskGradient`]); [`apply`] is the one place that builds it.
 
 use crate::{threshold::Taus, Result};
 use candle_core::Tensor;
@@ -54,6 +55,11 @@ pub trait MaskFn: Debug + Send + Sync {
     /// The values this mask can produce.
     fn range(&self) -> MaskRange;
 
+    /// Checks the parameters (called when a config is loaded, before anything is written).
+    fn validate(&self) -> Result<()> {
+        Ok(())
+    }
+
     /// The hard mask `g(M)` (no gradient), with the same shape and dtype as `scores`.
     fn hard(&self, scores: &Tensor, taus: Taus, ctx: &MaskCtx) -> Result<Tensor>;
 
@@ -65,17 +71,52 @@ pub trait MaskFn: Debug + Send + Sync {
         false
     }
 
-    /// Whether the gradient to `M` is the identity straight-through estimator of the default
-    /// [`MaskFn::apply`]. The fused kernels implement exactly that; a mask that overrides
-    /// `apply` with another gradient must return `false` here and runs on the reference path.
-    fn straight_through(&self) -> bool {
-        true
+    /// The gradient this mask passes to its scores; [`apply`] builds it. The default is the
+    /// identity straight-through estimator, which the fused kernels implement. A mask that
+    /// declares [`MaskGradient::Surrogate`] trains on the reference path (the fused kernels
+    /// never train it with another gradient).
+    fn gradient(&self) -> MaskGradient {
+        MaskGradient::StraightThrough
     }
 
-    /// The mask as used in the forward pass: the values of `g(M)`, the gradient of the identity
-    /// (`g(M).detach() + M - M.detach()`, the STE as the authors wrote it).
-    fn apply(&self, scores: &Tensor, taus: Taus, ctx: &MaskCtx) -> Result<Tensor> {
-        let hard = self.hard(&scores.detach(), taus, ctx)?;
-        Ok((scores - scores.detach())?.add(&hard)?)
+    /// The differentiable surrogate `s(M)` of a mask that declares
+    /// [`MaskGradient::Surrogate`]: the mask's gradient is `dL/dM = dL/dg * s'(M)`, with `s'`
+    /// from candle's autograd of this expression. Only called for such masks.
+    fn surrogate(&self, scores: &Tensor, taus: Taus) -> Result<Tensor> {
+        let _ = (scores, taus);
+        anyhow::bail!(
+            "mask {self:?} declares a surrogate gradient but does not implement `surrogate`"
+        )
     }
+}
+
+/// The gradient a mask function passes to its scores (the mask's values are its
+/// [`MaskFn::hard`] either way).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MaskGradient {
+    /// `dL/dM = dL/dg`: the identity straight-through estimator (the paper's, and Zhou et al.'s
+    /// and edge-popup's). The fused kernels implement it.
+    StraightThrough,
+    /// `dL/dM = dL/dg * s'(M)` for the mask's [`MaskFn::surrogate`] `s`. Layers of such a mask
+    /// run on the reference kernels.
+    Surrogate,
+}
+
+/// The mask as used in the forward pass: the values of `g(M)`, with the gradient the mask
+/// declares ([`MaskFn::gradient`]): `g(M).detach() + s(M) - s(M).detach()` with `s(M) = M` for
+/// the straight-through estimator (as the authors wrote it) or the mask's surrogate.
+pub fn apply(mask: &dyn MaskFn, scores: &Tensor, taus: Taus, ctx: &MaskCtx) -> Result<Tensor> {
+    let hard = mask.hard(&scores.detach(), taus, ctx)?;
+    let s = match mask.gradient() {
+        MaskGradient::StraightThrough => scores.clone(),
+        MaskGradient::Surrogate => mask.surrogate(scores, taus)?,
+    };
+    anyhow::ensure!(
+        s.dims() == scores.dims(),
+        "mask {mask:?}: the surrogate has shape {:?}, the scores {:?}",
+        s.dims(),
+        scores.dims()
+    );
+    Ok((&s - s.detach())?.add(&hard)?)
 }

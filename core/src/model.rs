@@ -110,11 +110,12 @@ impl MaskingConfig {
     pub fn validate(&self) -> Result<()> {
         match self {
             MaskingConfig::Masked {
+                mask,
                 threshold,
                 weight_init,
                 score_init,
-                ..
             } => {
+                mask.validate().context("masking.mask")?;
                 threshold.validate().context("masking.threshold")?;
                 weight_init.validate().context("masking.weight_init")?;
                 score_init.validate().context("masking.score_init")?;

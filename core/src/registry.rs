@@ -71,6 +71,7 @@ pub enum Plugin {
 }
 
 /// One registered plugin.
+#[derive(Debug)]
 pub struct PluginEntry {
     /// Its kind.
     pub kind: PluginKind,
@@ -78,26 +79,56 @@ pub struct PluginEntry {
     pub name: &'static str,
     /// One line saying what it is (and which equation of the paper it implements).
     pub description: &'static str,
+    /// Parameters (TOML, without `type`) that build a representative instance: the conformance
+    /// checks ([`crate::conformance`]) and the registry tests build every plugin with them.
+    /// Empty when the defaults do.
+    pub example: &'static str,
     /// Builds it from its parameters (the config table without the `type` key).
     pub create: fn(toml::Table) -> Result<Plugin>,
+}
+
+impl PluginEntry {
+    /// [`PluginEntry::example`] parsed.
+    pub fn example_params(&self) -> Result<toml::Table> {
+        toml::from_str(self.example).map_err(|e| {
+            anyhow::anyhow!(
+                "{} `{}`: its registered example parameters are not TOML: {e}",
+                self.kind,
+                self.name
+            )
+        })
+    }
+
+    /// Builds the plugin with its example parameters.
+    pub fn create_example(&self) -> Result<Plugin> {
+        (self.create)(self.example_params()?)
+    }
 }
 
 inventory::collect!(PluginEntry);
 
 /// Registers a plugin type under a kind and a name. The type must implement `Deserialize`
-/// and the kind's trait, with the same name in its `#[typetag::serde(name = ...)]`.
+/// and the kind's trait, with the same name in its `#[typetag::serde(name = ...)]`. An optional
+/// last argument, `example = "TOML"`, gives parameters that build a representative instance
+/// (needed when the type has required parameters).
 ///
 /// ```ignore
 /// supermask_core::register_plugin!(Mask, "signed", SignedMask, "signed mask {-1,0,1}, eq. 1");
+/// supermask_core::register_plugin!(Threshold, "max-fraction", MaxFraction, "...",
+///     example = "fraction = 0.4");
 /// ```
 #[macro_export]
 macro_rules! register_plugin {
-    ($kind:ident, $name:literal, $ty:ty, $desc:literal) => {
+    ($kind:ident, $name:literal, $ty:ty, $desc:expr) => {
+        $crate::register_plugin!($kind, $name, $ty, $desc, example = "");
+    };
+    ($kind:ident, $name:literal, $ty:ty, $desc:expr, example = $example:literal) => {
         $crate::inventory::submit! {
             $crate::registry::PluginEntry {
                 kind: $crate::registry::PluginKind::$kind,
                 name: $name,
                 description: $desc,
+                example: $example,
                 create: |params| {
                     let value: $ty = $crate::toml::Value::Table(params).try_into().map_err(|e| {
                         $crate::anyhow::anyhow!("invalid parameters for {} `{}`: {}",
@@ -113,18 +144,63 @@ macro_rules! register_plugin {
 /// Read access to all registered plugins.
 pub struct Registry;
 
+/// The registered entries, sorted by kind then name; an error naming every kind and name that
+/// is registered twice (two crates, or one crate twice, claiming a name). Checked once, at the
+/// registry's first use; registrations cannot change after the program starts.
+pub fn checked_entries(
+    entries: impl IntoIterator<Item = &'static PluginEntry>,
+) -> std::result::Result<Vec<&'static PluginEntry>, String> {
+    let mut v: Vec<_> = entries.into_iter().collect();
+    v.sort_by_key(|e| (e.kind, e.name));
+    let dups: Vec<String> = v
+        .windows(2)
+        .filter(|w| (w[0].kind, w[0].name) == (w[1].kind, w[1].name))
+        .map(|w| format!("{} `{}`", w[0].kind, w[0].name))
+        .collect();
+    if dups.is_empty() {
+        Ok(v)
+    } else {
+        let mut dups = dups;
+        dups.dedup();
+        Err(format!(
+            "plugins registered more than once: {}; every (kind, name) must be unique \
+             (rename one of them; `supermask plugins` lists each name with its description)",
+            dups.join(", ")
+        ))
+    }
+}
+
+static ENTRIES: std::sync::OnceLock<std::result::Result<Vec<&'static PluginEntry>, String>> =
+    std::sync::OnceLock::new();
+
 impl Registry {
-    /// All entries, sorted by kind then name.
-    pub fn entries() -> Vec<&'static PluginEntry> {
-        let mut v: Vec<_> = inventory::iter::<PluginEntry>.into_iter().collect();
-        v.sort_by_key(|e| (e.kind, e.name));
-        v
+    /// All entries, sorted by kind then name; an error when a (kind, name) is registered twice
+    /// ([`checked_entries`]).
+    pub fn try_entries() -> Result<&'static [&'static PluginEntry]> {
+        ENTRIES
+            .get_or_init(|| checked_entries(inventory::iter::<PluginEntry>))
+            .as_deref()
+            .map_err(|e| anyhow::anyhow!("{e}"))
     }
 
-    /// Sorted names of one kind.
+    /// All entries, sorted by kind then name.
+    ///
+    /// # Panics
+    /// When a (kind, name) is registered twice; [`Registry::try_entries`] returns that as an
+    /// error, and [`Registry::get`] and [`Registry::create`] fail with it.
+    pub fn entries() -> Vec<&'static PluginEntry> {
+        match Self::try_entries() {
+            Ok(v) => v.to_vec(),
+            Err(e) => panic!("{e:#}"),
+        }
+    }
+
+    /// Sorted names of one kind (empty when the registry is invalid; see
+    /// [`Registry::try_entries`]).
     pub fn names(kind: PluginKind) -> Vec<&'static str> {
-        Self::entries()
-            .into_iter()
+        Self::try_entries()
+            .unwrap_or_default()
+            .iter()
             .filter(|e| e.kind == kind)
             .map(|e| e.name)
             .collect()
@@ -132,12 +208,15 @@ impl Registry {
 
     /// The entry of `kind` called `name`, or an error listing the known names.
     pub fn get(kind: PluginKind, name: &str) -> Result<&'static PluginEntry> {
-        Self::entries()
-            .into_iter()
+        Self::try_entries()?
+            .iter()
+            .copied()
             .find(|e| e.kind == kind && e.name == name)
             .ok_or_else(|| {
                 anyhow::anyhow!(
-                    "unknown {kind} plugin `{name}`; known {kind} plugins: {}",
+                    "unknown {kind} plugin `{name}`; known {kind} plugins: {} (a plugin from \
+                     another crate exists only when that crate is linked into the binary: \
+                     define it in the binary's crate or call its `link()`)",
                     Self::names(kind).join(", ")
                 )
             })
@@ -195,3 +274,48 @@ typed_constructor!(
 typed_constructor!(init_from_table, deserialize_init, Init, dyn Initializer);
 typed_constructor!(model_from_table, deserialize_model, Model, dyn ModelSpec);
 typed_constructor!(loss_from_table, deserialize_loss, Loss, dyn Loss);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(kind: PluginKind, name: &'static str) -> &'static PluginEntry {
+        Box::leak(Box::new(PluginEntry {
+            kind,
+            name,
+            description: "test",
+            example: "",
+            create: |_| anyhow::bail!("not built in this test"),
+        }))
+    }
+
+    /// Two registrations of one (kind, name) are an error that names it; the same name under
+    /// two kinds is allowed.
+    #[test]
+    fn duplicate_names_are_an_error() {
+        let ok = checked_entries([
+            entry(PluginKind::Mask, "a"),
+            entry(PluginKind::Threshold, "a"),
+        ])
+        .unwrap();
+        assert_eq!(ok.len(), 2);
+        let err = checked_entries([
+            entry(PluginKind::Mask, "b"),
+            entry(PluginKind::Mask, "a"),
+            entry(PluginKind::Mask, "b"),
+            entry(PluginKind::Mask, "b"),
+        ])
+        .unwrap_err();
+        assert!(
+            err.contains("mask `b`") && !err.contains("mask `a`"),
+            "{err}"
+        );
+        assert_eq!(err.matches("mask `b`").count(), 1, "{err}");
+    }
+
+    #[test]
+    fn unknown_names_mention_linking() {
+        let err = Registry::get(PluginKind::Mask, "no-such-mask").unwrap_err();
+        assert!(format!("{err}").contains("link()"), "{err}");
+    }
+}

@@ -761,10 +761,13 @@ fn file_round_trip_and_errors_name_the_path() {
     let missing = dir.path().join("missing.ssm");
     let e = format!("{:#}", read_file(&missing).unwrap_err());
     assert!(e.contains("missing.ssm"), "{e}");
-    // Writing into a directory that does not exist fails and names the path.
+    // Missing directories are created (core::fsio::write_atomic, as for every file we write).
+    write_file(&m, &dir.path().join("new/dir/m.ssm")).unwrap();
+    assert_eq!(read_file(&dir.path().join("new/dir/m.ssm")).unwrap(), m);
+    // A path whose parent is a file fails and names the path.
     let e = format!(
         "{:#}",
-        write_file(&m, &dir.path().join("no/such/dir.ssm")).unwrap_err()
+        write_file(&m, &dir.path().join("model.ssm/dir.ssm")).unwrap_err()
     );
     assert!(e.contains("dir.ssm"), "{e}");
 }

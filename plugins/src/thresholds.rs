@@ -127,7 +127,8 @@ register_plugin!(
     Threshold,
     "initial-rate",
     InitialRate,
-    "one symmetric tau chosen at init so that `rate` of all mask entries start at 0 (Table 11)"
+    "one symmetric tau chosen at init so that `rate` of all mask entries start at 0 (Table 11)",
+    example = "rate = 0.063"
 );
 
 /// Edge-popup style adaptive thresholds (Ramanujan et al., 2020; the authors' "score" mode):
@@ -210,7 +211,7 @@ impl Threshold for Adaptive {
         self.compute(scores)
     }
 }
-register_plugin!(Threshold, "adaptive", Adaptive, "edge-popup style: top/bottom `fraction` of scores kept as +1/-1, per layer or global, recomputed each step or epoch");
+register_plugin!(Threshold, "adaptive", Adaptive, "edge-popup style: top/bottom `fraction` of scores kept as +1/-1, per layer or global, recomputed each step or epoch", example = "fraction = 0.1");
 
 /// The authors' rule for their Conv nets and ResNets (REPRODUCTION-NOTES, "Corrections"): per
 /// masked layer `tau_l = fraction * max|M_init,l|`, computed once from the layer's initial
@@ -266,5 +267,6 @@ register_plugin!(
     Threshold,
     "max-fraction",
     MaxFraction,
-    "the authors' Conv/ResNet rule: per layer tau = fraction * max|M_init|, fixed after init, symmetric"
+    "the authors' Conv/ResNet rule: per layer tau = fraction * max|M_init|, fixed after init, symmetric",
+    example = "fraction = 0.4"
 );

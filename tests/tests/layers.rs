@@ -212,7 +212,7 @@ fn masked_conv_finite_difference_gradients() {
     let xv = Var::from_tensor(&x).unwrap();
     let mv = Var::from_tensor(&m0).unwrap();
     let eff = w
-        .mul(&mask.apply(mv.as_tensor(), taus, &ctx).unwrap())
+        .mul(&supermask_core::mask::apply(mask.as_ref(), mv.as_tensor(), taus, &ctx).unwrap())
         .unwrap();
     let f = spec
         .apply(xv.as_tensor(), &eff)

@@ -52,7 +52,7 @@ proptest! {
             let gt = Tensor::from_vec(g.clone(), (r, c), &dev).unwrap();
             let scores = Var::from_vec(m.clone(), (r, c), &dev).unwrap();
             let ctx = MaskCtx { train, seed };
-            let eff = wt.mul(&mask.apply(scores.as_tensor(), taus, &ctx).unwrap()).unwrap();
+            let eff = wt.mul(&supermask_core::mask::apply(mask.as_ref(), scores.as_tensor(), taus, &ctx).unwrap()).unwrap();
             let loss = eff.mul(&gt).unwrap().sum_all().unwrap();
             let grads = loss.backward().unwrap();
             let got = grads.get(scores.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();

@@ -12,6 +12,7 @@
 pub mod callbacks;
 pub mod checkpoint;
 pub mod config;
+pub mod conformance;
 pub mod device;
 pub mod guard;
 pub mod metrics;

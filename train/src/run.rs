@@ -6,8 +6,8 @@ use crate::{
     callbacks::{Callback, Checkpointer, DivergenceGuard, LogEpoch, MetricsFile, Progress},
     checkpoint::{self, CHECKPOINT_FILE, STATE_FILE},
     config::RunConfig,
-    rundir::read_metrics,
     metrics::EpochMetrics,
+    rundir::read_metrics,
     trainer::Trainer,
 };
 use anyhow::Context;

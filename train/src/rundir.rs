@@ -155,4 +155,3 @@ pub fn read_metrics(path: &Path) -> Result<Vec<EpochMetrics>> {
         })
         .collect()
 }
-
