@@ -365,7 +365,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Aggregate { dir, out, compare } => {
             let pairs = parse_pairs(&compare)?;
             let out = out.unwrap_or_else(|| dir.clone());
-            let md = crate::study::aggregate(&dir, &out, &pairs)?;
+            let md = supermask_analysis::study::aggregate(&dir, &out, &pairs)?;
             println!("{md}");
             println!(
                 "wrote {} and {}",
@@ -381,12 +381,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             compare,
             pattern_layer,
         } => {
-            let opts = crate::study::ReportOptions {
+            let opts = supermask_analysis::study::ReportOptions {
                 data_dir: resolve_data_dir(data.as_deref()),
                 pairs: parse_pairs(&compare)?,
                 pattern_layer,
             };
-            crate::study::report(&dir, &out, &opts)?;
+            supermask_analysis::study::report(&dir, &out, &opts)?;
             println!("wrote {}", out.display());
             Ok(())
         }

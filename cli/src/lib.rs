@@ -9,11 +9,11 @@
 //! ```
 //!
 //! The workflows behind the commands live in libraries: training in `supermask-train`, export
-//! and inference glue in [`export`], studies in [`study`].
+//! and inference glue in [`export`], studies (`aggregate`, `report`) in
+//! [`supermask_analysis::study`].
 
 mod app;
 pub mod export;
 pub mod models;
-pub mod study;
 
 pub use app::{main, main_with, run, Cli};
