@@ -442,6 +442,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                     println!("  {:<22} {}", e.name, e.description);
                 }
             }
+            println!("dataset:");
+            for d in supermask_datasets::datasets()? {
+                println!("  {:<22} {}", d.name(), d.description());
+            }
             Ok(())
         }
         Command::Models => {

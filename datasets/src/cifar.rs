@@ -15,7 +15,7 @@ use std::process::Command;
 use anyhow::{anyhow, bail, Result};
 use md5::{Digest, Md5};
 
-use crate::{standardize_image, write_atomic, Dataset, Split};
+use crate::{standardize_image, write_atomic, Dataset, DatasetSource, Split};
 
 /// Pixel bytes per CIFAR image (3 x 32 x 32).
 const PIXELS: usize = 3 * 32 * 32;
@@ -28,6 +28,41 @@ pub enum CifarDataset {
     /// CIFAR-100: 32x32 colour images, 100 fine classes in 20 coarse superclasses.
     Cifar100,
 }
+
+impl DatasetSource for CifarDataset {
+    fn name(&self) -> &'static str {
+        CifarDataset::name(self)
+    }
+    fn aliases(&self) -> &'static [&'static str] {
+        match self {
+            CifarDataset::Cifar10 => &["cifar-10", "cifar_10"],
+            CifarDataset::Cifar100 => &["cifar-100", "cifar_100"],
+        }
+    }
+    fn description(&self) -> &'static str {
+        match self {
+            CifarDataset::Cifar10 => "CIFAR-10, 3x32x32, 10 classes (official binary files)",
+            CifarDataset::Cifar100 => {
+                "CIFAR-100, 3x32x32, 100 fine classes (official binary files)"
+            }
+        }
+    }
+    fn sample_shape(&self) -> Vec<usize> {
+        vec![3, 32, 32]
+    }
+    fn classes(&self) -> usize {
+        CifarDataset::classes(self)
+    }
+    fn load(&self, data_dir: &Path, split: Split) -> Result<Dataset> {
+        load_cifar(data_dir, *self, split)
+    }
+    fn fetch(&self, data_dir: &Path) -> Result<Vec<PathBuf>> {
+        fetch_cifar(*self, data_dir)
+    }
+}
+
+crate::register_dataset!(CifarDataset::Cifar10);
+crate::register_dataset!(CifarDataset::Cifar100);
 
 impl CifarDataset {
     /// Canonical name: `"cifar10"` or `"cifar100"`.

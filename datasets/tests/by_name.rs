@@ -24,10 +24,10 @@ fn write_idx_split(data: &Path, ds: IdxDataset, prefix: &str, labels: &[u8]) {
 }
 
 #[test]
-fn dataset_names_lists_all_four() {
+fn dataset_names_lists_all_four_sorted() {
     assert_eq!(
         dataset_names(),
-        ["mnist", "fashion-mnist", "cifar10", "cifar100"]
+        ["cifar10", "cifar100", "fashion-mnist", "mnist"]
     );
 }
 

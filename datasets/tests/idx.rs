@@ -331,13 +331,15 @@ fn load_idx_missing_files_error_names_files_and_fetch_command() {
 #[test]
 fn dataset_names_roundtrip_and_unknown_lists_known() {
     for &ds in IdxDataset::all() {
-        assert_eq!(IdxDataset::from_name(ds.name()).unwrap(), ds);
+        let found = supermask_datasets::find_dataset(ds.name()).unwrap();
+        assert_eq!(found.name(), ds.name());
+        assert_eq!(found.sample_shape(), [1, 28, 28]);
     }
     assert_eq!(IdxDataset::Mnist.name(), "mnist");
     assert_eq!(IdxDataset::FashionMnist.name(), "fashion-mnist");
-    let msg = err_msg(IdxDataset::from_name("cifar"));
+    let msg = err_msg(supermask_datasets::find_dataset("cifar").map(|d| d.name()));
     assert!(
-        msg.contains("cifar") && msg.contains("mnist, fashion-mnist"),
+        msg.contains("`cifar`") && msg.contains("fashion-mnist, mnist"),
         "{msg}"
     );
     assert_eq!(
