@@ -6,10 +6,12 @@
 //! `fc1.weight`, `fc1.scores`.
 
 use crate::{
-    fused::{with_f32, EffLayout, Effective, FusedLayer, Geometry, KernelConfig},
+    config::KernelConfig,
+    fused::with_f32,
     init::{Fans, Initializer},
-    mask::{MaskCtx, MaskFn, MaskGradient},
+    mask::{MaskCtx, MaskFn},
     model::MaskingConfig,
+    ops::{self, MaskedArgs},
     rng,
     threshold::Taus,
     Result,
@@ -124,11 +126,16 @@ impl LayerSpec {
         }
     }
 
-    /// Applies the operation with weight `w` to a batch `x`.
+    /// Applies the operation with weight `w` to a batch `x` (generic candle ops).
     pub fn apply(&self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
+        ops::reference::layer(x, w, self.conv())
+    }
+
+    /// A convolution's stride and padding; `None` for a linear layer.
+    pub fn conv(&self) -> Option<ops::Conv> {
         match self.op {
-            LayerOp::Linear => Ok(x.matmul(&w.t()?)?),
-            LayerOp::Conv2d { stride, padding } => Ok(x.conv2d(w, padding, stride, 1, 1)?),
+            LayerOp::Linear => None,
+            LayerOp::Conv2d { stride, padding } => Some(ops::Conv { stride, padding }),
         }
     }
 }
@@ -240,28 +247,17 @@ impl MaskedLayer {
         }
     }
 
-    /// The effective weight `W * g(M)` of this forward pass for the fused kernels, as a
-    /// `[out, fan_in]` matrix in the given layout (the mask comes from
-    /// [`MaskFn::hard_into`] when the mask has that path, else from [`MaskFn::hard`]).
-    pub fn fused_effective(&self, ctx: &ForwardCtx, layout: EffLayout) -> Result<Effective> {
-        let mctx = self.mask_ctx(ctx);
-        let scores = self.scores.as_tensor();
-        let rows = self.spec.shape[0];
-        let cols = self.spec.numel() / rows;
-        let mut hard = vec![0.0f32; self.spec.numel()];
-        let done = with_f32(scores, |m| {
-            self.mask.hard_into(m, self.taus, &mctx, &mut hard)
-        })?;
-        if !done {
-            hard = self
-                .mask
-                .hard(&scores.detach(), self.taus, &mctx)?
-                .flatten_all()?
-                .to_dtype(DType::F32)?
-                .to_vec1()?;
-        }
-        with_f32(self.weight()?, |w| {
-            Effective::build(w, &hard, rows, cols, self.magnitude, layout)
+    /// The layer as the layer ops ([`crate::ops::masked_linear`], [`crate::ops::masked_conv`])
+    /// see it in the forward pass `ctx`.
+    pub fn op_args(&self, ctx: &ForwardCtx) -> Result<MaskedArgs<'_>> {
+        Ok(MaskedArgs {
+            name: &self.spec.name,
+            weight: self.weight()?,
+            scores: self.scores.as_tensor(),
+            magnitude: self.magnitude,
+            mask: self.mask.as_ref(),
+            taus: self.taus,
+            mask_ctx: self.mask_ctx(ctx),
         })
     }
 
@@ -273,14 +269,7 @@ impl MaskedLayer {
 
     /// Effective weight `W * g(M)` with the straight-through gradient to `M` (reference path).
     pub fn effective_weight(&self, ctx: &ForwardCtx) -> Result<Tensor> {
-        let mctx = self.mask_ctx(ctx);
-        let m = crate::mask::apply(
-            self.mask.as_ref(),
-            self.scores.as_tensor(),
-            self.taus,
-            &mctx,
-        )?;
-        Ok(self.weight()?.mul(&m)?)
+        ops::reference::masked_weight(&self.op_args(ctx)?)
     }
 }
 
@@ -316,20 +305,20 @@ impl Layer {
         &self.spec().name
     }
 
-    /// Forward pass of a batch: the fused kernels when `ctx.kernels` asks for them and they
-    /// apply (CPU, f32, straight-through mask), else the reference.
+    /// Forward pass of a batch, through the layer ops of [`crate::ops`] (which pick the fused
+    /// kernels or the reference).
     pub fn forward_t(&self, x: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
         self.forward_act(x, ctx, None)
     }
 
-    /// Forward pass followed by `elu` with `Some(alpha)`. The fused path computes the
-    /// activation inside the layer's op; the reference applies candle's `elu` afterwards.
+    /// Forward pass followed by `elu` with `Some(alpha)` (inside the layer's op on the fused
+    /// path).
     pub fn forward_act(&self, x: &Tensor, ctx: &ForwardCtx, elu: Option<f64>) -> Result<Tensor> {
         self.forward_epilogue(x, ctx, elu, false)
     }
 
     /// Forward pass, then `elu` with `Some(alpha)`, then (convolutions, `pool2`) a 2x2
-    /// stride-2 max-pool ([`crate::norm::max_pool2`]). The fused path computes both inside the
+    /// stride-2 max-pool ([`crate::ops::max_pool2`]). The fused path computes both inside the
     /// layer's op, so neither the pre-activation nor the unpooled map becomes a graph node.
     pub fn forward_epilogue(
         &self,
@@ -338,81 +327,25 @@ impl Layer {
         elu: Option<f64>,
         pool2: bool,
     ) -> Result<Tensor> {
-        if ctx.kernels.fused_for(x) {
-            if let Some(y) = self.forward_fused(x, ctx, elu, pool2)? {
-                return Ok(y);
+        let conv = self.spec().conv();
+        anyhow::ensure!(
+            conv.is_some() || !pool2,
+            "layer {}: a max-pool epilogue needs a convolution",
+            self.name()
+        );
+        match (self, conv) {
+            (Layer::Masked(l), None) => ops::masked_linear(x, &l.op_args(ctx)?, ctx, elu),
+            (Layer::Masked(l), Some(c)) => {
+                ops::masked_conv(x, &l.op_args(ctx)?, c, ctx, elu, pool2)
             }
-        }
-        let mut y = self.forward_reference(x, ctx)?;
-        if let Some(alpha) = elu {
-            y = y.elu(alpha)?;
-        }
-        if pool2 {
-            y = crate::norm::max_pool2(&y, &ctx.kernels)?;
-        }
-        Ok(y)
-    }
-
-    /// The fused forward (with the optional ELU and max-pool epilogue), or `None` when the
-    /// fused kernels do not apply to this layer.
-    pub fn forward_fused(
-        &self,
-        x: &Tensor,
-        ctx: &ForwardCtx,
-        elu: Option<f64>,
-        pool2: bool,
-    ) -> Result<Option<Tensor>> {
-        let spec = self.spec();
-        let geometry = match spec.op {
-            LayerOp::Linear => Geometry::Linear,
-            LayerOp::Conv2d { stride, padding } => Geometry::Conv {
-                c_in: spec.shape[1],
-                k: spec.shape[2],
-                stride,
-                padding,
-            },
-        };
-        let (eff, weight, param) = match self {
-            Layer::Masked(l) => {
-                let w = l.weight()?;
-                if l.mask.gradient() != MaskGradient::StraightThrough || !ctx.kernels.fused_for(w) {
-                    return Ok(None);
-                }
-                let eff = l.fused_effective(ctx, ctx.kernels.layout())?;
-                (eff, Some(w.clone()), l.scores.as_tensor())
+            (Layer::Dense(l), None) => {
+                ops::dense_linear(x, &l.spec.name, l.weight.as_tensor(), ctx, elu)
             }
-            Layer::Dense(l) => {
+            (Layer::Dense(l), Some(c)) => {
                 let w = l.weight.as_tensor();
-                if !ctx.kernels.fused_for(w) {
-                    return Ok(None);
-                }
-                let rows = spec.shape[0];
-                let cols = spec.numel() / rows;
-                let data = with_f32(w, |w| w.to_vec())?;
-                (Effective::Dense { rows, cols, data }, None, w)
+                ops::dense_conv(x, &l.spec.name, w, c, ctx, elu, pool2)
             }
-        };
-        if pool2 && !matches!(geometry, Geometry::Conv { .. }) {
-            anyhow::bail!(
-                "layer {}: a fused max-pool needs a convolution",
-                self.name()
-            );
         }
-        let op = FusedLayer::new(eff, geometry, weight, elu.map(|a| a as f32), pool2);
-        op.apply(x, param)
-            .map(Some)
-            .with_context(|| format!("layer {}", self.name()))
-    }
-
-    /// The reference forward: generic candle ops.
-    pub fn forward_reference(&self, x: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
-        let w = match self {
-            Layer::Masked(l) => l.effective_weight(ctx)?,
-            Layer::Dense(l) => l.weight.as_tensor().clone(),
-        };
-        self.spec()
-            .apply(x, &w)
-            .with_context(|| format!("layer {}", self.name()))
     }
 
     /// The trainable tensor with its checkpoint name (`name.scores` or `name.weight`).

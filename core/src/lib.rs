@@ -9,6 +9,7 @@
 //!
 //! Concrete plugins live in `supermask-plugins`; models in `supermask-models`.
 
+pub mod config;
 pub mod fsio;
 pub mod fused;
 pub mod init;
@@ -17,6 +18,7 @@ pub mod loss;
 pub mod mask;
 pub mod model;
 pub mod norm;
+pub mod ops;
 pub mod optim;
 pub mod registry;
 pub mod rng;

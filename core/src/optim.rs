@@ -14,11 +14,8 @@
 //! Plain SGD with an L2 penalty (`g += l2 p`) is available for comparison. All optimizer state
 //! is detached from the autograd graph.
 
-use crate::{
-    fused::{sgdw_step, KernelPath, StepParams},
-    Result,
-};
-use candle_core::{backprop::GradStore, DType, Device, Tensor, Var};
+use crate::{config::KernelPath, fused::StepParams, ops, Result};
+use candle_core::{backprop::GradStore, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
 fn default_momentum() -> f64 {
@@ -235,7 +232,8 @@ impl Optimizer {
         }
     }
 
-    /// Selects the fused (default; in-place, CPU f32 only) or the reference update.
+    /// Selects the fused (default; in-place, CPU f32 only) or the reference update
+    /// ([`crate::ops::sgdw_step`] picks).
     pub fn with_path(mut self, path: KernelPath) -> Self {
         self.path = path;
         self
@@ -332,8 +330,13 @@ impl Optimizer {
                 l2,
             } => (lr, momentum, nesterov, 0.0, l2),
         };
-        let lr = lr * lr_factor;
-        let wd = wd * wd_factor;
+        let h = StepParams {
+            lr: lr * lr_factor,
+            momentum: m,
+            nesterov,
+            wd: wd * wd_factor,
+            l2,
+        };
         for ((var, vel), host) in params
             .iter()
             .zip(self.velocity.iter_mut())
@@ -342,57 +345,7 @@ impl Optimizer {
             let Some(g) = grads.get(var.as_tensor()) else {
                 continue;
             };
-            let fused = self.path == KernelPath::Fused
-                && var.device().is_cpu()
-                && var.dtype() == DType::F32
-                && g.dtype() == DType::F32;
-            if fused {
-                // The host buffer is made once (from a loaded checkpoint's velocity, or zeros)
-                // and then updated in place every step.
-                if host.is_none() {
-                    let v = match vel.take() {
-                        Some(t) => t.flatten_all()?.to_vec1()?,
-                        None => vec![0.0; var.elem_count()],
-                    };
-                    *host = Some((v, var.dims().to_vec()));
-                }
-                let Some((v, _)) = host.as_mut() else {
-                    unreachable!("the host velocity was just set")
-                };
-                let h = StepParams {
-                    lr,
-                    momentum: m,
-                    nesterov,
-                    wd,
-                    l2,
-                };
-                sgdw_step(var.as_tensor(), &g.detach(), v, &h)?;
-                continue;
-            }
-            if let Some((h, _)) = host.take() {
-                *vel = Some(Tensor::from_vec(h, var.shape(), var.device())?);
-            }
-            let p = var.as_tensor().detach();
-            let mut g = g.detach();
-            if l2 != 0.0 {
-                g = (g + p.affine(l2, 0.0)?)?;
-            }
-            let lr_g = g.affine(lr, 0.0)?;
-            let v_new = match vel.take() {
-                Some(v) => (v.affine(m, 0.0)? - &lr_g)?,
-                None => lr_g.neg()?,
-            };
-            let delta = if nesterov {
-                (v_new.affine(m, 0.0)? - &lr_g)?
-            } else {
-                v_new.clone()
-            };
-            let mut new_p = (p.clone() + delta)?;
-            if wd != 0.0 {
-                new_p = (new_p - p.affine(wd, 0.0)?)?;
-            }
-            var.set(&new_p)?;
-            *vel = Some(v_new.detach());
+            ops::sgdw_step(var, g, vel, host, &h, self.path)?;
         }
         Ok(())
     }

@@ -80,7 +80,7 @@ pub struct PluginEntry {
     /// One line saying what it is (and which equation of the paper it implements).
     pub description: &'static str,
     /// Parameters (TOML, without `type`) that build a representative instance: the conformance
-    /// checks ([`crate::conformance`]) and the registry tests build every plugin with them.
+    /// checks (`supermask_train::conformance`) and the registry tests build every plugin with them.
     /// Empty when the defaults do.
     pub example: &'static str,
     /// Builds it from its parameters (the config table without the `type` key).

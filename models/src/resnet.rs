@@ -22,8 +22,8 @@
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 use supermask_core::{
-    fused::elu,
-    norm::{global_avg_pool, max_pool_same_stride1},
+    norm::global_avg_pool,
+    ops::{elu, max_pool_same_stride1},
     register_plugin, BatchNorm, BnMode, ForwardCtx, Layer, LayerFactory, Model, ModelSpec, Result,
 };
 

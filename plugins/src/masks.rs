@@ -1,5 +1,5 @@
 //! Mask functions. All use the straight-through estimator of
-//! [`supermask_core::MaskFn::apply`]: `dL/dM = dL/d(W g(M)) * W`.
+//! [`supermask_core::mask::apply`]: `dL/dM = dL/d(W g(M)) * W`.
 
 use candle_core::{DType, Tensor};
 use rand::Rng;

@@ -365,8 +365,8 @@ proptest! {
         n in 1usize..3, c in 1usize..4, h in 2usize..9, w in 2usize..9, seed in 0u64..1000,
     ) {
         let pools: [&Pool; 2] = [
-            &|x, k| supermask_core::norm::max_pool2(x, k),
-            &|x, k| supermask_core::norm::max_pool_same_stride1(x, 3, k),
+            &|x, k| supermask_core::ops::max_pool2(x, k),
+            &|x, k| supermask_core::ops::max_pool_same_stride1(x, 3, k),
         ];
         for pool in pools {
             let fused = pool_run(pool, &[n, c, h, w], KernelPath::Fused, seed);
@@ -384,7 +384,7 @@ fn max_pool_gradient_is_one_at_each_maximum() {
     let x: Vec<f32> = (0..16).map(|v| v as f32).collect();
     for path in [KernelPath::Fused, KernelPath::Reference] {
         let x = Var::from_vec(x.clone(), (1, 1, 4, 4), &Device::Cpu).unwrap();
-        let y = supermask_core::norm::max_pool2(x.as_tensor(), &kernels(path)).unwrap();
+        let y = supermask_core::ops::max_pool2(x.as_tensor(), &kernels(path)).unwrap();
         let g = y.sum_all().unwrap().backward().unwrap();
         let g = g
             .get(x.as_tensor())

@@ -10,15 +10,16 @@
 //!   the mask's density;
 //! - backward: only the gradients that exist: the input gradient `gy * Weff` (skipped for the
 //!   data input) and the score gradient `(gy^T x) * W`, the straight-through estimator of
-//!   [`crate::MaskFn::apply`]. For a dense baseline layer the same op returns `gy^T x`.
+//!   [`crate::mask::apply`]. For a dense baseline layer the same op returns `gy^T x`.
 //!
 //! Convolutions use per-sample im2col + GEMM, parallel over samples; linear layers use a
 //! parallel GEMM (dense) or split the batch over threads (sparse). Weight-gradient partial sums
 //! are formed over fixed chunks of samples and added in order, so results do not depend on the
 //! thread count. Scratch buffers (im2col columns, transposes) are per thread and reused.
 //!
-//! The reference path stays available (config `train.kernels.path = "reference"`), is the path
-//! on CUDA, and is what the tests compare the fused path against.
+//! This module holds kernels only: which of them run, or whether the reference does instead,
+//! is decided in [`crate::ops`] (the reference path is config `train.kernels.path =
+//! "reference"`, the path on CUDA, and what the tests compare the fused path against).
 
 mod bn;
 mod effective;
@@ -35,80 +36,10 @@ use crate::Result;
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Storage, Tensor};
 use gemm::Mat;
 use rayon::prelude::*;
-use serde::{Deserialize, Serialize};
 use std::cell::RefCell;
 
-/// Which implementation of masked layers and the optimizer to use.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum KernelPath {
-    /// Fused CPU kernels (falls back to the reference on other devices and dtypes).
-    #[default]
-    Fused,
-    /// Generic candle ops: the reference implementation.
-    Reference,
-}
-
-/// `[train.kernels]`: the kernel implementation and its sparse/dense switch.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct KernelConfig {
-    /// Fused (default) or reference.
-    #[serde(default)]
-    pub path: KernelPath,
-    /// A masked layer whose share of non-zero mask entries is below this uses the sparse
-    /// ternary kernels, else dense GEMM (0 = always dense, 1 = always sparse). The default is
-    /// the crossover measured by `cargo bench --bench kernels` on the development machine.
-    #[serde(default = "default_sparse_below")]
-    pub sparse_below: f64,
-}
-
-fn default_sparse_below() -> f64 {
-    DEFAULT_SPARSE_BELOW
-}
-
-/// Default density below which masked layers use the sparse kernels.
-pub const DEFAULT_SPARSE_BELOW: f64 = 0.2;
-
-impl Default for KernelConfig {
-    fn default() -> Self {
-        Self {
-            path: KernelPath::Fused,
-            sparse_below: DEFAULT_SPARSE_BELOW,
-        }
-    }
-}
-
-impl KernelConfig {
-    /// Checks `sparse_below` is in `[0, 1]`.
-    pub fn validate(&self) -> Result<()> {
-        anyhow::ensure!(
-            (0.0..=1.0).contains(&self.sparse_below),
-            "train.kernels.sparse_below must be in [0, 1], got {}",
-            self.sparse_below
-        );
-        Ok(())
-    }
-
-    /// Whether fused kernels apply to tensors like `t` (CPU, f32).
-    pub fn fused_for(&self, t: &Tensor) -> bool {
-        self.path == KernelPath::Fused
-            && t.device().is_cpu()
-            && t.dtype() == candle_core::DType::F32
-    }
-
-    /// The effective-weight layout this config asks for: 0 always dense, 1 always sparse,
-    /// otherwise chosen per layer and forward pass from the mask's density.
-    pub fn layout(&self) -> EffLayout {
-        if self.sparse_below <= 0.0 {
-            EffLayout::Dense
-        } else if self.sparse_below >= 1.0 {
-            EffLayout::Sparse
-        } else {
-            EffLayout::Auto(self.sparse_below)
-        }
-    }
-}
+// The kernel settings moved to `crate::config`; re-exported from their old path.
+pub use crate::config::{KernelConfig, KernelPath, DEFAULT_SPARSE_BELOW};
 
 /// Runs `f` compiled for the best instruction set this CPU has (AVX2+FMA or AVX-512 when
 /// present, detected at run time by `pulp`), so element-wise loops vectorize without building
@@ -118,14 +49,9 @@ pub(crate) fn vectorized<R>(f: impl FnOnce() -> R) -> R {
     pulp::Arch::new().dispatch(f)
 }
 
-/// `elu(x)` with the fused kernel when `kernels` asks for it and it applies (CPU f32), else
-/// candle's `elu`.
-pub fn elu(x: &Tensor, alpha: f64, kernels: &KernelConfig) -> Result<Tensor> {
-    if kernels.fused_for(x) {
-        Ok(x.contiguous()?.apply_op1(elu::Elu(alpha as f32))?)
-    } else {
-        Ok(x.elu(alpha)?)
-    }
+/// `elu(x)` with the fused kernel (CPU f32 tensors).
+pub fn elu(x: &Tensor, alpha: f64) -> Result<Tensor> {
+    Ok(x.contiguous()?.apply_op1(elu::Elu(alpha as f32))?)
 }
 
 /// One sample of a convolution: `x` is `[c_in, h, w]`, the result `[c_out, oh, ow]` with
@@ -253,23 +179,10 @@ pub fn channel_affine(x: &Tensor, scale: Vec<f32>, shift: Vec<f32>) -> Result<Te
 }
 
 /// Max-pooling of `[n, c, h, w]` with `k x k` windows, `stride` and `-inf` padding `pad`,
-/// with the fused kernel (CPU f32), or `None` when it does not apply (the caller pools with
-/// generic ops).
-pub fn max_pool(
-    x: &Tensor,
-    k: usize,
-    stride: usize,
-    pad: usize,
-    kernels: &KernelConfig,
-) -> Result<Option<Tensor>> {
-    if !kernels.fused_for(x) {
-        return Ok(None);
-    }
-    Ok(Some(x.contiguous()?.apply_op1(pool::MaxPool {
-        k,
-        stride,
-        pad,
-    })?))
+/// with the fused kernel (CPU f32 tensors).
+pub fn max_pool(x: &Tensor, k: usize, stride: usize, pad: usize) -> Result<Tensor> {
+    Ok(x.contiguous()?
+        .apply_op1(pool::MaxPool { k, stride, pad })?)
 }
 
 /// Calls `f` with the contiguous f32 data of a CPU tensor.

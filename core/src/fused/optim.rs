@@ -1,8 +1,8 @@
 //! The fused optimizer step: SGDW / SGD(+L2) with (Nesterov) momentum in one parallel pass that
 //! updates the parameter in place and the velocity (a host buffer) alongside, instead of the
 //! reference's eight tensor ops. The arithmetic is the reference's
-//! ([`crate::optim::Optimizer`]) operation for operation, in f32, so both paths give the same
-//! numbers.
+//! ([`crate::ops::reference::sgd_step`]) operation for operation, in f32, so both paths give
+//! the same numbers.
 
 use crate::Result;
 use candle_core::{CpuStorage, InplaceOp2, Layout, Tensor};

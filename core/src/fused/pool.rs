@@ -4,7 +4,7 @@
 //!
 //! (Candle's own `max_pool2d` backward scales gradients by `1 / k^2` — in candle 0.11.1 a
 //! 2x2 pool passes a quarter of the gradient — so the reference path pools with a reshape and
-//! `max`, see [`crate::norm::max_pool2`].)
+//! `max`, see [`crate::ops::reference::max_pool2`].)
 
 use super::{cpu_slice, with_f32};
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
