@@ -6,11 +6,10 @@
 //! `fc1.weight`, `fc1.scores`.
 
 use crate::{
-    config::KernelConfig,
+    config::{ForwardCtx, MaskingConfig},
     fused::with_f32,
     init::{Fans, Initializer},
     mask::{MaskCtx, MaskFn},
-    model::MaskingConfig,
     ops::{self, MaskedArgs},
     rng,
     threshold::Taus,
@@ -136,41 +135,6 @@ impl LayerSpec {
         match self.op {
             LayerOp::Linear => None,
             LayerOp::Conv2d { stride, padding } => Some(ops::Conv { stride, padding }),
-        }
-    }
-}
-
-/// Per-forward information every layer may need.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct ForwardCtx {
-    /// Training mode (stochastic masks sample, BN uses batch statistics).
-    pub train: bool,
-    /// Global optimizer step (for per-step random streams).
-    pub step: u64,
-    /// Run seed.
-    pub seed: u64,
-    /// Fused or reference kernels.
-    pub kernels: KernelConfig,
-}
-
-impl ForwardCtx {
-    /// Evaluation context (default kernels).
-    pub fn eval() -> Self {
-        Self {
-            train: false,
-            step: 0,
-            seed: 0,
-            kernels: KernelConfig::default(),
-        }
-    }
-
-    /// Training context at `step` of a run with `seed`, with `kernels`.
-    pub fn train(step: u64, seed: u64, kernels: KernelConfig) -> Self {
-        Self {
-            train: true,
-            step,
-            seed,
-            kernels,
         }
     }
 }

@@ -17,6 +17,8 @@ pub mod layer;
 pub mod loss;
 pub mod mask;
 pub mod model;
+#[cfg(test)]
+mod module_graph;
 pub mod norm;
 pub mod ops;
 pub mod optim;
@@ -24,12 +26,13 @@ pub mod registry;
 pub mod rng;
 pub mod threshold;
 
+pub use config::{BnMode, ForwardCtx, KernelConfig, KernelPath, MaskingConfig};
 pub use init::{sample_with_variance, Distribution, Fans, Initializer};
-pub use layer::{DenseLayer, ForwardCtx, Layer, LayerFactory, LayerOp, LayerSpec, MaskedLayer};
+pub use layer::{DenseLayer, Layer, LayerFactory, LayerOp, LayerSpec, MaskedLayer};
 pub use loss::Loss;
 pub use mask::{MaskCtx, MaskFn, MaskGradient, MaskRange};
-pub use model::{build_model, trainable_params, MaskingConfig, Model, ModelSpec};
-pub use norm::{BatchNorm, BnMode};
+pub use model::{build_model, trainable_params, Model, ModelSpec};
+pub use norm::BatchNorm;
 pub use registry::{PluginEntry, PluginKind, Registry};
 pub use threshold::{Taus, Threshold, UpdateEvery};
 

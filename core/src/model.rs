@@ -1,19 +1,16 @@
-//! The model traits, the masking config that decides masked vs. dense layers, and
-//! [`build_model`], which turns a spec into an initialized model.
+//! The model traits and [`build_model`], which turns a spec and a masking config
+//! ([`crate::config::MaskingConfig`]) into an initialized model.
 
 use crate::{
-    init::Initializer,
-    layer::{ForwardCtx, Layer, LayerFactory, MaskedLayer},
-    mask::{MaskCtx, MaskFn},
+    config::{ForwardCtx, MaskingConfig},
+    layer::{Layer, LayerFactory, MaskedLayer},
+    mask::MaskCtx,
     norm::BatchNorm,
-    registry,
-    threshold::Threshold,
     Result,
 };
 use anyhow::Context;
 use candle_core::{Device, Tensor, Var};
-use serde::{Deserialize, Serialize};
-use std::{fmt::Debug, sync::Arc};
+use std::fmt::Debug;
 
 /// A built model: a forward pass and a walk over its layers.
 pub trait Model: Send + Sync {
@@ -75,65 +72,6 @@ pub trait ModelSpec: Debug + Send + Sync {
     /// layer's shapes here (see [`check_chain`]) so that an input the architecture cannot take
     /// fails at construction with the layer's name.
     fn build(&self, factory: &mut LayerFactory, input: &[usize]) -> Result<Box<dyn Model>>;
-}
-
-/// How the layers of a model are made: masked (a signed Supermask or another mask plugin) or
-/// dense (the baseline).
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(tag = "mode", rename_all = "kebab-case", deny_unknown_fields)]
-pub enum MaskingConfig {
-    /// Frozen weights masked by trainable scores.
-    Masked {
-        /// The mask function `g`.
-        #[serde(deserialize_with = "registry::deserialize_mask")]
-        mask: Arc<dyn MaskFn>,
-        /// The threshold rule giving `(tau_n, tau_p)`.
-        #[serde(deserialize_with = "registry::deserialize_threshold")]
-        threshold: Arc<dyn Threshold>,
-        /// Initializer of the frozen weights.
-        #[serde(deserialize_with = "registry::deserialize_init")]
-        weight_init: Arc<dyn Initializer>,
-        /// Initializer of the scores.
-        #[serde(deserialize_with = "registry::deserialize_init")]
-        score_init: Arc<dyn Initializer>,
-    },
-    /// Trainable weights, no mask.
-    Dense {
-        /// Initializer of the weights.
-        #[serde(deserialize_with = "registry::deserialize_init")]
-        weight_init: Arc<dyn Initializer>,
-    },
-}
-
-impl MaskingConfig {
-    /// Checks every plugin's parameters.
-    pub fn validate(&self) -> Result<()> {
-        match self {
-            MaskingConfig::Masked {
-                mask,
-                threshold,
-                weight_init,
-                score_init,
-            } => {
-                mask.validate().context("masking.mask")?;
-                threshold.validate().context("masking.threshold")?;
-                weight_init.validate().context("masking.weight_init")?;
-                score_init.validate().context("masking.score_init")?;
-            }
-            MaskingConfig::Dense { weight_init } => {
-                weight_init.validate().context("masking.weight_init")?
-            }
-        }
-        Ok(())
-    }
-
-    /// The threshold rule of a masked config.
-    pub fn threshold(&self) -> Option<&Arc<dyn Threshold>> {
-        match self {
-            MaskingConfig::Masked { threshold, .. } => Some(threshold),
-            MaskingConfig::Dense { .. } => None,
-        }
-    }
 }
 
 /// Checks a chain of layers: each layer's input shape is the previous one's output shape

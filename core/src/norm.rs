@@ -5,29 +5,12 @@
 //! ops are re-exported here from there.
 
 use crate::{
-    layer::ForwardCtx,
+    config::{BnMode, ForwardCtx},
     ops::{self, BatchNormArgs},
     Result,
 };
 use candle_core::{DType, Device, Tensor, Var, D};
-use serde::{Deserialize, Serialize};
 use std::sync::Mutex;
-
-/// How a batch-norm layer behaves (REPRODUCTION-NOTES, "Frozen BN").
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "kebab-case")]
-pub enum BnMode {
-    /// What the authors' "frozen BN" computed: a Keras BN in inference mode with its initial
-    /// statistics (mean 0, variance 1), i.e. `x / sqrt(1 + eps)`; no normalization.
-    #[default]
-    None,
-    /// Table 6's "BN": affine (gamma, beta trained), batch statistics in training, running
-    /// statistics in evaluation.
-    Learnable,
-    /// Normalizes with running statistics only (updated from batches in training), no affine
-    /// parameters.
-    FrozenStats,
-}
 
 pub use crate::ops::{fixed_affine, max_pool2, max_pool_same_stride1};
 

@@ -7,8 +7,15 @@
 //! test checks that both agree for every entry.
 
 use crate::{
-    init::Initializer, loss::Loss, mask::MaskFn, model::ModelSpec, threshold::Threshold, Result,
+    config::{MaskingConfig, MaskingTables},
+    init::Initializer,
+    loss::Loss,
+    mask::MaskFn,
+    model::ModelSpec,
+    threshold::Threshold,
+    Result,
 };
+use anyhow::Context;
 use serde::{Deserialize, Deserializer};
 use std::{fmt, sync::Arc};
 
@@ -274,6 +281,34 @@ typed_constructor!(
 typed_constructor!(init_from_table, deserialize_init, Init, dyn Initializer);
 typed_constructor!(model_from_table, deserialize_model, Model, dyn ModelSpec);
 typed_constructor!(loss_from_table, deserialize_loss, Loss, dyn Loss);
+
+/// Builds the masking config's plugins through the registry; an error names the key
+/// (`masking.mask`, ...).
+impl TryFrom<MaskingTables> for MaskingConfig {
+    type Error = String;
+
+    fn try_from(t: MaskingTables) -> std::result::Result<Self, String> {
+        let built = || -> Result<MaskingConfig> {
+            Ok(match t {
+                MaskingTables::Masked {
+                    mask,
+                    threshold,
+                    weight_init,
+                    score_init,
+                } => MaskingConfig::Masked {
+                    mask: mask_from_table(mask).context("masking.mask")?,
+                    threshold: threshold_from_table(threshold).context("masking.threshold")?,
+                    weight_init: init_from_table(weight_init).context("masking.weight_init")?,
+                    score_init: init_from_table(score_init).context("masking.score_init")?,
+                },
+                MaskingTables::Dense { weight_init } => MaskingConfig::Dense {
+                    weight_init: init_from_table(weight_init).context("masking.weight_init")?,
+                },
+            })
+        };
+        built().map_err(|e| format!("{e:#}"))
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -18,11 +18,9 @@
 pub mod reference;
 
 use crate::{
-    config::{KernelConfig, KernelPath},
+    config::{BnMode, ForwardCtx, KernelConfig, KernelPath},
     fused::{self, with_f32, EffLayout, Effective, FusedLayer, Geometry, StepParams},
-    layer::ForwardCtx,
     mask::{MaskCtx, MaskFn, MaskGradient},
-    norm::BnMode,
     threshold::Taus,
     Result,
 };

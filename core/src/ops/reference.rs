@@ -3,7 +3,7 @@
 //! tests compare the fused kernels against them.
 
 use super::{BatchNormArgs, Conv, MaskedArgs, BN_EPS, BN_MOMENTUM};
-use crate::{fused::StepParams, norm::BnMode, Result};
+use crate::{config::BnMode, fused::StepParams, Result};
 use anyhow::Context;
 use candle_core::{Tensor, Var};
 
