@@ -58,8 +58,12 @@ pub fn export_trainer(cfg: &RunConfig, trainer: &Trainer) -> Result<SsmModel> {
             tensors.push((name, t.dims().to_vec(), t.flatten_all()?.to_vec1::<f32>()?));
         }
     }
+    let arch = model
+        .architecture()
+        .context("the model has no architecture description, so the engine could not run it")?;
     let description = serde_json::json!({
         "spec": serde_json::to_value(&cfg.model).context("describing the model")?,
+        "arch": serde_json::to_value(arch).context("describing the architecture")?,
         "dataset": cfg.data.dataset,
         "input": trainer.input_shape(),
         "classes": cfg.model.classes(),
@@ -90,7 +94,19 @@ pub fn inspect(file: &Path, w: &mut dyn Write) -> Result<()> {
         bytes.len(),
         format::VERSION
     )?;
-    writeln!(w, "model: {}", m.model)?;
+    // The architecture's steps are long (a ResNet110 has hundreds); the spec names it.
+    let mut shown = m.model.clone();
+    let steps = shown
+        .as_object_mut()
+        .and_then(|o| o.remove("arch"))
+        .and_then(|a| {
+            a.get("steps")
+                .map(|s| s.to_string().matches("\"op\"").count())
+        });
+    writeln!(w, "model: {shown}")?;
+    if let Some(n) = steps {
+        writeln!(w, "architecture: {n} steps")?;
+    }
     writeln!(
         w,
         "{:<16} {:>20} {:>10} {:>9} {:>14} {:>10}",

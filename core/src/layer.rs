@@ -483,6 +483,11 @@ impl LayerFactory {
         }
     }
 
+    /// The layer of `spec` (masked or dense by the masking config).
+    pub fn layer(&mut self, spec: LayerSpec) -> Result<Layer> {
+        self.make(spec)
+    }
+
     fn make(&mut self, spec: LayerSpec) -> Result<Layer> {
         anyhow::ensure!(
             !self.names.contains(&spec.name),

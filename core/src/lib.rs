@@ -9,6 +9,8 @@
 //!
 //! Concrete plugins live in `supermask-plugins`; models in `supermask-models`.
 
+pub mod arch;
+pub mod build;
 pub mod config;
 pub mod fsio;
 pub mod fused;
@@ -19,6 +21,7 @@ pub mod mask;
 pub mod model;
 #[cfg(test)]
 mod module_graph;
+pub mod network;
 pub mod norm;
 pub mod ops;
 pub mod optim;
@@ -26,12 +29,15 @@ pub mod registry;
 pub mod rng;
 pub mod threshold;
 
+pub use arch::{Architecture, Step};
+pub use build::build_model;
 pub use config::{BnMode, ForwardCtx, KernelConfig, KernelPath, MaskingConfig};
 pub use init::{sample_with_variance, Distribution, Fans, Initializer};
 pub use layer::{DenseLayer, Layer, LayerFactory, LayerOp, LayerSpec, MaskedLayer};
 pub use loss::Loss;
 pub use mask::{MaskCtx, MaskFn, MaskGradient, MaskRange};
-pub use model::{build_model, trainable_params, Model, ModelSpec};
+pub use model::{trainable_params, Model, ModelSpec};
+pub use network::Network;
 pub use norm::BatchNorm;
 pub use registry::{PluginEntry, PluginKind, Registry};
 pub use threshold::{Taus, Threshold, UpdateEvery};

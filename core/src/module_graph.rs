@@ -76,15 +76,19 @@ fn module_graph(src_dir: &Path) -> BTreeMap<String, BTreeSet<String>> {
     for f in files {
         let rel = f.strip_prefix(src_dir).expect("under src");
         let first = rel.components().next().expect("a component");
-        let top = first.as_os_str().to_string_lossy().trim_end_matches(".rs").to_string();
+        let top = first
+            .as_os_str()
+            .to_string_lossy()
+            .trim_end_matches(".rs")
+            .to_string();
         if top == "lib" || top == "module_graph" {
             continue;
         }
         let names = named_modules(&code(&fs::read_to_string(&f).expect("read source")));
         graph.entry(top.clone()).or_default().extend(
-            names
-                .into_iter()
-                .filter(|n| *n != top && !n.is_empty() && n.starts_with(|c: char| c.is_lowercase())),
+            names.into_iter().filter(|n| {
+                *n != top && !n.is_empty() && n.starts_with(|c: char| c.is_lowercase())
+            }),
         );
     }
     // Keep only edges to modules of this crate (drops macro and item names such as `anyhow`).
@@ -119,7 +123,8 @@ fn cycle_from(graph: &BTreeMap<String, BTreeSet<String>>, start: &str) -> Option
 
 #[test]
 fn the_parser_sees_grouped_and_plain_paths() {
-    let src = "use crate::{config::{A, B}, ops::{self, C}, Result};\nfn f() { crate::layer::g() }\n\
+    let src =
+        "use crate::{config::{A, B}, ops::{self, C}, Result};\nfn f() { crate::layer::g() }\n\
                // crate::norm in a comment\n#[cfg(test)]\nmod tests { use crate::model; }";
     let names = named_modules(&code(src));
     let want: BTreeSet<String> = ["config", "ops", "Result", "layer"]

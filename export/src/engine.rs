@@ -1,5 +1,6 @@
-//! The sparse ternary inference engine: runs an exported FCN, Conv net or ResNet on plain `f32`
-//! slices, with each masked layer's effective weight prepared once at load.
+//! The sparse ternary inference engine: runs an exported model's architecture (the steps the
+//! training model was built from, [`supermask_core::arch`]) on plain `f32` slices, with each
+//! masked layer's effective weight prepared once at load ([`crate::plan`]).
 //!
 //! A layer that keeps few entries (below [`SPARSE_BELOW`] of them, which trained signed
 //! Supermasks do in all but their last layer) is a sparse ternary matrix: an output adds and
@@ -10,30 +11,25 @@
 //! Linear nets keep activations feature-major (`[features, block]`), so every kept weight adds
 //! a contiguous run of samples at once; batches are split into blocks of `BLOCK` (32) or
 //! `WIDE_BLOCK` (64) samples that run the whole net in parallel, and up to
-//! `SAMPLE_BY_SAMPLE` (5) samples run one at a time. Conv nets and ResNets run samples in
-//! parallel; a ResNet's batch norms (evaluation mode: running statistics) are one per-channel
-//! scale and shift each, computed as the training model's fused path computes them
-//! ([`supermask_core::norm::fixed_affine`]).
+//! `SAMPLE_BY_SAMPLE` (5) samples run one at a time (an architecture that is only linear
+//! layers with ELUs between them, such as the FCN). Other architectures (Conv nets, ResNets)
+//! run samples in parallel, each through the steps in order; batch norms (evaluation mode:
+//! running statistics) are one per-channel scale and shift each, computed as the training
+//! model's fused path computes them ([`supermask_core::norm::fixed_affine`]).
 
 use crate::{
     act::elu_in_place,
-    grouped::{Grouped, MatvecScratch},
-    LayerWeights, SsmLayer, SsmModel,
+    grouped::MatvecScratch,
+    plan::{self, Linear, Op},
+    SsmModel,
 };
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Result};
 use rayon::prelude::*;
-use supermask_core::{
-    fused::{
-        channel_affine_sample, conv_sample, max_pool2_sample, max_pool_sample, transpose_block,
-        EffLayout, Effective,
-    },
-    norm::fixed_affine,
-    BnMode,
+use supermask_core::fused::{
+    channel_affine_sample, max_pool2_sample, max_pool_sample, transpose_block, Effective,
 };
 
-/// Layers keeping fewer than this share of their entries run the sparse ternary kernels
-/// (the crossover measured by `cargo bench --bench kernels`: about 25%).
-pub const SPARSE_BELOW: f64 = 0.2;
+pub use crate::plan::SPARSE_BELOW;
 
 /// Linear-net batches up to this size run sample by sample on the calling thread. Measured on
 /// the generated Table 1 FCN (Xeon, 2 threads, best of five): 3.1 us a sample, against one
@@ -51,372 +47,54 @@ const BLOCK: usize = 32;
 /// The block size once every thread gets at least one block of it.
 const WIDE_BLOCK: usize = 64;
 
-/// A linear layer ready to run: signed-constant layers in groups ([`Grouped`]), others as the
-/// fused kernels' sparse or dense form.
-struct Linear {
-    eff: Effective,
-    grouped: Option<Grouped>,
-    inputs: usize,
-    outputs: usize,
-}
-
-/// A conv layer ready to run.
-struct Conv {
-    eff: Effective,
-    c_in: usize,
-    c_out: usize,
-    k: usize,
-    stride: usize,
-    pad: usize,
-}
-
-impl Conv {
-    /// `[c_in, h, w]` -> `([c_out, oh, ow], oh, ow)` on this thread.
-    fn run(&self, x: &[f32], h: usize, w: usize) -> Result<(Vec<f32>, usize, usize)> {
-        conv_sample(&self.eff, self.c_in, h, w, self.k, self.stride, self.pad, x)
-    }
-}
-
-/// A conv layer followed by a batch norm with fixed statistics (a per-channel affine map).
-struct ConvBn {
-    conv: Conv,
-    scale: Vec<f32>,
-    shift: Vec<f32>,
-}
-
-impl ConvBn {
-    fn run(&self, x: &[f32], h: usize, w: usize) -> Result<(Vec<f32>, usize, usize)> {
-        let (mut y, oh, ow) = self.conv.run(x, h, w)?;
-        channel_affine_sample(&mut y, &self.scale, &self.shift);
-        Ok((y, oh, ow))
-    }
-}
-
-/// A residual block (`supermask_models::resnet`): `conv1 -> BN -> ELU -> conv2 -> BN`, then
-/// `ELU(ELU(main) + BN(shortcut conv(x)))` for projection blocks, `ELU(main + x)` otherwise.
-struct Block {
-    conv1: ConvBn,
-    conv2: ConvBn,
-    shortcut: Option<ConvBn>,
-}
-
-/// The architectures the engine runs.
-enum Arch {
-    /// Linear layers with ELU between them.
-    Fcn { layers: Vec<Linear> },
-    /// Pairs of 3x3 convs (ELU after each) and a 2x2 max-pool per pair, then linear layers
-    /// with ELU between them (the `conv2`/`conv4`/`conv6`/`conv8` models).
-    ConvNet {
-        convs: Vec<Conv>,
-        fcs: Vec<Linear>,
-        input: [usize; 3],
-    },
-    /// The authors' CIFAR ResNets (`resnet20`/`resnet56`/`resnet110`): stem conv -> BN ->
-    /// ELU -> 3x3 stride-1 max-pool, residual blocks, global average pool, linear head.
-    ResNet(Box<ResNet>),
-}
-
-/// A ResNet's parts (boxed in [`Arch`]: it is much larger than the other variants).
-struct ResNet {
-    stem: ConvBn,
-    blocks: Vec<Block>,
-    head: Linear,
-    input: [usize; 3],
+/// How the engine runs a batch.
+enum Net {
+    /// Only linear layers with ELU between them (after an optional flatten): blocks of
+    /// samples with feature-major activations.
+    Linear(Vec<Linear>),
+    /// Anything else: each sample through the plan's steps, samples in parallel.
+    Steps(Vec<Op>),
 }
 
 /// An exported model prepared for inference.
 pub struct Engine {
-    net: Arch,
+    net: Net,
+    input: Vec<usize>,
     alpha: f32,
     classes: usize,
     input_len: usize,
 }
 
-fn prepare(layer: &SsmLayer, layout: EffLayout) -> Result<Effective> {
-    let rows = *layer.shape.first().context("layer without a shape")?;
-    ensure!(
-        rows > 0,
-        "layer {}: empty shape {:?}",
-        layer.name,
-        layer.shape
-    );
-    let cols = layer.numel() / rows;
-    Ok(match &layer.weights {
-        LayerWeights::Ternary { magnitude, pattern } => {
-            let w: Vec<f32> = pattern.iter().map(|&p| f32::from(p) * magnitude).collect();
-            let mask: Vec<f32> = pattern.iter().map(|&p| f32::from(p.abs())).collect();
-            Effective::build(&w, &mask, rows, cols, Some(*magnitude), layout)
-        }
-        LayerWeights::Values(v) => {
-            let mask: Vec<f32> = v.iter().map(|&x| f32::from(u8::from(x != 0.0))).collect();
-            Effective::build(v, &mask, rows, cols, None, layout)
-        }
-    })
-}
+/// A per-sample activation: values and their shape (`[c, h, w]` or `[n]`).
+type Act = (Vec<f32>, Vec<usize>);
 
-fn linear(layer: &SsmLayer, inputs: usize) -> Result<Linear> {
-    ensure!(
-        layer.shape.len() == 2 && layer.shape[1] == inputs,
-        "layer {}: expected a linear layer [_, {inputs}], got {:?}",
-        layer.name,
-        layer.shape
-    );
-    // Linear layers always run the sparse ternary kernels: in blocks of a few samples the
-    // GEMM's setup costs more than adding the kept inputs, even for the densest last layer.
-    let eff = prepare(layer, EffLayout::Sparse)?;
-    let grouped = match &eff {
-        Effective::Sparse(t) => Grouped::new(t),
-        Effective::Dense { .. } => None,
-    };
-    Ok(Linear {
-        eff,
-        grouped,
-        inputs,
-        outputs: layer.shape[0],
-    })
-}
-
-/// A conv layer `[c_out, c_in, k, k]` from `c_in` channels: padding `k / 2` ("same" for odd
-/// kernels), dense or sparse by the layer's density.
-fn conv(layer: &SsmLayer, c_in: usize, stride: usize) -> Result<Conv> {
-    ensure!(
-        layer.shape.len() == 4 && layer.shape[1] == c_in && layer.shape[2] == layer.shape[3],
-        "layer {}: expected a square conv from {c_in} channels, got {:?}",
-        layer.name,
-        layer.shape
-    );
-    let k = layer.shape[2];
-    Ok(Conv {
-        eff: prepare(layer, EffLayout::Auto(SPARSE_BELOW))?,
-        c_in,
-        c_out: layer.shape[0],
-        k,
-        stride,
-        pad: k / 2,
-    })
-}
-
-/// A batch-norm mode from the model description (`key`), or `default` when absent.
-fn bn_mode(spec: &serde_json::Value, key: &str, default: BnMode) -> Result<BnMode> {
-    match spec.get(key) {
-        None => Ok(default),
-        Some(v) => serde_json::from_value(v.clone())
-            .with_context(|| format!("the model description's `{key}` is not a batch-norm mode")),
+/// `[c, h, w]` of an image activation, or an error naming the step.
+fn image(shape: &[usize], what: &str) -> Result<(usize, usize, usize)> {
+    match shape {
+        [c, h, w] => Ok((*c, *h, *w)),
+        _ => anyhow::bail!("{what} needs an image [c, h, w], got {shape:?}"),
     }
-}
-
-/// The batch norm `name` of `mode` over `c` channels as a per-channel `(scale, shift)`, from
-/// the file's tensors (`name.running_mean`, `name.running_var`, and in learnable mode
-/// `name.gamma`, `name.beta`).
-fn batch_norm(m: &SsmModel, name: &str, mode: BnMode, c: usize) -> Result<(Vec<f32>, Vec<f32>)> {
-    let get = |what: &str| -> Result<&[f32]> {
-        let key = format!("{name}.{what}");
-        let (_, shape, v) = m
-            .tensors
-            .iter()
-            .find(|(n, _, _)| *n == key)
-            .with_context(|| format!("the file has no tensor `{key}`"))?;
-        ensure!(
-            shape.as_slice() == [c] && v.len() == c,
-            "tensor `{key}`: expected shape [{c}], got {shape:?}"
-        );
-        Ok(v)
-    };
-    let affine = match mode {
-        BnMode::Learnable => Some((get("gamma")?, get("beta")?)),
-        _ => None,
-    };
-    let stats = match mode {
-        BnMode::None => None,
-        _ => Some((get("running_mean")?, get("running_var")?)),
-    };
-    fixed_affine(mode, c, affine, stats)
-}
-
-/// The per-sample image shape `[c, h, w]` of a conv model: the description's `input` (files
-/// written before models took their input shape from the data have none: CIFAR's 3x32x32).
-fn image_input(m: &SsmModel) -> Result<[usize; 3]> {
-    let Some(v) = m.model.get("input") else {
-        return Ok([3, 32, 32]);
-    };
-    let dims: Vec<usize> = serde_json::from_value(v.clone())
-        .with_context(|| format!("the model description's input {v} is not a list of sizes"))?;
-    match dims[..] {
-        [c, h, w] if c > 0 && h > 0 && w > 0 => Ok([c, h, w]),
-        _ => bail!("a conv model needs an input [channels, height, width], the file says {dims:?}"),
-    }
-}
-
-/// A ResNet with `per_stage` blocks per stage, layer by layer as
-/// `supermask_models::resnet` builds it; every name and shape is checked.
-fn resnet(
-    m: &SsmModel,
-    spec: &serde_json::Value,
-    per_stage: usize,
-    input: [usize; 3],
-) -> Result<(Arch, usize)> {
-    let bn = bn_mode(spec, "bn", BnMode::None)?;
-    let stem_bn = bn_mode(spec, "stem_bn", BnMode::Learnable)?;
-    let mut layers = m.layers.iter();
-    let mut next = |name: &str| -> Result<&SsmLayer> {
-        let l = layers
-            .next()
-            .with_context(|| format!("the file ends before layer `{name}`"))?;
-        ensure!(
-            l.name == name,
-            "expected layer `{name}` of a ResNet, found `{}`",
-            l.name
-        );
-        Ok(l)
-    };
-    let conv_bn = |l: &SsmLayer, c_in: usize, stride: usize, bn_name: &str, mode: BnMode| {
-        let conv = conv(l, c_in, stride)?;
-        let (scale, shift) = batch_norm(m, bn_name, mode, conv.c_out)
-            .with_context(|| format!("batch norm of layer {}", l.name))?;
-        Ok::<_, anyhow::Error>(ConvBn { conv, scale, shift })
-    };
-    let stem = conv_bn(next("stem.conv")?, input[0], 1, "stem.bn", stem_bn)?;
-    let mut c = stem.conv.c_out;
-    let mut blocks = Vec::new();
-    for stage in 1..=3 {
-        for b in 1..=per_stage {
-            let n = format!("s{stage}.b{b}");
-            let stride = if b == 1 && stage > 1 { 2 } else { 1 };
-            // The block's conv `part` and its batch norm `bn_part`.
-            let mut part = |part: &str, bn_part: &str, c_in: usize, stride: usize| {
-                let l = next(&format!("{n}.{part}"))?;
-                conv_bn(l, c_in, stride, &format!("{n}.{bn_part}"), bn)
-            };
-            let conv1 = part("conv1", "bn1", c, stride)?;
-            let conv2 = part("conv2", "bn2", conv1.conv.c_out, 1)?;
-            let shortcut = if b == 1 {
-                Some(part("shortcut", "shortcut_bn", c, stride)?)
-            } else {
-                None
-            };
-            let out = conv2.conv.c_out;
-            ensure!(
-                shortcut.as_ref().map_or(out == c, |s| s.conv.c_out == out),
-                "block {n}: the residual sum needs {out} channels on both sides"
-            );
-            if b == 1 {
-                // Projection blocks: the 1x1 convs change the size; stride 1 keeps it.
-                ensure!(
-                    conv1.conv.k == 1 && shortcut.as_ref().is_some_and(|s| s.conv.k == 1),
-                    "block {n}: a projection block has 1x1 conv1 and shortcut"
-                );
-            }
-            blocks.push(Block {
-                conv1,
-                conv2,
-                shortcut,
-            });
-            c = out;
-        }
-    }
-    let head = linear(next("head")?, c)?;
-    if let Some(extra) = layers.next() {
-        bail!("unexpected layer `{}` after the ResNet's head", extra.name);
-    }
-    let len = input.iter().product();
-    Ok((
-        Arch::ResNet(Box::new(ResNet {
-            stem,
-            blocks,
-            head,
-            input,
-        })),
-        len,
-    ))
 }
 
 impl Engine {
-    /// Prepares `m`; fails for architectures the engine does not run and for layers that do
-    /// not chain (naming the layer).
+    /// Prepares `m` from its architecture; fails when the file's layers are not the
+    /// architecture's (naming the layer) or the steps do not chain.
     pub fn new(m: &SsmModel) -> Result<Self> {
-        let spec = m.model.get("spec").unwrap_or(&m.model);
-        let kind = spec
-            .get("type")
-            .and_then(|t| t.as_str())
-            .context("the model description has no `type`")?;
-        let alpha = spec
-            .get("elu_alpha")
-            .and_then(|a| a.as_f64())
-            .unwrap_or(1.0) as f32;
-        let (net, input_len) = match kind {
-            "fcn" => {
-                let mut width = m.layers.first().context("fcn without layers")?.shape[1];
-                let input = width;
-                let mut layers = Vec::new();
-                for l in &m.layers {
-                    let lin = linear(l, width)?;
-                    width = lin.outputs;
-                    layers.push(lin);
-                }
-                (Arch::Fcn { layers }, input)
-            }
-            "conv2" | "conv4" | "conv6" | "conv8" => {
-                let (mut convs, mut fcs) = (Vec::new(), Vec::new());
-                let input = image_input(m)?;
-                let mut shape = input;
-                let mut it = m.layers.iter().peekable();
-                while let Some(l) = it.next_if(|l| l.shape.len() == 4) {
-                    ensure!(
-                        l.shape[1] == shape[0] && l.shape[2] == 3 && l.shape[3] == 3,
-                        "layer {}: expected a 3x3 conv from {} channels, got {:?}",
-                        l.name,
-                        shape[0],
-                        l.shape
-                    );
-                    convs.push(conv(l, shape[0], 1)?);
-                    shape[0] = l.shape[0];
-                    if convs.len() % 2 == 0 {
-                        shape = [shape[0], shape[1] / 2, shape[2] / 2];
-                    }
-                }
-                ensure!(
-                    !convs.is_empty() && convs.len() % 2 == 0,
-                    "a conv net needs conv layers in pairs, got {}",
-                    convs.len()
-                );
-                let mut width: usize = shape.iter().product();
-                for l in it {
-                    let lin = linear(l, width)?;
-                    width = lin.outputs;
-                    fcs.push(lin);
-                }
-                ensure!(
-                    !fcs.is_empty(),
-                    "a conv net needs linear layers after the convs"
-                );
-                let len = input.iter().product();
-                (Arch::ConvNet { convs, fcs, input }, len)
-            }
-            "resnet20" | "resnet56" | "resnet110" => {
-                let blocks = match kind {
-                    "resnet20" => 3,
-                    "resnet56" => 9,
-                    _ => 18,
-                };
-                resnet(m, spec, blocks, image_input(m)?)?
-            }
-            other => bail!(
-                "the inference engine runs `fcn`, `conv2`/`conv4`/`conv6`/`conv8` and \
-                 `resnet20`/`resnet56`/`resnet110` models, not `{other}` (the file itself is \
-                 fine: `supermask inspect` reads it)"
-            ),
-        };
-        let classes = match &net {
-            Arch::Fcn { layers } => layers.last().map(|l| l.outputs),
-            Arch::ConvNet { fcs, .. } => fcs.last().map(|l| l.outputs),
-            Arch::ResNet(r) => Some(r.head.outputs),
+        let arch = plan::architecture(m)?;
+        let (mut ops, classes) = plan::build(m, &arch)?;
+        if matches!(ops.first(), Some(Op::Flatten)) {
+            ops.remove(0);
         }
-        .context("model without layers")?;
+        let net = match ops.as_mut_slice() {
+            [Op::Linears(layers)] => Net::Linear(std::mem::take(layers)),
+            _ => Net::Steps(ops),
+        };
         Ok(Self {
             net,
-            alpha,
+            input_len: arch.input_len(),
+            input: arch.input,
+            alpha: arch.elu_alpha as f32,
             classes,
-            input_len,
         })
     }
 
@@ -444,7 +122,7 @@ impl Engine {
             return Ok(out);
         }
         match &self.net {
-            Arch::Fcn { layers } if batch <= SAMPLE_BY_SAMPLE => {
+            Net::Linear(layers) if batch <= SAMPLE_BY_SAMPLE => {
                 // A few samples: one at a time on this thread (a task hand-off or a block
                 // costs more than the work).
                 for (out, x) in out
@@ -454,56 +132,26 @@ impl Engine {
                     self.sample(layers, x, out);
                 }
             }
-            Arch::Fcn { layers } if batch >= WIDE_BLOCK * rayon::current_num_threads() => {
+            Net::Linear(layers) if batch >= WIDE_BLOCK * rayon::current_num_threads() => {
                 let size = (WIDE_BLOCK * self.input_len, WIDE_BLOCK * self.classes);
                 in_parallel(x, &mut out, size, |x, out| {
                     self.block::<WIDE_BLOCK>(layers, x, out)
                 });
             }
-            Arch::Fcn { layers } => {
+            Net::Linear(layers) => {
                 let size = (BLOCK * self.input_len, BLOCK * self.classes);
                 in_parallel(x, &mut out, size, |x, out| {
                     self.block::<BLOCK>(layers, x, out)
                 });
             }
-            Arch::ConvNet { convs, fcs, input } => {
+            Net::Steps(ops) => {
                 let result: Result<()> = out
                     .par_chunks_mut(self.classes)
                     .zip(x.par_chunks(self.input_len))
                     .try_for_each(|(out, x)| {
-                        let [mut c, mut h, mut w] = *input;
-                        let mut z = x.to_vec();
-                        for (i, conv) in convs.iter().enumerate() {
-                            debug_assert_eq!(conv.c_in, c);
-                            let (mut y, oh, ow) = conv.run(&z, h, w)?;
-                            elu_in_place(&mut y, self.alpha);
-                            (c, h, w) = (conv.c_out, oh, ow);
-                            z = if i % 2 == 1 {
-                                let p = max_pool2_sample(&y, c, h, w);
-                                (h, w) = (h / 2, w / 2);
-                                p
-                            } else {
-                                y
-                            };
-                        }
-                        self.sample(fcs, &z, out);
-                        Ok(())
-                    });
-                result?;
-            }
-            Arch::ResNet(r) => {
-                let ResNet {
-                    stem,
-                    blocks,
-                    head,
-                    input,
-                } = &**r;
-                let result: Result<()> = out
-                    .par_chunks_mut(self.classes)
-                    .zip(x.par_chunks(self.input_len))
-                    .try_for_each(|(out, x)| {
-                        let z = self.resnet_features(stem, blocks, *input, x)?;
-                        self.sample(std::slice::from_ref(head), &z, out);
+                        let (z, _) = self.run(ops, x, &self.input)?;
+                        ensure!(z.len() == out.len(), "the plan's output is not the logits");
+                        out.copy_from_slice(&z);
                         Ok(())
                     });
                 result?;
@@ -512,52 +160,113 @@ impl Engine {
         Ok(out)
     }
 
-    /// One sample through a ResNet up to the global average pool: `[channels]`.
-    fn resnet_features(
-        &self,
-        stem: &ConvBn,
-        blocks: &[Block],
-        input: [usize; 3],
-        x: &[f32],
-    ) -> Result<Vec<f32>> {
-        let [_, h, w] = input;
-        let (mut z, h, w) = stem.run(x, h, w)?;
-        elu_in_place(&mut z, self.alpha);
-        let c = stem.conv.c_out;
-        let (mut z, mut h, mut w) = max_pool_sample(&z, c, h, w, 3, 1, 1)?;
-        for b in blocks {
-            let (mut m, mh, mw) = b.conv1.run(&z, h, w)?;
-            elu_in_place(&mut m, self.alpha);
-            let (mut m, mh, mw) = b.conv2.run(&m, mh, mw)?;
-            let skip = match &b.shortcut {
-                Some(sc) => {
-                    elu_in_place(&mut m, self.alpha);
-                    sc.run(&z, h, w)?.0
+    /// One sample `x` of `shape` through `ops` on this thread. ELU, batch norm and flatten
+    /// work in place on the activation; the first op reads `x` without copying it.
+    fn run(&self, ops: &[Op], x: &[f32], shape: &[usize]) -> Result<Act> {
+        let mut cur: Option<Act> = None;
+        for op in ops {
+            let in_place = matches!(op, Op::Norm { .. } | Op::Elu | Op::Flatten);
+            match (&mut cur, in_place) {
+                (Some((z, s)), true) => match op {
+                    Op::Norm { scale, shift } => channel_affine_sample(z, scale, shift),
+                    Op::Elu => elu_in_place(z, self.alpha),
+                    _ => *s = vec![z.len()],
+                },
+                _ => {
+                    let next = match &cur {
+                        Some((z, s)) => self.step(op, z, s)?,
+                        None => self.step(op, x, shape)?,
+                    };
+                    cur = Some(next);
                 }
-                None => z,
-            };
-            ensure!(
-                skip.len() == m.len(),
-                "residual and main path differ in size"
-            );
-            for (a, b) in m.iter_mut().zip(&skip) {
-                *a += b;
             }
-            elu_in_place(&mut m, self.alpha);
-            (z, h, w) = (m, mh, mw);
         }
-        // Global average pool as the model computes it: the mean over each row, then over
-        // the rows.
-        let hw = h * w;
-        Ok(z.chunks_exact(hw.max(1))
-            .map(|plane| {
-                let rows: f32 = plane
-                    .chunks_exact(w)
-                    .map(|r| r.iter().sum::<f32>() / w as f32)
-                    .sum();
-                rows / h as f32
-            })
-            .collect())
+        Ok(cur.unwrap_or_else(|| (x.to_vec(), shape.to_vec())))
+    }
+
+    /// An op that makes a new activation from `z` of `shape`.
+    fn step(&self, op: &Op, z: &[f32], shape: &[usize]) -> Result<Act> {
+        Ok(match op {
+            Op::Conv(conv) => {
+                let (_, h, w) = image(shape, "a conv")?;
+                let (y, oh, ow) = supermask_core::fused::conv_sample(
+                    &conv.eff,
+                    conv.c_in,
+                    h,
+                    w,
+                    conv.k,
+                    conv.stride,
+                    conv.pad,
+                    z,
+                )?;
+                (y, vec![conv.c_out, oh, ow])
+            }
+            Op::MaxPool {
+                k: 2,
+                stride: 2,
+                pad: 0,
+            } => {
+                let (c, h, w) = image(shape, "a max-pool")?;
+                (max_pool2_sample(z, c, h, w), vec![c, h / 2, w / 2])
+            }
+            Op::MaxPool { k, stride, pad } => {
+                let (c, h, w) = image(shape, "a max-pool")?;
+                let (y, oh, ow) = max_pool_sample(z, c, h, w, *k, *stride, *pad)?;
+                (y, vec![c, oh, ow])
+            }
+            Op::GlobalAvgPool => {
+                // As the model computes it: the mean over each row, then over the rows.
+                let (c, h, w) = image(shape, "global average pooling")?;
+                let hw = h * w;
+                let v = z
+                    .chunks_exact(hw.max(1))
+                    .map(|plane| {
+                        let rows: f32 = plane
+                            .chunks_exact(w)
+                            .map(|r| r.iter().sum::<f32>() / w as f32)
+                            .sum();
+                        rows / h as f32
+                    })
+                    .collect();
+                (v, vec![c])
+            }
+            Op::Residual { main, shortcut } => {
+                let (mut m, ms) = self.run(main, z, shape)?;
+                let skip = if shortcut.is_empty() {
+                    None
+                } else {
+                    Some(self.run(shortcut, z, shape)?.0)
+                };
+                let skip = skip.as_deref().unwrap_or(z);
+                ensure!(
+                    skip.len() == m.len(),
+                    "residual and main path differ in size"
+                );
+                for (a, b) in m.iter_mut().zip(skip) {
+                    *a += b;
+                }
+                (m, ms)
+            }
+            Op::Linears(layers) => {
+                let outputs = layers.last().map_or(0, |l| l.outputs);
+                let mut y = vec![0.0f32; outputs];
+                ensure!(
+                    layers.first().is_some_and(|l| l.inputs == z.len()),
+                    "a linear layer after an output of shape {shape:?}"
+                );
+                self.sample(layers, z, &mut y);
+                (y, vec![outputs])
+            }
+            Op::Norm { .. } | Op::Elu | Op::Flatten => {
+                let (mut v, mut s) = (z.to_vec(), shape.to_vec());
+                match op {
+                    Op::Norm { scale, shift } => channel_affine_sample(&mut v, scale, shift),
+                    Op::Elu => elu_in_place(&mut v, self.alpha),
+                    _ => s = vec![v.len()],
+                }
+                (v, s)
+            }
+        })
     }
 
     /// A block of up to `N` samples (row-major `x`, `out`) through linear layers, with
@@ -734,6 +443,7 @@ fn aligned_rows<const N: usize>(v: &mut Vec<f32>, rows: usize) -> &mut [[f32; N]
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{LayerWeights, SsmLayer};
 
     /// `n` values in `[lo, hi)` from a seeded xorshift.
     fn values(n: usize, seed: u64, lo: f32, hi: f32) -> Vec<f32> {
@@ -778,7 +488,17 @@ mod tests {
             .map(|v| if v.abs() < 0.4 { 0.0 } else { v })
             .collect();
         SsmModel {
-            model: serde_json::json!({"spec": {"type": "fcn", "elu_alpha": 0.8}}),
+            model: serde_json::json!({
+                "spec": {"type": "fcn", "elu_alpha": 0.8},
+                "arch": {"input": [50], "elu_alpha": 0.8, "steps": [
+                    {"op": "flatten"},
+                    {"op": "linear", "name": "fc1", "inputs": 50, "outputs": 40},
+                    {"op": "elu"},
+                    {"op": "linear", "name": "fc2", "inputs": 40, "outputs": 30},
+                    {"op": "elu"},
+                    {"op": "linear", "name": "fc3", "inputs": 30, "outputs": 10},
+                ]},
+            }),
             layers: vec![
                 ternary("fc1", [40, 50], 0.08, 1),
                 SsmLayer {
@@ -894,7 +614,7 @@ mod tests {
         // WIDE_BLOCK per thread, which depends on the machine's cores).
         for n in [1, 5, BLOCK, WIDE_BLOCK] {
             let mut out = vec![0.0f32; n * 10];
-            let Arch::Fcn { layers } = &e.net else {
+            let Net::Linear(layers) = &e.net else {
                 unreachable!()
             };
             e.block::<BLOCK>(

@@ -11,6 +11,7 @@ pub mod engine;
 pub mod format;
 pub mod grouped;
 pub mod model;
+mod plan;
 
 pub use engine::Engine;
 pub use model::{LayerWeights, SsmLayer, SsmModel};

@@ -5,9 +5,11 @@
 //! Conv6 2,261,184; Conv8 5,275,840. They run on any `[channels, height, width]` (MNIST's
 //! 1x28x28 natively); pools round down, so the first dense layer's width follows the input.
 
-use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
-use supermask_core::{register_plugin, ForwardCtx, Layer, LayerFactory, Model, ModelSpec, Result};
+use supermask_core::{
+    arch::{Architecture, Step},
+    register_plugin, ModelSpec, Result,
+};
 
 fn default_classes() -> usize {
     10
@@ -16,80 +18,70 @@ fn default_alpha() -> f64 {
     1.0
 }
 
-/// A built Conv network.
-pub struct ConvNet {
-    convs: Vec<Layer>,
-    fcs: Vec<Layer>,
-    alpha: f64,
-}
-
-impl Model for ConvNet {
-    fn forward_t(&self, xs: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
-        let mut x = xs.clone();
-        for pair in self.convs.chunks(2) {
-            // conv -> ELU (-> conv -> ELU) -> 2x2 max-pool; the pool is the last conv's epilogue.
-            let last = pair.len() - 1;
-            for (i, conv) in pair.iter().enumerate() {
-                x = conv.forward_epilogue(&x, ctx, Some(self.alpha), i == last)?;
-            }
-        }
-        x = x.flatten_from(1)?;
-        let last = self.fcs.len() - 1;
-        for (i, fc) in self.fcs.iter().enumerate() {
-            x = fc.forward_act(&x, ctx, (i < last).then_some(self.alpha))?;
-        }
-        Ok(x)
-    }
-
-    fn layers(&self) -> Vec<&Layer> {
-        self.convs.iter().chain(&self.fcs).collect()
-    }
-
-    fn layers_mut(&mut self) -> Vec<&mut Layer> {
-        self.convs.iter_mut().chain(self.fcs.iter_mut()).collect()
-    }
-}
-
-/// Builds a Conv net with `stages` stages for `[channels, height, width]` inputs.
-fn build_conv(
-    factory: &mut LayerFactory,
+/// `stages` of (conv, ELU, conv, ELU, 2x2 max-pool), flatten, then fc1-fc3 (256, 256,
+/// `classes`) with an ELU between them.
+fn conv_architecture(
     input: &[usize],
     stages: usize,
     classes: usize,
     alpha: f64,
-) -> Result<Box<dyn Model>> {
+) -> Result<Architecture> {
     anyhow::ensure!(
         input.len() == 3,
         "conv1: a Conv net takes images [channels, height, width], got samples of shape \
          {input:?} (use the fcn for flat data)"
     );
     let mut shape = input.to_vec();
-    let mut convs = Vec::new();
+    let mut steps = Vec::new();
+    let mut n = 0;
     for s in 0..stages {
         let filters = 64 << s;
         for _ in 0..2 {
-            let name = format!("conv{}", convs.len() + 1);
-            let layer = factory.conv2d(&name, shape[0], filters, 3, 1, 1)?;
-            shape = layer.spec().output_shape(&shape)?;
-            convs.push(layer);
+            n += 1;
+            let conv = Step::Conv {
+                name: format!("conv{n}"),
+                c_in: shape[0],
+                c_out: filters,
+                k: 3,
+                stride: 1,
+                padding: 1,
+            };
+            shape = conv
+                .layer_spec()?
+                .expect("a conv step has a layer")
+                .output_shape(&shape)?;
+            steps.extend([conv, Step::Elu]);
         }
         anyhow::ensure!(
             shape[1] >= 2 && shape[2] >= 2,
-            "conv{}: its output {:?} is too small for the 2x2 max-pool (input {input:?} has too \
-             few pixels for {stages} stages)",
-            convs.len(),
-            shape
+            "conv{n}: its output {shape:?} is too small for the 2x2 max-pool (input {input:?} \
+             has too few pixels for {stages} stages)"
         );
         shape = vec![shape[0], shape[1] / 2, shape[2] / 2];
+        steps.push(Step::MaxPool {
+            k: 2,
+            stride: 2,
+            padding: 0,
+        });
     }
+    steps.push(Step::Flatten);
     let mut width = shape.iter().product::<usize>();
-    let mut fcs = Vec::new();
     for (i, out) in [256, 256, classes].into_iter().enumerate() {
-        let layer = factory.linear(&format!("fc{}", i + 1), width, out)?;
-        width = layer.spec().output_shape(&[width])?[0];
-        fcs.push(layer);
+        if i > 0 {
+            steps.push(Step::Elu);
+        }
+        steps.push(Step::Linear {
+            name: format!("fc{}", i + 1),
+            inputs: width,
+            outputs: out,
+        });
+        width = out;
     }
-    Ok(Box::new(ConvNet { convs, fcs, alpha }))
+    Ok(Architecture {
+        input: input.to_vec(),
+        elu_alpha: alpha,
+        steps,
+    })
 }
 
 macro_rules! conv_spec {
@@ -123,8 +115,8 @@ macro_rules! conv_spec {
             fn classes(&self) -> usize {
                 self.classes
             }
-            fn build(&self, factory: &mut LayerFactory, input: &[usize]) -> Result<Box<dyn Model>> {
-                build_conv(factory, input, $stages, self.classes, self.elu_alpha)
+            fn architecture(&self, input: &[usize]) -> Result<Architecture> {
+                conv_architecture(input, $stages, self.classes, self.elu_alpha)
             }
         }
         register_plugin!(Model, $name, $ty, $desc);

@@ -1,10 +1,10 @@
 //! The fully-connected network of the paper (Table 7): 784-300-100-10, no biases, ELU
 //! (alpha = 1) after every hidden layer, 266,200 weights.
 
-use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 use supermask_core::{
-    model::check_chain, register_plugin, ForwardCtx, Layer, LayerFactory, Model, ModelSpec, Result,
+    arch::{Architecture, Step},
+    register_plugin, ModelSpec, Result,
 };
 
 fn default_hidden() -> Vec<usize> {
@@ -47,12 +47,6 @@ impl Default for FcnSpec {
     }
 }
 
-/// A built FCN: layers `fc1..fcN`.
-pub struct Fcn {
-    layers: Vec<Layer>,
-    alpha: f64,
-}
-
 #[typetag::serde(name = "fcn")]
 impl ModelSpec for FcnSpec {
     fn paper_input(&self) -> Vec<usize> {
@@ -63,7 +57,8 @@ impl ModelSpec for FcnSpec {
         self.classes
     }
 
-    fn build(&self, factory: &mut LayerFactory, input: &[usize]) -> Result<Box<dyn Model>> {
+    /// Flatten, then `fc1..fcN` with an ELU between consecutive layers.
+    fn architecture(&self, input: &[usize]) -> Result<Architecture> {
         let flat: usize = input.iter().product();
         if let Some(n) = self.input {
             anyhow::ensure!(
@@ -76,21 +71,22 @@ impl ModelSpec for FcnSpec {
         let mut widths = vec![flat];
         widths.extend(&self.hidden);
         widths.push(self.classes);
-        let layers = widths
-            .windows(2)
-            .enumerate()
-            .map(|(i, w)| factory.linear(&format!("fc{}", i + 1), w[0], w[1]))
-            .collect::<Result<Vec<_>>>()?;
-        let out = check_chain(&[flat], &layers.iter().collect::<Vec<_>>())?;
-        anyhow::ensure!(
-            out == [self.classes],
-            "fcn: output {out:?} != [{}]",
-            self.classes
-        );
-        Ok(Box::new(Fcn {
-            layers,
-            alpha: self.elu_alpha,
-        }))
+        let mut steps = vec![Step::Flatten];
+        for (i, w) in widths.windows(2).enumerate() {
+            if i > 0 {
+                steps.push(Step::Elu);
+            }
+            steps.push(Step::Linear {
+                name: format!("fc{}", i + 1),
+                inputs: w[0],
+                outputs: w[1],
+            });
+        }
+        Ok(Architecture {
+            input: input.to_vec(),
+            elu_alpha: self.elu_alpha,
+            steps,
+        })
     }
 }
 register_plugin!(
@@ -99,22 +95,3 @@ register_plugin!(
     FcnSpec,
     "fully-connected net, default 784-300-100-10, no biases, ELU (Table 7: 266,200 weights)"
 );
-
-impl Model for Fcn {
-    fn forward_t(&self, xs: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
-        let mut x = xs.flatten_from(1)?;
-        let last = self.layers.len() - 1;
-        for (i, layer) in self.layers.iter().enumerate() {
-            x = layer.forward_act(&x, ctx, (i < last).then_some(self.alpha))?;
-        }
-        Ok(x)
-    }
-
-    fn layers(&self) -> Vec<&Layer> {
-        self.layers.iter().collect()
-    }
-
-    fn layers_mut(&mut self) -> Vec<&mut Layer> {
-        self.layers.iter_mut().collect()
-    }
-}

@@ -19,117 +19,11 @@
 //! masked ResNet110 has irregular blocks (e.g. a second stride-2 projection block in stage 3),
 //! which we do not copy.
 
-use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 use supermask_core::{
-    norm::global_avg_pool,
-    ops::{elu, max_pool_same_stride1},
-    register_plugin, BatchNorm, BnMode, ForwardCtx, Layer, LayerFactory, Model, ModelSpec, Result,
+    arch::{Architecture, Step},
+    register_plugin, BnMode, ModelSpec, Result,
 };
-
-struct Block {
-    conv1: Layer,
-    bn1: BatchNorm,
-    conv2: Layer,
-    bn2: BatchNorm,
-    /// Projection blocks: shortcut conv and its BN; the main path ends with an ELU.
-    shortcut: Option<(Layer, BatchNorm)>,
-}
-
-/// A built ResNet.
-pub struct ResNet {
-    stem: Layer,
-    stem_bn: BatchNorm,
-    blocks: Vec<Block>,
-    head: Layer,
-    alpha: f64,
-}
-
-impl Block {
-    fn forward(&self, x: &Tensor, ctx: &ForwardCtx, alpha: f64) -> Result<Tensor> {
-        let k = &ctx.kernels;
-        let h = elu(
-            &self.bn1.forward_t(&self.conv1.forward_t(x, ctx)?, ctx)?,
-            alpha,
-            k,
-        )?;
-        let h = self.bn2.forward_t(&self.conv2.forward_t(&h, ctx)?, ctx)?;
-        let out = match &self.shortcut {
-            Some((conv, bn)) => {
-                (elu(&h, alpha, k)? + bn.forward_t(&conv.forward_t(x, ctx)?, ctx)?)?
-            }
-            None => (h + x)?,
-        };
-        elu(&out, alpha, k)
-    }
-}
-
-impl Model for ResNet {
-    fn forward_t(&self, xs: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
-        let x = elu(
-            &self
-                .stem_bn
-                .forward_t(&self.stem.forward_t(xs, ctx)?, ctx)?,
-            self.alpha,
-            &ctx.kernels,
-        )?;
-        let mut x = max_pool_same_stride1(&x, 3, &ctx.kernels)?;
-        for b in &self.blocks {
-            x = b.forward(&x, ctx, self.alpha)?;
-        }
-        self.head.forward_t(&global_avg_pool(&x)?, ctx)
-    }
-
-    fn layers(&self) -> Vec<&Layer> {
-        let mut v = vec![&self.stem];
-        for b in &self.blocks {
-            v.push(&b.conv1);
-            v.push(&b.conv2);
-            if let Some((s, _)) = &b.shortcut {
-                v.push(s);
-            }
-        }
-        v.push(&self.head);
-        v
-    }
-
-    fn layers_mut(&mut self) -> Vec<&mut Layer> {
-        let mut v = vec![&mut self.stem];
-        for b in &mut self.blocks {
-            v.push(&mut b.conv1);
-            v.push(&mut b.conv2);
-            if let Some((s, _)) = &mut b.shortcut {
-                v.push(s);
-            }
-        }
-        v.push(&mut self.head);
-        v
-    }
-
-    fn norms(&self) -> Vec<&BatchNorm> {
-        let mut v = vec![&self.stem_bn];
-        for b in &self.blocks {
-            v.push(&b.bn1);
-            v.push(&b.bn2);
-            if let Some((_, bn)) = &b.shortcut {
-                v.push(bn);
-            }
-        }
-        v
-    }
-
-    fn norms_mut(&mut self) -> Vec<&mut BatchNorm> {
-        let mut v = vec![&mut self.stem_bn];
-        for b in &mut self.blocks {
-            v.push(&mut b.bn1);
-            v.push(&mut b.bn2);
-            if let Some((_, bn)) = &mut b.shortcut {
-                v.push(bn);
-            }
-        }
-        v
-    }
-}
 
 struct ResNetParams {
     blocks: usize,
@@ -140,11 +34,27 @@ struct ResNetParams {
     alpha: f64,
 }
 
-fn build_resnet(
-    factory: &mut LayerFactory,
-    input: &[usize],
-    p: &ResNetParams,
-) -> Result<Box<dyn Model>> {
+/// A `k x k` convolution with "same" padding for odd `k` (`k / 2`).
+fn conv(name: String, c_in: usize, c_out: usize, k: usize, stride: usize) -> Step {
+    Step::Conv {
+        name,
+        c_in,
+        c_out,
+        k,
+        stride,
+        padding: k / 2,
+    }
+}
+
+fn bn(name: String, channels: usize, mode: BnMode) -> Step {
+    Step::BatchNorm {
+        name,
+        channels,
+        mode,
+    }
+}
+
+fn resnet_architecture(input: &[usize], p: &ResNetParams) -> Result<Architecture> {
     let w = (16.0 * p.width).round() as usize;
     anyhow::ensure!(
         w > 0 && p.blocks > 0,
@@ -155,66 +65,67 @@ fn build_resnet(
         "stem.conv: a ResNet takes images [channels, height, width], got samples of shape \
          {input:?}"
     );
-    let dev = factory.device().clone();
-    let stem = factory.conv2d("stem.conv", input[0], w, 3, 1, 1)?;
-    let stem_bn = BatchNorm::new("stem.bn", w, p.stem_bn, &dev)?;
-    let mut shape = stem.spec().output_shape(input)?;
-    let mut blocks = Vec::new();
+    let mut steps = vec![
+        conv("stem.conv".into(), input[0], w, 3, 1),
+        bn("stem.bn".into(), w, p.stem_bn),
+        Step::Elu,
+        Step::MaxPool {
+            k: 3,
+            stride: 1,
+            padding: 1,
+        },
+    ];
+    let mut c = w;
     for stage in 0..3 {
         let filters = w << stage;
         for b in 0..p.blocks {
-            let name = format!("s{}.b{}", stage + 1, b + 1);
-            let c_in = shape[0];
-            let block = if b == 0 {
+            let n = format!("s{}.b{}", stage + 1, b + 1);
+            let (main, shortcut) = if b == 0 {
+                // Projection block: 1x1 conv1 and shortcut with the stage's stride.
                 let stride = if stage == 0 { 1 } else { 2 };
-                let conv1 =
-                    factory.conv2d(&format!("{name}.conv1"), c_in, filters, 1, stride, 0)?;
-                let conv2 = factory.conv2d(&format!("{name}.conv2"), filters, filters, 3, 1, 1)?;
-                let sc =
-                    factory.conv2d(&format!("{name}.shortcut"), c_in, filters, 1, stride, 0)?;
-                let main = conv2
-                    .spec()
-                    .output_shape(&conv1.spec().output_shape(&shape)?)?;
-                let side = sc.spec().output_shape(&shape)?;
-                anyhow::ensure!(
-                    main == side,
-                    "{name}: main path {main:?} != shortcut {side:?}"
-                );
-                shape = main;
-                let bn = BatchNorm::new(&format!("{name}.shortcut_bn"), filters, p.bn, &dev)?;
-                Block {
-                    conv1,
-                    bn1: BatchNorm::new(&format!("{name}.bn1"), filters, p.bn, &dev)?,
-                    conv2,
-                    bn2: BatchNorm::new(&format!("{name}.bn2"), filters, p.bn, &dev)?,
-                    shortcut: Some((sc, bn)),
-                }
+                (
+                    vec![
+                        conv(format!("{n}.conv1"), c, filters, 1, stride),
+                        bn(format!("{n}.bn1"), filters, p.bn),
+                        Step::Elu,
+                        conv(format!("{n}.conv2"), filters, filters, 3, 1),
+                        bn(format!("{n}.bn2"), filters, p.bn),
+                        Step::Elu,
+                    ],
+                    vec![
+                        conv(format!("{n}.shortcut"), c, filters, 1, stride),
+                        bn(format!("{n}.shortcut_bn"), filters, p.bn),
+                    ],
+                )
             } else {
-                let conv1 = factory.conv2d(&format!("{name}.conv1"), c_in, filters, 3, 1, 1)?;
-                let conv2 = factory.conv2d(&format!("{name}.conv2"), filters, filters, 3, 1, 1)?;
-                let out = conv2
-                    .spec()
-                    .output_shape(&conv1.spec().output_shape(&shape)?)?;
-                anyhow::ensure!(out == shape, "{name}: output {out:?} != input {shape:?}");
-                Block {
-                    conv1,
-                    bn1: BatchNorm::new(&format!("{name}.bn1"), filters, p.bn, &dev)?,
-                    conv2,
-                    bn2: BatchNorm::new(&format!("{name}.bn2"), filters, p.bn, &dev)?,
-                    shortcut: None,
-                }
+                (
+                    vec![
+                        conv(format!("{n}.conv1"), c, filters, 3, 1),
+                        bn(format!("{n}.bn1"), filters, p.bn),
+                        Step::Elu,
+                        conv(format!("{n}.conv2"), filters, filters, 3, 1),
+                        bn(format!("{n}.bn2"), filters, p.bn),
+                    ],
+                    Vec::new(),
+                )
             };
-            blocks.push(block);
+            steps.extend([Step::Residual { main, shortcut }, Step::Elu]);
+            c = filters;
         }
     }
-    let head = factory.linear("head", shape[0], p.classes)?;
-    Ok(Box::new(ResNet {
-        stem,
-        stem_bn,
-        blocks,
-        head,
-        alpha: p.alpha,
-    }))
+    steps.extend([
+        Step::GlobalAvgPool,
+        Step::Linear {
+            name: "head".into(),
+            inputs: c,
+            outputs: p.classes,
+        },
+    ]);
+    Ok(Architecture {
+        input: input.to_vec(),
+        elu_alpha: p.alpha,
+        steps,
+    })
 }
 
 fn one() -> f64 {
@@ -280,8 +191,8 @@ macro_rules! resnet_spec {
             fn classes(&self) -> usize {
                 self.classes
             }
-            fn build(&self, factory: &mut LayerFactory, input: &[usize]) -> Result<Box<dyn Model>> {
-                build_resnet(factory, input, &self.params())
+            fn architecture(&self, input: &[usize]) -> Result<Architecture> {
+                resnet_architecture(input, &self.params())
             }
         }
         register_plugin!(Model, $name, $ty, $desc);

@@ -102,6 +102,19 @@ fn engine_matches_model_with(
     let m = format::decode(&format::encode(&m).unwrap()).unwrap();
     let engine = Engine::new(&m).unwrap();
     let d = data(n, shape, 7);
+    // A file without the stored architecture (as written before it was stored) runs the
+    // architecture its model spec describes: the same steps, so the same logits, bit for bit.
+    let mut old = m.clone();
+    old.model
+        .as_object_mut()
+        .unwrap()
+        .remove("arch")
+        .expect("an arch");
+    assert_eq!(
+        Engine::new(&old).unwrap().forward(&d.images, n).unwrap(),
+        engine.forward(&d.images, n).unwrap(),
+        "{preset_name}: the spec's architecture runs differently from the stored one"
+    );
     let want = trainer.logits(&d).unwrap();
     let c = engine.classes();
     let mut batched = engine.forward(&d.images, n).unwrap();
@@ -182,4 +195,37 @@ fn exported_resnet_with_a_missing_batch_norm_tensor_is_refused() {
         err.contains("s2.b1.bn2.gamma") && err.contains("s2.b1.conv2"),
         "{err}"
     );
+}
+
+/// The stored architecture must describe the file's layers: a layer renamed or reshaped in the
+/// architecture, or one the architecture lacks, is refused with its name.
+#[test]
+fn an_architecture_that_disagrees_with_the_layers_is_refused() {
+    supermask_train::link_plugins();
+    let name = "table2-conv2-signed-elus";
+    let cfg = RunConfig::from_toml(&preset(name), &[], name).unwrap();
+    let trainer = Trainer::new(&cfg, &[1, 12, 12], &Device::Cpu).unwrap();
+    let m = export_trainer(&cfg, &trainer).unwrap();
+    assert!(Engine::new(&m).is_ok());
+    let edit = |f: &dyn Fn(&mut serde_json::Value)| {
+        let mut bad = m.clone();
+        f(&mut bad.model["arch"]);
+        format!("{:#}", Engine::new(&bad).err().expect("refused"))
+    };
+    let err = edit(&|a| a["steps"][0]["name"] = "convX".into());
+    assert!(err.contains("convX") && err.contains("conv1"), "{err}");
+    // Steps that chain but give conv1 and conv2 other shapes than the file's.
+    let err = edit(&|a| {
+        a["steps"][0]["c_out"] = 32.into();
+        a["steps"][2]["c_in"] = 32.into();
+    });
+    assert!(
+        err.contains("conv1") && err.contains("[32, 1, 3, 3]"),
+        "{err}"
+    );
+    let err = edit(&|a| {
+        let steps = a["steps"].as_array_mut().unwrap();
+        steps.truncate(steps.len() - 2);
+    });
+    assert!(err.contains("fc3"), "{err}");
 }
