@@ -4,7 +4,7 @@
 use anyhow::{ensure, Context, Result};
 use candle_core::{DType, Device};
 use std::{io::Write, path::Path, time::Instant};
-use supermask_core::Layer;
+use supermask_core::{Architecture, Layer};
 use supermask_datasets::{load_by_name, Split};
 use supermask_export::{format, Engine, LayerWeights, SsmLayer, SsmModel};
 use supermask_train::{config::RunConfig, rundir::RunDir, Trainer};
@@ -96,16 +96,13 @@ pub fn inspect(file: &Path, w: &mut dyn Write) -> Result<()> {
     )?;
     // The architecture's steps are long (a ResNet110 has hundreds); the spec names it.
     let mut shown = m.model.clone();
-    let steps = shown
-        .as_object_mut()
-        .and_then(|o| o.remove("arch"))
-        .and_then(|a| {
-            a.get("steps")
-                .map(|s| s.to_string().matches("\"op\"").count())
-        });
+    let arch = shown.as_object_mut().and_then(|o| o.remove("arch"));
     writeln!(w, "model: {shown}")?;
-    if let Some(n) = steps {
-        writeln!(w, "architecture: {n} steps")?;
+    if let Some(a) = arch {
+        let a: Architecture =
+            serde_json::from_value(a).context("the model description's `arch`")?;
+        let steps = a.all_steps().len();
+        writeln!(w, "architecture: input {:?}, {steps} steps", a.input)?;
     }
     writeln!(
         w,

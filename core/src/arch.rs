@@ -111,13 +111,13 @@ pub struct Architecture {
     pub steps: Vec<Step>,
 }
 
-/// Calls `f` on every step, depth first (a residual's main path before its shortcut).
-fn walk<'a>(steps: &'a [Step], f: &mut impl FnMut(&'a Step)) {
+/// Every step of `steps`, depth first (a residual, then its main path, then its shortcut).
+fn depth_first<'a>(steps: &'a [Step], out: &mut Vec<&'a Step>) {
     for s in steps {
-        f(s);
+        out.push(s);
         if let Step::Residual { main, shortcut } = s {
-            walk(main, f);
-            walk(shortcut, f);
+            depth_first(main, out);
+            depth_first(shortcut, out);
         }
     }
 }
@@ -178,38 +178,35 @@ fn shape_after(steps: &[Step], mut shape: Vec<usize>) -> Result<Vec<usize>> {
 }
 
 impl Architecture {
+    /// Every step, depth first (a residual, then its main path, then its shortcut).
+    pub fn all_steps(&self) -> Vec<&Step> {
+        let mut out = Vec::new();
+        depth_first(&self.steps, &mut out);
+        out
+    }
+
     /// The weight layers, depth first: the order of [`crate::Model::layers`], checkpoints
     /// and metrics.
     pub fn layers(&self) -> Result<Vec<LayerSpec>> {
-        let mut out = Vec::new();
-        let mut err = None;
-        walk(&self.steps, &mut |s| match s.layer_spec() {
-            Ok(Some(l)) => out.push(l),
-            Ok(None) => {}
-            Err(e) => {
-                err.get_or_insert(e);
-            }
-        });
-        match err {
-            Some(e) => Err(e),
-            None => Ok(out),
-        }
+        self.all_steps()
+            .into_iter()
+            .filter_map(|s| s.layer_spec().transpose())
+            .collect()
     }
 
     /// The batch norms `(name, channels, mode)`, depth first.
     pub fn norms(&self) -> Vec<(&str, usize, BnMode)> {
-        let mut out = Vec::new();
-        walk(&self.steps, &mut |s| {
-            if let Step::BatchNorm {
-                name,
-                channels,
-                mode,
-            } = s
-            {
-                out.push((name.as_str(), *channels, *mode));
-            }
-        });
-        out
+        self.all_steps()
+            .into_iter()
+            .filter_map(|s| match s {
+                Step::BatchNorm {
+                    name,
+                    channels,
+                    mode,
+                } => Some((name.as_str(), *channels, *mode)),
+                _ => None,
+            })
+            .collect()
     }
 
     /// Checks every step against the shape reaching it and the names for uniqueness; the
@@ -234,14 +231,15 @@ impl Architecture {
     }
 
     fn layers_and_norm_names(&self) -> Vec<&str> {
-        let mut out = Vec::new();
-        walk(&self.steps, &mut |s| match s {
-            Step::Linear { name, .. } | Step::Conv { name, .. } | Step::BatchNorm { name, .. } => {
-                out.push(name.as_str())
-            }
-            _ => {}
-        });
-        out
+        self.all_steps()
+            .into_iter()
+            .filter_map(|s| match s {
+                Step::Linear { name, .. }
+                | Step::Conv { name, .. }
+                | Step::BatchNorm { name, .. } => Some(name.as_str()),
+                _ => None,
+            })
+            .collect()
     }
 
     /// Values per input sample.

@@ -165,20 +165,19 @@ impl Engine {
     fn run(&self, ops: &[Op], x: &[f32], shape: &[usize]) -> Result<Act> {
         let mut cur: Option<Act> = None;
         for op in ops {
-            let in_place = matches!(op, Op::Norm { .. } | Op::Elu | Op::Flatten);
-            match (&mut cur, in_place) {
-                (Some((z, s)), true) => match op {
+            if matches!(op, Op::Norm { .. } | Op::Elu | Op::Flatten) {
+                let (z, s) = cur.get_or_insert_with(|| (x.to_vec(), shape.to_vec()));
+                match op {
                     Op::Norm { scale, shift } => channel_affine_sample(z, scale, shift),
                     Op::Elu => elu_in_place(z, self.alpha),
                     _ => *s = vec![z.len()],
-                },
-                _ => {
-                    let next = match &cur {
-                        Some((z, s)) => self.step(op, z, s)?,
-                        None => self.step(op, x, shape)?,
-                    };
-                    cur = Some(next);
                 }
+            } else {
+                let next = match &cur {
+                    Some((z, s)) => self.step(op, z, s)?,
+                    None => self.step(op, x, shape)?,
+                };
+                cur = Some(next);
             }
         }
         Ok(cur.unwrap_or_else(|| (x.to_vec(), shape.to_vec())))
@@ -258,13 +257,7 @@ impl Engine {
                 (y, vec![outputs])
             }
             Op::Norm { .. } | Op::Elu | Op::Flatten => {
-                let (mut v, mut s) = (z.to_vec(), shape.to_vec());
-                match op {
-                    Op::Norm { scale, shift } => channel_affine_sample(&mut v, scale, shift),
-                    Op::Elu => elu_in_place(&mut v, self.alpha),
-                    _ => s = vec![v.len()],
-                }
-                (v, s)
+                unreachable!("`run` applies ELU, batch norm and flatten in place")
             }
         })
     }

@@ -73,8 +73,8 @@ pub fn architecture(m: &SsmModel) -> Result<Architecture> {
     let table: supermask_core::toml::Table = serde_json::from_value(spec_json.clone())
         .context("the model description's `spec` is not a table")?;
     let spec = registry::model_from_table(table).context(
-        "the file stores no architecture (`arch`, written since format 1 files carry it) and \
-         its model spec cannot be built",
+        "the file stores no architecture (`arch`; files exported before it was stored lack \
+         it) and its model spec cannot be built",
     )?;
     let input = match m.model.get("input") {
         Some(v) => serde_json::from_value(v.clone())
