@@ -25,6 +25,7 @@ mod bn;
 mod effective;
 mod elu;
 pub mod gemm;
+mod im2col;
 mod layer;
 mod optim;
 mod pool;
