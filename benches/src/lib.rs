@@ -142,15 +142,7 @@ pub fn median_time(reps: usize, warmup: usize, mut f: impl FnMut()) -> f64 {
 
 /// `n` deterministic pseudo-random values in `[0, 1)` (xorshift64; only their spread matters).
 pub fn unit_values(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 40) as f32 / (1u64 << 24) as f32
-        })
-        .collect()
+    supermask_core::rng::spread_values(n, seed, 0.0, 1.0)
 }
 
 /// Runs `python3 <script> <args>` if `torch` imports; returns its JSON line.

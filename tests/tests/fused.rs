@@ -39,15 +39,7 @@ fn dense() -> MaskingConfig {
 
 /// A deterministic stream of values in [-1, 1) (xorshift; the values only need to be varied).
 fn values(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 23) as f32) - 1.0
-        })
-        .collect()
+    supermask_core::rng::spread_values(n, seed, -1.0, 1.0)
 }
 
 fn ctx(path: KernelPath, sparse_below: f64, train: bool) -> ForwardCtx {

@@ -108,15 +108,7 @@ pub fn check_toml_round_trip(entry: &PluginEntry) -> Result<()> {
 
 /// A deterministic stream of values in [-1, 1) (xorshift; the values only need to vary).
 fn values(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 23) as f32) - 1.0
-        })
-        .collect()
+    supermask_core::rng::spread_values(n, seed, -1.0, 1.0)
 }
 
 fn flat(t: &Tensor) -> Result<Vec<f32>> {

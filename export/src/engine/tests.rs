@@ -4,18 +4,7 @@
 use super::*;
 use crate::{LayerWeights, SsmLayer};
 
-/// `n` values in `[lo, hi)` from a seeded xorshift.
-fn values(n: usize, seed: u64, lo: f32, hi: f32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            lo + (hi - lo) * ((s >> 40) as f32 / (1u64 << 24) as f32)
-        })
-        .collect()
-}
+use supermask_core::rng::spread_values as values;
 
 /// An FCN 50-40-30-10: a sparse signed-constant layer (8% kept), a real-valued layer (the
 /// fused kernels' sparse form, not grouped) and a dense-ish signed-constant one (70%).
