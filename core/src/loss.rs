@@ -19,6 +19,13 @@ pub trait Loss: Debug + Send + Sync {
     /// Mean loss of `[batch, classes]` logits against `u32` labels `[batch]`: a scalar tensor
     /// on the autograd graph of `logits`.
     fn loss(&self, logits: &Tensor, labels: &Tensor) -> Result<Tensor>;
+
+    /// The largest value a sample's loss can take, when the loss is bounded (the clipped
+    /// cross-entropy: `-ln eps`); `None` for an unbounded loss. The divergence guard reads it:
+    /// a net whose mean loss stays near the bound has saturated.
+    fn max_value(&self) -> Option<f64> {
+        None
+    }
 }
 
 /// Row-wise log-softmax of `[batch, classes]` logits (max-shifted, numerically stable).

@@ -75,6 +75,11 @@ impl Loss for ClippedCrossEntropy {
         let picked = ((&lp * &inside)? + (clipped * outside)?)?;
         Ok(picked.mean_all()?.neg()?)
     }
+
+    /// A sample's loss is at most `-ln eps` (the label probability clipped at `eps`).
+    fn max_value(&self) -> Option<f64> {
+        Some(-self.eps.ln())
+    }
 }
 register_plugin!(
     Loss,

@@ -130,6 +130,28 @@ fn clipped_loss_is_bounded() {
     assert!((unclipped - 5e3).abs() < 1.0, "{unclipped}");
 }
 
+/// The bound the divergence guard reads: the loss of a hopelessly wrong batch, -ln(eps) for
+/// the clipped loss at any eps; none for cross-entropy on the logits.
+#[test]
+fn clipped_loss_declares_its_bound() {
+    let x = Tensor::from_slice(&[0.0f32, 1e4, 1e4, 0.0], (2, 2), &Device::Cpu).unwrap();
+    let y = Tensor::from_slice(&[0u32, 1], 2, &Device::Cpu).unwrap();
+    for eps in [1e-7, 1e-3] {
+        let loss = ClippedCrossEntropy { eps };
+        let worst = loss
+            .loss(&x, &y)
+            .unwrap()
+            .to_dtype(DType::F64)
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap();
+        let bound = loss.max_value().unwrap();
+        assert!((bound + eps.ln()).abs() < 1e-12, "{bound}");
+        assert!((worst - bound).abs() < 1e-4 * bound, "{worst} vs {bound}");
+    }
+    assert_eq!(CrossEntropy::default().max_value(), None);
+}
+
 #[test]
 fn losses_are_named_in_configs() {
     supermask_plugins::link();

@@ -269,12 +269,14 @@ impl Callback for Checkpointer {
 /// The divergence guard ([`crate::guard`]) as a callback: its error stops training.
 pub struct DivergenceGuard {
     config: GuardConfig,
+    loss_bound: Option<f64>,
 }
 
 impl DivergenceGuard {
-    /// A guard with the `[train.guard]` settings `config`.
-    pub fn new(config: GuardConfig) -> Self {
-        Self { config }
+    /// A guard with the `[train.guard]` settings `config`, for a loss whose per-sample
+    /// maximum is `loss_bound` (`Loss::max_value`; `None` when unbounded).
+    pub fn new(config: GuardConfig, loss_bound: Option<f64>) -> Self {
+        Self { config, loss_bound }
     }
 }
 
@@ -284,6 +286,6 @@ impl Callback for DivergenceGuard {
     }
 
     fn on_epoch_end(&mut self, _trainer: &Trainer, e: &EpochEnd<'_>) -> Result<()> {
-        crate::guard::check(&self.config, e.history, e.classes)
+        crate::guard::check(&self.config, e.history, e.classes, self.loss_bound)
     }
 }

@@ -196,7 +196,10 @@ pub fn train_locked(req: TrainRequest, lock: Option<RunLock>) -> Result<Vec<Epoc
     trainer.add_callback(Box::new(LogEpoch));
     trainer.add_callback(Box::new(MetricsFile::new(&out.join(METRICS_FILE))));
     trainer.add_callback(Box::new(Checkpointer::new(out)));
-    trainer.add_callback(Box::new(DivergenceGuard::new(cfg.train.guard.clone())));
+    trainer.add_callback(Box::new(DivergenceGuard::new(
+        cfg.train.guard.clone(),
+        cfg.loss.max_value(),
+    )));
     for callback in req.callbacks {
         trainer.add_callback(callback);
     }
