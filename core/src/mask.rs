@@ -120,3 +120,19 @@ pub fn apply(mask: &dyn MaskFn, scores: &Tensor, taus: Taus, ctx: &MaskCtx) -> R
     );
     Ok((&s - s.detach())?.add(&hard)?)
 }
+
+/// The signed mask's values (equation 1): `-1` where `M <= tau_n`, `+1` where `M >= tau_p`,
+/// `0` between, as a tensor of the scores' dtype. For masks that keep these values and change
+/// only the gradient (a surrogate), so that their `hard` is one call.
+pub fn signed_values(scores: &Tensor, taus: Taus) -> Result<Tensor> {
+    let pos = scores.ge(taus.pos as f64)?.to_dtype(scores.dtype())?;
+    let neg = scores.le(taus.neg as f64)?.to_dtype(scores.dtype())?;
+    Ok((pos - neg)?)
+}
+
+/// [`signed_values`] into a slice, for a mask's [`MaskFn::hard_into`] fast path.
+pub fn signed_values_into(scores: &[f32], taus: Taus, out: &mut [f32]) {
+    for (o, &m) in out.iter_mut().zip(scores) {
+        *o = f32::from(m >= taus.pos) - f32::from(m <= taus.neg);
+    }
+}

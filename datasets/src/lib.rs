@@ -19,6 +19,7 @@ use anyhow::{anyhow, bail, Result};
 
 mod cifar;
 mod fetch;
+mod generated;
 mod idx;
 mod registry;
 mod transform;
@@ -27,6 +28,7 @@ pub use cifar::{
     cifar_files, fetch_cifar, load_cifar, read_cifar_file, write_cifar_file, CifarDataset,
 };
 pub use fetch::{expected_sha256, fetch};
+pub use generated::write_learnable_mnist;
 pub use idx::{read_idx_images, read_idx_labels, write_idx_images, write_idx_labels};
 pub use registry::{dataset_names, datasets, find_dataset, DatasetEntry, DatasetSource};
 pub use transform::{augment_pad_crop_flip, epoch_order, standardize_image};

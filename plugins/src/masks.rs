@@ -4,7 +4,7 @@
 use candle_core::{DType, Tensor};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
-use supermask_core::{register_plugin, rng, MaskCtx, MaskFn, MaskRange, Result, Taus};
+use supermask_core::{mask, register_plugin, rng, MaskCtx, MaskFn, MaskRange, Result, Taus};
 
 /// The signed Supermask, equation 1 of the paper:
 /// `g(M) = -1 if M <= tau_n; 0 if tau_n < M < tau_p; +1 if M >= tau_p`.
@@ -19,15 +19,11 @@ impl MaskFn for SignedMask {
     }
 
     fn hard(&self, scores: &Tensor, taus: Taus, _ctx: &MaskCtx) -> Result<Tensor> {
-        let pos = scores.ge(taus.pos as f64)?.to_dtype(scores.dtype())?;
-        let neg = scores.le(taus.neg as f64)?.to_dtype(scores.dtype())?;
-        Ok((pos - neg)?)
+        mask::signed_values(scores, taus)
     }
 
     fn hard_into(&self, scores: &[f32], taus: Taus, _ctx: &MaskCtx, out: &mut [f32]) -> bool {
-        for (o, &m) in out.iter_mut().zip(scores) {
-            *o = f32::from(m >= taus.pos) - f32::from(m <= taus.neg);
-        }
+        mask::signed_values_into(scores, taus, out);
         true
     }
 }

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use supermask_core::{
     fused::{KernelConfig, KernelPath},
-    registry, ForwardCtx, Layer, LayerFactory, MaskCtx, MaskFn, MaskGradient, MaskRange,
+    mask, registry, ForwardCtx, Layer, LayerFactory, MaskCtx, MaskFn, MaskGradient, MaskRange,
     MaskingConfig, PluginKind, Result, Taus,
 };
 use supermask_train::conformance;
@@ -58,9 +58,7 @@ impl MaskFn for OutOfRange {
         MaskRange::Binary
     }
     fn hard(&self, scores: &Tensor, taus: Taus, _ctx: &MaskCtx) -> Result<Tensor> {
-        let pos = scores.ge(taus.pos as f64)?.to_dtype(scores.dtype())?;
-        let neg = scores.le(taus.neg as f64)?.to_dtype(scores.dtype())?;
-        Ok((pos - neg)?)
+        mask::signed_values(scores, taus)
     }
 }
 
@@ -74,14 +72,10 @@ impl MaskFn for SigmoidSurrogate {
         MaskRange::Signed
     }
     fn hard(&self, scores: &Tensor, taus: Taus, _ctx: &MaskCtx) -> Result<Tensor> {
-        let pos = scores.ge(taus.pos as f64)?.to_dtype(scores.dtype())?;
-        let neg = scores.le(taus.neg as f64)?.to_dtype(scores.dtype())?;
-        Ok((pos - neg)?)
+        mask::signed_values(scores, taus)
     }
     fn hard_into(&self, scores: &[f32], taus: Taus, _ctx: &MaskCtx, out: &mut [f32]) -> bool {
-        for (o, &m) in out.iter_mut().zip(scores) {
-            *o = f32::from(m >= taus.pos) - f32::from(m <= taus.neg);
-        }
+        mask::signed_values_into(scores, taus, out);
         true
     }
     fn gradient(&self) -> MaskGradient {

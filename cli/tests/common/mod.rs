@@ -5,7 +5,6 @@ use std::{
     path::{Path, PathBuf},
     process::{Command, Output},
 };
-use supermask_datasets::{write_idx_images, write_idx_labels};
 use supermask_train::metrics::EpochMetrics;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_supermask");
@@ -16,40 +15,10 @@ pub fn preset(name: &str) -> PathBuf {
         .join(format!("{name}.toml"))
 }
 
-/// Writes a learnable MNIST-shaped dataset: class c lights up rows 2c..2c+3, plus noise.
+/// Writes a learnable MNIST-shaped dataset: class c lights up rows 2c+2..2c+5, plus noise
+/// ([`supermask_datasets::write_learnable_mnist`]).
 pub fn make_mnist(root: &Path, train: usize, test: usize) {
-    let dir = root.join("mnist");
-    let mut seed = 12345u64;
-    let mut next = || {
-        seed = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (seed >> 33) as u32
-    };
-    for (prefix, n) in [("train", train), ("t10k", test)] {
-        let mut pixels = Vec::with_capacity(n * 784);
-        let mut labels = Vec::with_capacity(n);
-        for _ in 0..n {
-            let c = (next() % 10) as usize;
-            labels.push(c as u8);
-            for r in 0..28 {
-                for _ in 0..28 {
-                    let on = r >= 2 * c + 2 && r < 2 * c + 5;
-                    let noise = (next() % 60) as u8;
-                    pixels.push(if on { 190 + noise } else { noise });
-                }
-            }
-        }
-        write_idx_images(
-            &dir.join(format!("{prefix}-images-idx3-ubyte")),
-            &pixels,
-            n,
-            28,
-            28,
-        )
-        .unwrap();
-        write_idx_labels(&dir.join(format!("{prefix}-labels-idx1-ubyte")), &labels).unwrap();
-    }
+    supermask_datasets::write_learnable_mnist(root, train, test).unwrap();
 }
 
 pub fn run(args: &[&str]) -> Output {

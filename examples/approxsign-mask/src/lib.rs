@@ -12,7 +12,9 @@
 
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
-use supermask_core::{register_plugin, MaskCtx, MaskFn, MaskGradient, MaskRange, Result, Taus};
+use supermask_core::{
+    mask, register_plugin, MaskCtx, MaskFn, MaskGradient, MaskRange, Result, Taus,
+};
 
 /// The signed Supermask with an ApproxSign surrogate gradient of half-width `width` around each
 /// threshold.
@@ -50,15 +52,11 @@ impl MaskFn for ApproxSignMask {
     }
 
     fn hard(&self, scores: &Tensor, taus: Taus, _ctx: &MaskCtx) -> Result<Tensor> {
-        let pos = scores.ge(taus.pos as f64)?.to_dtype(scores.dtype())?;
-        let neg = scores.le(taus.neg as f64)?.to_dtype(scores.dtype())?;
-        Ok((pos - neg)?)
+        mask::signed_values(scores, taus)
     }
 
     fn hard_into(&self, scores: &[f32], taus: Taus, _ctx: &MaskCtx, out: &mut [f32]) -> bool {
-        for (o, &m) in out.iter_mut().zip(scores) {
-            *o = f32::from(m >= taus.pos) - f32::from(m <= taus.neg);
-        }
+        mask::signed_values_into(scores, taus, out);
         true
     }
 

@@ -7,38 +7,13 @@ use std::{
     path::Path,
     process::{Command, Output},
 };
-use supermask_datasets::{write_idx_images, write_idx_labels};
 
 const BIN: &str = env!("CARGO_BIN_EXE_supermask-approxsign");
 
-/// Class c lights up rows 2c+2..2c+5, plus noise (the framework's CLI tests use the same task).
+/// Class c lights up rows 2c+2..2c+5, plus noise: the framework's generated task
+/// ([`supermask_datasets::write_learnable_mnist`], which its own CLI tests use too).
 fn make_mnist(root: &Path, train: usize, test: usize) {
-    let dir = root.join("mnist");
-    let mut seed = 12345u64;
-    let mut next = || {
-        seed = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (seed >> 33) as u32
-    };
-    for (prefix, n) in [("train", train), ("t10k", test)] {
-        let mut pixels = Vec::with_capacity(n * 784);
-        let mut labels = Vec::with_capacity(n);
-        for _ in 0..n {
-            let c = (next() % 10) as usize;
-            labels.push(c as u8);
-            for r in 0..28 {
-                for _ in 0..28 {
-                    let on = r >= 2 * c + 2 && r < 2 * c + 5;
-                    let noise = (next() % 60) as u8;
-                    pixels.push(if on { 190 + noise } else { noise });
-                }
-            }
-        }
-        let images = dir.join(format!("{prefix}-images-idx3-ubyte"));
-        write_idx_images(&images, &pixels, n, 28, 28).unwrap();
-        write_idx_labels(&dir.join(format!("{prefix}-labels-idx1-ubyte")), &labels).unwrap();
-    }
+    supermask_datasets::write_learnable_mnist(root, train, test).unwrap();
 }
 
 fn run(args: &[&str]) -> Output {
