@@ -228,21 +228,40 @@ pub fn generated_fcn() -> SsmModel {
 
 /// A Conv2 (64, 64, pool, FC 256-256-10) with `density` of every layer kept.
 pub fn generated_conv2(density: f32) -> SsmModel {
-    let shapes: [Vec<usize>; 5] = [
-        vec![64, 3, 3, 3],
-        vec![64, 64, 3, 3],
-        vec![256, 16384],
-        vec![256, 256],
-        vec![10, 256],
+    // The Conv2 architecture's layer names (models/src/conv.rs): the engine checks them.
+    let shapes: [(&str, Vec<usize>); 5] = [
+        ("conv1", vec![64, 3, 3, 3]),
+        ("conv2", vec![64, 64, 3, 3]),
+        ("fc1", vec![256, 16384]),
+        ("fc2", vec![256, 256]),
+        ("fc3", vec![10, 256]),
     ];
     let layers = shapes
         .iter()
         .enumerate()
-        .map(|(i, shape)| ternary_layer(format!("l{i}"), shape.clone(), density, i as u64 + 21))
+        .map(|(i, (name, shape))| {
+            ternary_layer(name.to_string(), shape.clone(), density, i as u64 + 21)
+        })
         .collect();
     SsmModel {
         model: serde_json::json!({"spec": {"type": "conv2", "elu_alpha": 1.0}, "dataset": "cifar10"}),
         layers,
         tensors: vec![],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The generated models the `infer` bench times must load into the engine (a renamed
+    /// layer once made that bench panic while everything else stayed green).
+    #[test]
+    fn generated_models_load_into_the_engine() {
+        supermask_train::link_plugins();
+        supermask_export::Engine::new(&generated_fcn()).expect("fcn");
+        for density in [0.02, 0.1] {
+            supermask_export::Engine::new(&generated_conv2(density)).expect("conv2");
+        }
     }
 }
