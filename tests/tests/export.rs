@@ -38,20 +38,13 @@ fn data(n: usize, shape: &[usize], seed: u64) -> Dataset {
     }
 }
 
-/// Deterministic values in `[lo, hi)` for a tensor named `key` (FNV-1a of the name seeds an
-/// xorshift), so every batch-norm tensor gets its own values.
+/// Deterministic values in `[lo, hi)` for a tensor named `key` (FNV-1a of the name seeds
+/// [`supermask_core::rng::spread_values`]), so every batch-norm tensor gets its own values.
 fn values_for(key: &str, n: usize, lo: f32, hi: f32) -> Vec<f32> {
-    let mut s = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+    let seed = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-    }) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            lo + (hi - lo) * ((s >> 40) as f32 / (1u64 << 24) as f32)
-        })
-        .collect()
+    });
+    supermask_core::rng::spread_values(n, seed, lo, hi)
 }
 
 /// Engine logits vs the trainer's evaluation logits, per sample relative to the sample's
