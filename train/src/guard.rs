@@ -37,46 +37,46 @@ pub fn check(
     if let Some(bound) = loss_bound {
         let limit = cfg.saturation_share * bound;
         let n = cfg.saturated_epochs;
-        if n > 0 && history.len() >= n {
-            let recent = &history[history.len() - n..];
-            anyhow::ensure!(
-                !recent.iter().all(|m| m.train_loss > limit),
-                "epochs {}-{}: the mean training loss ({}) stayed above {:.2}, {} of the loss's \
-                 bound {:.2}, for {n} epochs (train.guard.saturation_share, \
+        if let Some(recent) = last_epochs_all(history, n, |m| m.train_loss > limit) {
+            anyhow::bail!(
+                "epochs {}-{}: the mean training loss ({}) stayed above {limit:.2}, {} of the \
+                 loss's bound {bound:.2}, for {n} epochs (train.guard.saturation_share, \
                  train.guard.saturated_epochs); the net has saturated and learns from few \
                  samples. {CAUSES}",
                 recent[0].epoch,
                 last.epoch,
-                recent
-                    .iter()
-                    .map(|m| format!("{:.3}", m.train_loss))
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                limit,
+                listed(recent, |m| format!("{:.3}", m.train_loss)),
                 cfg.saturation_share,
-                bound
             );
         }
     }
     let chance = 1.5 / classes.max(1) as f64;
     let n = cfg.chance_epochs;
-    if n > 0 && history.len() >= n {
-        let recent = &history[history.len() - n..];
-        anyhow::ensure!(
-            !recent.iter().all(|m| m.test_acc < chance),
-            "epochs {}-{}: test accuracy stayed at chance level ({}; below {:.3}) for {n} \
+    if let Some(recent) = last_epochs_all(history, n, |m| m.test_acc < chance) {
+        anyhow::bail!(
+            "epochs {}-{}: test accuracy stayed at chance level ({}; below {chance:.3}) for {n} \
              epochs (train.guard.chance_epochs); the run is not learning. {CAUSES}",
             recent[0].epoch,
             last.epoch,
-            recent
-                .iter()
-                .map(|m| format!("{:.4}", m.test_acc))
-                .collect::<Vec<_>>()
-                .join(", "),
-            chance
+            listed(recent, |m| format!("{:.4}", m.test_acc)),
         );
     }
     Ok(())
+}
+
+/// The last `n` epochs when there are at least `n > 0` and all of them satisfy `pred`.
+fn last_epochs_all(
+    history: &[EpochMetrics],
+    n: usize,
+    pred: impl Fn(&EpochMetrics) -> bool,
+) -> Option<&[EpochMetrics]> {
+    let recent = history.get(history.len().checked_sub(n)?..)?;
+    (n > 0 && recent.iter().all(pred)).then_some(recent)
+}
+
+/// One figure per epoch, comma-separated, for an error message.
+fn listed(epochs: &[EpochMetrics], f: impl Fn(&EpochMetrics) -> String) -> String {
+    epochs.iter().map(f).collect::<Vec<_>>().join(", ")
 }
 
 #[cfg(test)]
