@@ -448,6 +448,15 @@ def staircase_factor(step, steps, rate=0.96):
     return rate ** (step // steps)
 
 
+def warmup_factor(step, steps, start=0.1, shape="linear"):
+    """supermask's [warmup]: lr multiplier at 0-based step (1 from step `steps` on)."""
+    if step >= steps:
+        return 1.0
+    if shape == "constant":
+        return start
+    return start + (1.0 - start) * step / steps
+
+
 class Plateau:
     """Keras ReduceLROnPlateau (mode min, cooldown 0, min_lr 0) on a monitored loss."""
 

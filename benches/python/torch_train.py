@@ -191,6 +191,13 @@ def main():
                     default="staircase")
     ap.add_argument("--stair-steps", type=int, default=3900)
     ap.add_argument("--stair-rate", type=float, default=0.96)
+    ap.add_argument("--bn-momentum", type=float, default=0.99,
+                    help="running-average momentum, Keras' convention (supermask's "
+                         "train.bn_momentum; PyTorch's momentum is 1 minus this)")
+    ap.add_argument("--warmup-steps", type=int, default=0,
+                    help="learning-rate warm-up steps (supermask's [warmup] steps)")
+    ap.add_argument("--warmup-start", type=float, default=0.1)
+    ap.add_argument("--warmup-shape", choices=["linear", "constant"], default="linear")
     ap.add_argument("--plateau-factor", type=float, default=0.2)
     ap.add_argument("--plateau-patience", type=int, default=15)
     ap.add_argument("--threshold", choices=["max-fraction", "global-rate"],
@@ -224,6 +231,9 @@ def main():
 
     model = sm.build_model(args.model, in_shape, classes, stream(args.seed, 0), args.gain,
                            args.dense, args.bn, args.stem_bn, args.width)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.momentum = 1.0 - args.bn_momentum  # supermask's (Keras') convention
     layers = sm.masked_layers(model)
     if layers:
         if args.threshold == "max-fraction":
@@ -260,6 +270,8 @@ def main():
                 lr, wd = args.lr * plateau.lr_factor, args.wd
             else:
                 lr, wd = args.lr, args.wd
+            lr *= sm.warmup_factor(step, args.warmup_steps, args.warmup_start,
+                                   args.warmup_shape)
             logits = model(xb)
             loss = loss_fn(logits, yb)
             lv = float(loss.detach())

@@ -25,6 +25,7 @@ pub struct BatchNorm {
     gamma: Option<Var>,
     beta: Option<Var>,
     running: Mutex<(Tensor, Tensor)>,
+    momentum: f64,
 }
 
 impl BatchNorm {
@@ -49,7 +50,25 @@ impl BatchNorm {
             gamma,
             beta,
             running: Mutex::new(stats),
+            momentum: ops::BN_MOMENTUM,
         })
+    }
+
+    /// Sets the momentum of the running averages (Keras convention: `running = momentum *
+    /// running + (1 - momentum) * batch`); it must lie in [0, 1).
+    pub fn set_momentum(&mut self, momentum: f64) -> Result<()> {
+        anyhow::ensure!(
+            (0.0..1.0).contains(&momentum),
+            "{}: batch-norm momentum must be in [0, 1), got {momentum}",
+            self.name
+        );
+        self.momentum = momentum;
+        Ok(())
+    }
+
+    /// Momentum of the running averages.
+    pub fn momentum(&self) -> f64 {
+        self.momentum
     }
 
     /// Forward pass ([`crate::ops::batch_norm`]).
@@ -64,6 +83,7 @@ impl BatchNorm {
             channels: self.channels,
             affine,
             running: &self.running,
+            momentum: self.momentum,
         };
         ops::batch_norm(x, &args, ctx)
     }

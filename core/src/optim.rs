@@ -204,6 +204,80 @@ impl Schedule {
     }
 }
 
+/// Learning-rate warm-up (`[warmup]` in configs): for the first `steps` optimizer steps the
+/// learning rate (not SGDW's weight decay) is multiplied by a factor below 1, on top of the
+/// [`Schedule`]. `linear` ramps the factor from `start` at step 0 towards 1 (Goyal et al.
+/// 2017); `constant` holds it at `start` and then jumps to 1 (He et al. 2016 trained their
+/// ResNet110 at a tenth of the rate for its first 400 steps). Off by default (`steps = 0`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Warmup {
+    /// Number of warm-up steps (0: no warm-up).
+    #[serde(default)]
+    pub steps: u64,
+    /// Factor at step 0, in (0, 1].
+    #[serde(default = "default_warmup_start")]
+    pub start: f64,
+    /// `linear` (default) or `constant`.
+    #[serde(default)]
+    pub shape: WarmupShape,
+}
+
+/// How [`Warmup`] reaches the full learning rate.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum WarmupShape {
+    /// `start + (1 - start) * step / steps`.
+    #[default]
+    Linear,
+    /// `start` until `steps`, then 1.
+    Constant,
+}
+
+fn default_warmup_start() -> f64 {
+    0.1
+}
+
+impl Default for Warmup {
+    fn default() -> Self {
+        Self {
+            steps: 0,
+            start: default_warmup_start(),
+            shape: WarmupShape::Linear,
+        }
+    }
+}
+
+impl Warmup {
+    /// Whether the warm-up is off (nothing to record in a run's config).
+    pub fn is_off(&self) -> bool {
+        self.steps == 0
+    }
+
+    /// Checks the values.
+    pub fn validate(&self) -> Result<()> {
+        anyhow::ensure!(
+            self.start.is_finite() && self.start > 0.0 && self.start <= 1.0,
+            "warmup.start must be in (0, 1], got {}",
+            self.start
+        );
+        Ok(())
+    }
+
+    /// Multiplier of the learning rate at optimizer step `step` (0-based).
+    pub fn factor(&self, step: u64) -> f64 {
+        if step >= self.steps {
+            return 1.0;
+        }
+        match self.shape {
+            WarmupShape::Constant => self.start,
+            WarmupShape::Linear => {
+                self.start + (1.0 - self.start) * step as f64 / self.steps as f64
+            }
+        }
+    }
+}
+
 /// SGD / SGDW over a fixed list of named variables. Its state (the momentum buffers) is
 /// keyed by the variables' names, so a checkpoint restores it whatever the order of the
 /// parameters, and a buffer for a parameter the model does not have is an error.

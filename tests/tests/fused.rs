@@ -475,3 +475,51 @@ proptest! {
         }
     }
 }
+
+/// `set_momentum(m)`: one training forward from the initial statistics (0, 1) leaves
+/// `running = m * initial + (1 - m) * batch` (the biased batch variance), on both paths; the
+/// default is Keras' 0.99, and a momentum outside [0, 1) is refused naming the layer.
+#[test]
+fn batch_norm_running_average_uses_its_momentum() {
+    // Channel 0 holds 1, 3 (mean 2, biased variance 1); channel 1 holds 0, 4 (mean 2, 4).
+    let x = Tensor::from_vec(vec![1f32, 0.0, 3.0, 4.0], (2, 2), &Device::Cpu).unwrap();
+    for path in [KernelPath::Fused, KernelPath::Reference] {
+        for m in [None, Some(0.9), Some(0.0)] {
+            let mut bn = supermask_core::BatchNorm::new(
+                "s1.b1.bn1",
+                2,
+                supermask_core::BnMode::Learnable,
+                &Device::Cpu,
+            )
+            .unwrap();
+            if let Some(m) = m {
+                bn.set_momentum(m).unwrap();
+            }
+            let mom = m.unwrap_or(0.99);
+            assert_eq!(bn.momentum(), mom);
+            bn.forward_t(&x, &ctx(path, 0.2, true)).unwrap();
+            let stats: Vec<Vec<f32>> = bn
+                .named_tensors()
+                .into_iter()
+                .filter(|(n, _)| n.contains("running"))
+                .map(|(_, t)| t.to_vec1::<f32>().unwrap())
+                .collect();
+            let want_mean = [(1.0 - mom) * 2.0, (1.0 - mom) * 2.0];
+            let want_var = [mom + (1.0 - mom), mom + (1.0 - mom) * 4.0];
+            for (got, want) in stats.iter().zip([want_mean, want_var]) {
+                for (g, w) in got.iter().zip(want) {
+                    assert!((*g as f64 - w).abs() < 1e-6, "{path:?} m {mom}: {got:?}");
+                }
+            }
+        }
+    }
+    let mut bn = supermask_core::BatchNorm::new(
+        "stem.bn",
+        2,
+        supermask_core::BnMode::Learnable,
+        &Device::Cpu,
+    )
+    .unwrap();
+    let err = bn.set_momentum(1.0).unwrap_err().to_string();
+    assert!(err.contains("stem.bn") && err.contains("momentum"), "{err}");
+}

@@ -53,7 +53,11 @@ impl Trainer {
     /// `input` (the dataset's, e.g. [`RunConfig::input_shape`]). Its only callback is
     /// [`ThresholdUpdates`] when the threshold rule updates during training.
     pub fn new(cfg: &RunConfig, input: &[usize], device: &Device) -> Result<Self> {
-        let model = build_model(cfg.model.as_ref(), input, &cfg.masking, device, cfg.seed)?;
+        let mut model = build_model(cfg.model.as_ref(), input, &cfg.masking, device, cfg.seed)?;
+        for bn in model.norms_mut() {
+            bn.set_momentum(cfg.train.bn_momentum)
+                .context("train.bn_momentum")?;
+        }
         let names = trainable_params(model.as_ref())
             .into_iter()
             .map(|(n, _)| n)
@@ -125,7 +129,10 @@ impl Trainer {
 
     /// Current learning rate.
     pub fn lr(&self) -> f64 {
-        self.cfg.optimizer.lr() * self.cfg.schedule.factor(self.step) * self.plateau.factor
+        self.cfg.optimizer.lr()
+            * self.cfg.schedule.factor(self.step)
+            * self.plateau.factor
+            * self.cfg.warmup.factor(self.step)
     }
 
     /// Epoch-end bookkeeping of the schedule (reduce-on-plateau watches the training loss).
@@ -215,8 +222,8 @@ impl Trainer {
             let named = trainable_params(self.model.as_ref());
             let params: Vec<&Var> = named.iter().map(|(_, v)| *v).collect();
             let factor = self.cfg.schedule.factor(self.step);
-            self.opt
-                .step(&params, &grads, factor * self.plateau.factor, factor)?;
+            let lr_factor = factor * self.plateau.factor * self.cfg.warmup.factor(self.step);
+            self.opt.step(&params, &grads, lr_factor, factor)?;
             self.step += 1;
             let info = StepInfo {
                 epoch,

@@ -74,9 +74,12 @@ pub fn max_pool_same_stride1(x: &Tensor, k: usize, kernels: &KernelConfig) -> Re
     }
 }
 
-/// Keras' BatchNormalization defaults: epsilon and the running averages' momentum.
+/// Keras' BatchNormalization defaults: epsilon and the running averages' momentum
+/// (`running = momentum * running + (1 - momentum) * batch`; PyTorch's default momentum 0.1
+/// is this 0.9).
 pub(crate) const BN_EPS: f64 = 1e-3;
-pub(crate) const BN_MOMENTUM: f64 = 0.99;
+/// The default momentum of the running averages (Keras', the authors' code).
+pub const BN_MOMENTUM: f64 = 0.99;
 
 /// A batch-norm layer as [`batch_norm`] sees it (the fields of [`crate::norm::BatchNorm`]).
 #[derive(Clone, Copy, Debug)]
@@ -91,6 +94,8 @@ pub struct BatchNormArgs<'a> {
     pub affine: Option<(&'a Tensor, &'a Tensor)>,
     /// Running `(mean, variance)`, updated in training.
     pub running: &'a Mutex<(Tensor, Tensor)>,
+    /// Momentum of the running averages (Keras convention, [`BN_MOMENTUM`] by default).
+    pub momentum: f64,
 }
 
 impl BatchNormArgs<'_> {
@@ -138,7 +143,7 @@ fn batch_norm_fused(x: &Tensor, bn: &BatchNormArgs, train: bool) -> Result<Tenso
             let dev = x.device();
             let upd = |old: &Tensor, new: &[f32]| -> Result<Tensor> {
                 let new = Tensor::from_slice(new, c, dev)?;
-                Ok((old.affine(BN_MOMENTUM, 0.0)? + new.affine(1.0 - BN_MOMENTUM, 0.0)?)?)
+                Ok((old.affine(bn.momentum, 0.0)? + new.affine(1.0 - bn.momentum, 0.0)?)?)
             };
             *run = (upd(&run.0, &mean)?, upd(&run.1, &var)?);
         }

@@ -2,7 +2,7 @@
 //! any device and dtype. [`crate::ops`] runs them when the fused kernels do not apply; the
 //! tests compare the fused kernels against them.
 
-use super::{BatchNormArgs, Conv, MaskedArgs, BN_EPS, BN_MOMENTUM};
+use super::{BatchNormArgs, Conv, MaskedArgs, BN_EPS};
 use crate::{config::BnMode, fused::StepParams, Result};
 use anyhow::Context;
 use candle_core::{Tensor, Var};
@@ -59,8 +59,8 @@ pub fn batch_norm(x: &Tensor, bn: &BatchNormArgs, train: bool) -> Result<Tensor>
         let var = centered.sqr()?.mean_keepdim(reduce.as_slice())?;
         let mut run = bn.running.lock().expect("running stats lock");
         let upd = |old: &Tensor, new: &Tensor| -> Result<Tensor> {
-            Ok((old.affine(BN_MOMENTUM, 0.0)?
-                + new.detach().flatten_all()?.affine(1.0 - BN_MOMENTUM, 0.0)?)?)
+            Ok((old.affine(bn.momentum, 0.0)?
+                + new.detach().flatten_all()?.affine(1.0 - bn.momentum, 0.0)?)?)
         };
         *run = (upd(&run.0, &mean)?, upd(&run.1, &var)?);
         if bn.mode == BnMode::Learnable {
