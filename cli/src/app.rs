@@ -197,12 +197,29 @@ pub fn main_with(links: &[fn()]) {
         .init();
     supermask_train::link_plugins();
     let cli = Cli::parse();
+    if let Err(e) = check_threads(cli.threads) {
+        eprintln!("error: {}", format_chain(&e));
+        std::process::exit(1);
+    }
     supermask_train::configure_threads(cli.threads);
     supermask_train::configure_allocator();
     if let Err(e) = run(cli) {
         eprintln!("error: {}", format_chain(&e));
         std::process::exit(1);
     }
+}
+
+/// `--threads` may oversubscribe the cores (4x, at least 64 threads) but not spawn thousands.
+fn check_threads(threads: Option<usize>) -> anyhow::Result<()> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let max = (4 * cores).max(64);
+    if let Some(n) = threads {
+        anyhow::ensure!(
+            n <= max,
+            "--threads {n}: this machine has {cores} cores; use at most {max} threads"
+        );
+    }
+    Ok(())
 }
 
 /// `A:B` pairs of `--compare`.
@@ -245,6 +262,15 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 let stem = config.file_stem().unwrap_or_default().to_string_lossy();
                 PathBuf::from(format!("sweeps/{stem}"))
             });
+            if !emit {
+                anyhow::ensure!(workers > 0, "--workers must be at least 1");
+                let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+                let per = threads.unwrap_or((cores / workers).max(1));
+                anyhow::ensure!(
+                    workers.checked_mul(per).is_some_and(|t| t <= cores.max(workers)),
+                    "{workers} workers x {per} threads exceeds this machine's {cores} cores; lower --workers or --threads"
+                );
+            }
             sweep::write_plan(&out, &plan)?;
             if emit {
                 for line in sweep::emit(&plan, &out, data.as_deref(), threads)? {
@@ -252,13 +278,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 return Ok(());
             }
-            anyhow::ensure!(workers > 0, "--workers must be at least 1");
             let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
             let per = threads.unwrap_or((cores / workers).max(1));
-            anyhow::ensure!(
-                workers * per <= cores.max(workers),
-                "{workers} workers x {per} threads exceeds this machine's {cores} cores; lower --workers or --threads"
-            );
             tracing::info!(
                 "sweep {}: {} runs into {} with {workers} workers x {per} threads",
                 config.display(),

@@ -11,6 +11,38 @@ use crate::{
 use anyhow::Context;
 use candle_core::{Device, Tensor};
 
+/// Bytes a weight costs in training: the frozen weight, the scores, their gradient, the
+/// momentum buffer, the effective weight and the mask, f32 each (a dense layer needs fewer;
+/// the bound is for the larger kind).
+const TRAINING_BYTES_PER_WEIGHT: u64 = 6 * 4;
+
+/// Fails, naming the largest layer, when the model's weights would need more memory than the
+/// machine has ([`crate::limits`]): an absurd width is an error here instead of an
+/// out-of-memory kill, an allocation abort or a weight count that wraps.
+pub fn check_model_memory(arch: &crate::Architecture) -> Result<()> {
+    let mut total: u64 = 0;
+    let mut largest: Option<(u64, String)> = None;
+    for l in arch.layers()? {
+        let n = l
+            .shape
+            .iter()
+            .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64))
+            .with_context(|| format!("layer {}: weight shape {:?} overflows", l.name, l.shape))?;
+        total = total
+            .checked_add(n)
+            .context("the model's weight count overflows")?;
+        if largest.as_ref().is_none_or(|(m, _)| n > *m) {
+            largest = Some((n, l.name.clone()));
+        }
+    }
+    let bytes = crate::limits::bytes_of(total, TRAINING_BYTES_PER_WEIGHT, "the model's weights")?;
+    let (n, name) = largest.unwrap_or_default();
+    crate::limits::check_alloc(
+        bytes,
+        &format!("the model ({total} weights; the largest layer, {name}, has {n})"),
+    )
+}
+
 /// Builds and initializes a model for per-sample inputs of shape `input`: scores, then
 /// thresholds from the initial scores, then the frozen weights whose variance may use each
 /// layer's initial zero share `p0`.
@@ -26,9 +58,11 @@ pub fn build_model(
         !input.is_empty() && input.iter().all(|&d| d > 0),
         "model input shape {input:?} has an empty dimension"
     );
+    let arch = spec.architecture(input)?;
+    arch.output_shape()?;
+    check_model_memory(&arch)?;
     let mut factory = LayerFactory::new(masking.clone(), device.clone(), seed);
-    let mut model: Box<dyn Model> =
-        Box::new(Network::build(spec.architecture(input)?, &mut factory)?);
+    let mut model: Box<dyn Model> = Box::new(Network::build(arch, &mut factory)?);
     if let Some(threshold) = masking.threshold() {
         let mut layers = masked_layers_mut(model.as_mut());
         let scores: Vec<Tensor> = layers

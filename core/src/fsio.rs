@@ -53,6 +53,9 @@ fn replace(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
                 .with_context(|| format!("syncing {}", tmp.display()))
         })
         .and_then(|()| {
+            if let Some(name) = path.file_name() {
+                fail_point(&format!("before-rename:{}", name.to_string_lossy()));
+            }
             std::fs::rename(&tmp, path)
                 .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
         });
@@ -62,6 +65,53 @@ fn replace(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     }
     sync_dir(&parent);
     Ok(())
+}
+
+/// Environment variable naming a fault-injection point ([`fail_point`]).
+pub const FAIL_POINT_ENV: &str = "SUPERMASK_FAIL_POINT";
+
+/// Fault injection for the kill-at-each-write tests: when `SUPERMASK_FAIL_POINT` equals
+/// `point`, the process aborts here, as a kill at this instant would leave it. The points are
+/// `before-rename:FILE` (every atomic write, after its temporary file is complete and before
+/// the rename) and `between-checkpoint-and-state` (after the checkpoint's rename, before
+/// `state.json`'s). `POINT#N` aborts the N-th time the process reaches the point (1-based;
+/// `#1` is the default). Unset, this is one environment lookup.
+pub fn fail_point(point: &str) {
+    static HITS: AtomicU64 = AtomicU64::new(0);
+    let Some(value) = std::env::var_os(FAIL_POINT_ENV) else {
+        return;
+    };
+    let value = value.to_string_lossy();
+    let (name, nth) = match value.rsplit_once('#') {
+        Some((name, n)) => (name, n.parse::<u64>().unwrap_or(1)),
+        None => (value.as_ref(), 1),
+    };
+    if name == point && HITS.fetch_add(1, Ordering::SeqCst) + 1 == nth {
+        eprintln!("{FAIL_POINT_ENV}={value}: aborting here");
+        std::process::abort();
+    }
+}
+
+/// Removes the temporary files ([`write_atomic`]'s `.tmp-*`) that a killed writer left in
+/// `dir`; returns how many. Call it only where no other process writes (a run directory under
+/// its lock).
+pub fn remove_stale_temps(dir: &Path) -> Result<usize> {
+    let mut removed = 0;
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
+    };
+    for entry in entries {
+        let entry = entry.with_context(|| format!("listing {}", dir.display()))?;
+        let is_temp = entry.file_name().to_string_lossy().starts_with(".tmp-");
+        if is_temp && entry.file_type().is_ok_and(|t| t.is_file()) {
+            std::fs::remove_file(entry.path())
+                .with_context(|| format!("removing {}", entry.path().display()))?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
 }
 
 /// A fresh, empty temporary file `.tmp-PID-N-NAME` beside `path`, created exclusively so two

@@ -16,6 +16,7 @@ pub mod fsio;
 pub mod fused;
 pub mod init;
 pub mod layer;
+pub mod limits;
 pub mod loss;
 pub mod mask;
 pub mod model;

@@ -93,6 +93,13 @@ impl OptimizerConfig {
             Self::Sgdw { lr, .. } | Self::Sgd { lr, .. } => lr,
         }
     }
+
+    /// The momentum.
+    pub fn momentum(&self) -> f64 {
+        match *self {
+            Self::Sgdw { momentum, .. } | Self::Sgd { momentum, .. } => momentum,
+        }
+    }
 }
 
 /// Learning-rate (and SGDW decay) schedule (`[schedule]` in configs).

@@ -67,6 +67,10 @@ pub fn expected_sha256(ds: IdxDataset) -> &'static [(&'static str, &'static str)
     }
 }
 
+/// Largest uncompressed file a fetch reads (the largest known one, Fashion-MNIST's training
+/// images, has 47 MB): a corrupt or hostile download cannot decompress into more memory.
+const MAX_FETCHED_FILE: u64 = 256 << 20;
+
 /// Lower-case hex sha256 of `bytes`.
 fn sha256_hex(bytes: &[u8]) -> String {
     format!("{:x}", Sha256::digest(bytes))
@@ -79,7 +83,7 @@ fn present_verified(dir: &Path, name: &str, sha: &str) -> Option<PathBuf> {
         if !cand.is_file() {
             continue;
         }
-        match crate::idx::read_maybe_gz(&cand) {
+        match crate::idx::read_maybe_gz(&cand, MAX_FETCHED_FILE) {
             Ok(bytes) if sha256_hex(&bytes) == sha => return Some(cand),
             Ok(_) => tracing::warn!("{}: checksum mismatch, will re-fetch", cand.display()),
             Err(e) => tracing::warn!("{e:#}; will re-fetch"),
@@ -126,7 +130,7 @@ fn install_one(src_dir: &Path, dst: &Path, name: &str, sha: &str) -> Result<Path
                 src_dir.display()
             )
         })?;
-    let bytes = crate::idx::read_maybe_gz(&src)?;
+    let bytes = crate::idx::read_maybe_gz(&src, MAX_FETCHED_FILE)?;
     let got = sha256_hex(&bytes);
     if got != sha {
         bail!(
@@ -342,7 +346,7 @@ mod tests {
                 };
                 (
                     n.to_string(),
-                    sha256_hex(&crate::idx::read_maybe_gz(&p).unwrap()),
+                    sha256_hex(&crate::idx::read_maybe_gz(&p, MAX_FETCHED_FILE).unwrap()),
                 )
             })
             .collect()

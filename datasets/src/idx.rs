@@ -3,7 +3,7 @@
 //! Layout: big-endian `u32` magic (`0x00000803` for 3-d images, `0x00000801` for 1-d labels),
 //! one big-endian `u32` per dimension, then the bytes. Files may be gzipped.
 
-use std::io::Read;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
 use anyhow::{anyhow, bail, Result};
@@ -22,28 +22,170 @@ fn is_gz_path(path: &Path) -> bool {
         .is_some_and(|e| e.eq_ignore_ascii_case("gz"))
 }
 
-/// Reads a whole file, transparently decompressing it if its name ends in `.gz` or it starts
-/// with the gzip magic bytes (an IDX file always starts with two zero bytes).
-pub(crate) fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
-    let raw = std::fs::read(path).map_err(|e| anyhow!("{}: cannot read: {e}", path.display()))?;
-    if is_gz_path(path) || raw.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::new();
-        GzDecoder::new(raw.as_slice())
-            .read_to_end(&mut out)
-            .map_err(|e| anyhow!("{}: corrupt gzip data: {e}", path.display()))?;
-        Ok(out)
+/// Opens a file as a byte stream, transparently decompressing it if its name ends in `.gz`
+/// or it starts with the gzip magic bytes (an IDX file always starts with two zero bytes).
+/// Returns the stream, whether it is gzipped, and the file's size on disk.
+fn open_maybe_gz(path: &Path) -> Result<(Box<dyn Read>, bool, u64)> {
+    let p = path.display();
+    let mut file = std::fs::File::open(path).map_err(|e| anyhow!("{p}: cannot read: {e}"))?;
+    let len = file
+        .metadata()
+        .map_err(|e| anyhow!("{p}: cannot read: {e}"))?
+        .len();
+    let mut magic = [0u8; 2];
+    let got = read_up_to(&mut file, &mut magic).map_err(|e| anyhow!("{p}: cannot read: {e}"))?;
+    file.seek(SeekFrom::Start(0))
+        .map_err(|e| anyhow!("{p}: cannot read: {e}"))?;
+    let gz = is_gz_path(path) || (got == 2 && magic == [0x1f, 0x8b]);
+    let reader = std::io::BufReader::new(file);
+    Ok(if gz {
+        (Box::new(GzDecoder::new(reader)), true, len)
     } else {
-        Ok(raw)
+        (Box::new(reader), false, len)
+    })
+}
+
+/// Reads into `buf` until it is full or the stream ends; returns the bytes read.
+fn read_up_to(r: &mut dyn Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
     }
+    Ok(n)
+}
+
+/// Reads a whole file of at most `limit` bytes (after decompression), transparently
+/// decompressing it as [`open_maybe_gz`] does. Memory stays bounded by `limit` whatever the
+/// file decompresses to: a stream longer than that is an error naming the file.
+pub(crate) fn read_maybe_gz(path: &Path, limit: u64) -> Result<Vec<u8>> {
+    let p = path.display();
+    let (reader, gz, len) = open_maybe_gz(path)?;
+    if !gz && len > limit {
+        bail!("{p}: {len} bytes, more than the {limit} this file can hold");
+    }
+    let mut out = Vec::new();
+    reader
+        .take(limit.saturating_add(1))
+        .read_to_end(&mut out)
+        .map_err(|e| {
+            anyhow!(
+                "{p}: {}: {e}",
+                if gz {
+                    "corrupt gzip data"
+                } else {
+                    "cannot read"
+                }
+            )
+        })?;
+    if out.len() as u64 > limit {
+        bail!("{p}: decompresses to more than the {limit} bytes this file can hold");
+    }
+    Ok(out)
+}
+
+/// Reads an IDX unsigned-byte file with `magic`, checking its header before reading its data:
+/// the data is read only up to the size the header implies (so a gzip stream that
+/// decompresses to far more stops there), after checking that size against the memory the
+/// machine has ([`supermask_core::limits::check_alloc`]). Returns the dimensions and the data.
+fn read_idx(path: &Path, magic: u32, what: &str) -> Result<(Vec<usize>, Vec<u8>)> {
+    let p = path.display();
+    let (mut reader, gz, len) = open_maybe_gz(path)?;
+    let io_err = |e: std::io::Error| {
+        anyhow!(
+            "{p}: {}: {e}",
+            if gz {
+                "corrupt gzip data"
+            } else {
+                "cannot read"
+            }
+        )
+    };
+    let ndims = (magic & 0xff) as usize;
+    let header_len = 4 + 4 * ndims;
+    let mut header = vec![0u8; header_len];
+    let got = read_up_to(reader.as_mut(), &mut header).map_err(io_err)?;
+    header.truncate(got);
+    let (dims, expected) = parse_header(path, &header, magic, what)?;
+    let data_len = expected - header_len;
+    let source = if gz { "decompressed data" } else { "file" };
+    if !gz && len != expected as u64 {
+        // The size on disk settles it before anything is read.
+        check_length(path, &dims, what, expected, len, source)?;
+    }
+    supermask_core::limits::check_alloc(
+        data_len as u64,
+        &format!("{p}: the data of {}", describe(&dims, what)),
+    )?;
+    let mut data = Vec::with_capacity(data_len);
+    reader
+        .as_mut()
+        .take(data_len as u64)
+        .read_to_end(&mut data)
+        .map_err(io_err)?;
+    if data.len() < data_len {
+        check_length(
+            path,
+            &dims,
+            what,
+            expected,
+            (header_len + data.len()) as u64,
+            source,
+        )?;
+    }
+    // Trailing bytes: count them without holding them (at most 1 GiB more is read).
+    let extra = std::io::copy(&mut reader.take(1 << 30), &mut std::io::sink()).map_err(io_err)?;
+    if extra > 0 {
+        check_length(path, &dims, what, expected, expected as u64 + extra, source)?;
+    }
+    Ok((dims, data))
+}
+
+/// `dims` as the errors name them, e.g. "60000 images of 28x28".
+fn describe(dims: &[usize], what: &str) -> String {
+    match dims {
+        [n, r, c] => format!("{n} {what} of {r}x{c}"),
+        [n] => format!("{n} {what}"),
+        other => format!("{what} with dims {other:?}"),
+    }
+}
+
+/// The error for a file of `got` bytes whose header implies `expected` (none when equal).
+fn check_length(
+    path: &Path,
+    dims: &[usize],
+    what: &str,
+    expected: usize,
+    got: u64,
+    source: &str,
+) -> Result<()> {
+    let (p, desc) = (path.display(), describe(dims, what));
+    let expected = expected as u64;
+    if got < expected {
+        bail!("{p}: truncated: header says {desc} ({expected} bytes) but the {source} has {got} bytes");
+    }
+    if got > expected {
+        bail!(
+            "{p}: trailing bytes: header says {desc} ({expected} bytes) but the {source} has \
+             {got} bytes ({} extra)",
+            got - expected
+        );
+    }
+    Ok(())
 }
 
 fn be_u32(bytes: &[u8], at: usize) -> u32 {
     u32::from_be_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
 }
 
-/// Parses the header of an IDX unsigned-byte file with `ndims` dimensions, checks the magic and
-/// that the data length matches the header exactly. Returns the dimensions.
-fn parse_header(path: &Path, bytes: &[u8], magic: u32, what: &str) -> Result<Vec<usize>> {
+/// Parses the header of an IDX unsigned-byte file (`bytes` holds at least the header when
+/// the file has one) and checks the magic. Returns the dimensions and the total file size
+/// they imply.
+fn parse_header(path: &Path, bytes: &[u8], magic: u32, what: &str) -> Result<(Vec<usize>, usize)> {
     let ndims = (magic & 0xff) as usize;
     let header_len = 4 + 4 * ndims;
     let p = path.display();
@@ -71,33 +213,17 @@ fn parse_header(path: &Path, bytes: &[u8], magic: u32, what: &str) -> Result<Vec
     let dims: Vec<usize> = (0..ndims)
         .map(|i| be_u32(bytes, 4 + 4 * i) as usize)
         .collect();
-    let desc = match dims.as_slice() {
-        [n, r, c] => format!("{n} {what} of {r}x{c}"),
-        [n] => format!("{n} {what}"),
-        other => format!("{what} with dims {other:?}"),
-    };
     let expected = dims
         .iter()
         .try_fold(1usize, |acc, &d| acc.checked_mul(d))
         .and_then(|d| d.checked_add(header_len));
     let Some(expected) = expected else {
-        bail!("{p}: bad header: header says {desc}, which overflows the addressable size");
+        bail!(
+            "{p}: bad header: header says {}, which overflows the addressable size",
+            describe(&dims, what)
+        );
     };
-    if bytes.len() < expected {
-        bail!(
-            "{p}: truncated: header says {desc} ({expected} bytes) but the file has {} bytes",
-            bytes.len()
-        );
-    }
-    if bytes.len() > expected {
-        bail!(
-            "{p}: trailing bytes: header says {desc} ({expected} bytes) but the file has {} bytes \
-             ({} extra)",
-            bytes.len(),
-            bytes.len() - expected
-        );
-    }
-    Ok(dims)
+    Ok((dims, expected))
 }
 
 /// Reads an IDX unsigned-byte image file (magic `0x00000803`), raw or gzipped.
@@ -106,11 +232,8 @@ fn parse_header(path: &Path, bytes: &[u8], magic: u32, what: &str) -> Result<Vec
 /// (unreadable, truncated header or data, wrong magic, trailing bytes) is a one-line error
 /// naming the file.
 pub fn read_idx_images(path: &Path) -> Result<(Vec<u8>, usize, usize, usize)> {
-    let mut bytes = read_maybe_gz(path)?;
-    let dims = parse_header(path, &bytes, MAGIC_IMAGES, "images")?;
-    let (n, rows, cols) = (dims[0], dims[1], dims[2]);
-    bytes.drain(..16);
-    Ok((bytes, n, rows, cols))
+    let (dims, bytes) = read_idx(path, MAGIC_IMAGES, "images")?;
+    Ok((bytes, dims[0], dims[1], dims[2]))
 }
 
 /// Reads an IDX unsigned-byte label file (magic `0x00000801`), raw or gzipped.
@@ -118,10 +241,7 @@ pub fn read_idx_images(path: &Path) -> Result<(Vec<u8>, usize, usize, usize)> {
 /// Every problem (unreadable, truncated header or data, wrong magic, trailing bytes) is a
 /// one-line error naming the file.
 pub fn read_idx_labels(path: &Path) -> Result<Vec<u8>> {
-    let mut bytes = read_maybe_gz(path)?;
-    parse_header(path, &bytes, MAGIC_LABELS, "labels")?;
-    bytes.drain(..8);
-    Ok(bytes)
+    Ok(read_idx(path, MAGIC_LABELS, "labels")?.1)
 }
 
 fn dim_u32(path: &Path, what: &str, v: usize) -> Result<[u8; 4]> {

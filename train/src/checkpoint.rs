@@ -5,7 +5,7 @@
 
 use crate::trainer::Trainer;
 use anyhow::Context;
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 use std::{collections::HashMap, path::Path};
 use supermask_core::{
@@ -43,6 +43,53 @@ fn velocity_param(key: &str) -> Option<&str> {
     key.strip_prefix("optim.")?.strip_suffix(".velocity")
 }
 
+impl LoopState {
+    /// Checks what a checkpoint's loop state claims: a plateau factor in (0, 1] (a factor
+    /// outside it would train with a negative or growing learning rate) and a finite best
+    /// loss. The step count is checked against the data by the run ([`crate::run`]).
+    pub fn validate(&self) -> Result<()> {
+        let f = self.plateau.factor;
+        anyhow::ensure!(
+            f.is_finite() && f > 0.0 && f <= 1.0,
+            "plateau.factor is {f}; it must be in (0, 1]"
+        );
+        if let Some(best) = self.plateau.best {
+            anyhow::ensure!(
+                best.is_finite(),
+                "plateau.best is {best}; it must be finite"
+            );
+        }
+        Ok(())
+    }
+}
+
+/// A checkpoint tensor must be f32 with finite values (a running variance also >= 0): the
+/// error names the file and the tensor.
+fn check_tensor(path: &Path, key: &str, t: &Tensor) -> Result<()> {
+    let p = path.display();
+    anyhow::ensure!(
+        t.dtype() == DType::F32,
+        "checkpoint {p}: tensor {key} has dtype {:?}; checkpoints hold f32",
+        t.dtype()
+    );
+    let values = t.flatten_all()?.to_vec1::<f32>()?;
+    if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+        anyhow::bail!(
+            "checkpoint {p}: tensor {key} holds {} at index {i}",
+            values[i]
+        );
+    }
+    if key.ends_with(".running_var") {
+        if let Some(i) = values.iter().position(|v| *v < 0.0) {
+            anyhow::bail!(
+                "checkpoint {p}: tensor {key} holds the negative variance {} at index {i}",
+                values[i]
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Saves the trainer's tensors and loop state into `dir`.
 pub fn save(dir: &Path, trainer: &Trainer, state: &LoopState) -> Result<()> {
     let mut tensors: HashMap<String, Tensor> = HashMap::new();
@@ -67,6 +114,7 @@ pub fn save(dir: &Path, trainer: &Trainer, state: &LoopState) -> Result<()> {
     write_atomic_with(&dir.join(CHECKPOINT_FILE), |tmp| {
         Ok(candle_core::safetensors::save(&tensors, tmp)?)
     })?;
+    supermask_core::fsio::fail_point("between-checkpoint-and-state");
     write_atomic(&dir.join(STATE_FILE), state_json.as_bytes())
 }
 
@@ -81,10 +129,11 @@ pub fn load(
     let tensors = candle_core::safetensors::load(&path, device)
         .with_context(|| format!("reading checkpoint {}", path.display()))?;
     let get = |k: &str| -> Result<Tensor> {
-        tensors
+        let t = tensors
             .get(k)
-            .cloned()
-            .with_context(|| format!("checkpoint {} has no tensor {k}", path.display()))
+            .with_context(|| format!("checkpoint {} has no tensor {k}", path.display()))?;
+        check_tensor(&path, k, t)?;
+        Ok(t.clone())
     };
     for layer in trainer.model_mut().layers_mut() {
         layer.load_tensors(&get)?;
@@ -94,6 +143,13 @@ pub fn load(
     }
     let state: LoopState = match tensors.get(STATE_TENSOR) {
         Some(t) => {
+            anyhow::ensure!(
+                t.dtype() == DType::U8 && t.rank() == 1,
+                "checkpoint {}: tensor {STATE_TENSOR} must be 1-d u8 (JSON bytes), it is {:?} {:?}",
+                path.display(),
+                t.dtype(),
+                t.dims()
+            );
             let bytes = t.to_vec1::<u8>()?;
             serde_json::from_slice(&bytes)
                 .with_context(|| format!("parsing the loop state in {}", path.display()))?
@@ -108,12 +164,31 @@ pub fn load(
             .with_context(|| format!("parsing {}", state_path.display()))?
         }
     };
+    state
+        .validate()
+        .with_context(|| format!("checkpoint {}: loop state", path.display()))?;
     if with_optimizer {
         // Momentum buffers by parameter name: every `optim.<param>.velocity` tensor.
-        let velocity: HashMap<String, Tensor> = tensors
-            .iter()
-            .filter_map(|(k, t)| Some((velocity_param(k)?.to_string(), t.clone())))
-            .collect();
+        let mut velocity: HashMap<String, Tensor> = HashMap::new();
+        for (k, t) in &tensors {
+            if let Some(param) = velocity_param(k) {
+                check_tensor(&path, k, t)?;
+                velocity.insert(param.to_string(), t.clone());
+            }
+        }
+        // After a step with momentum every parameter has a buffer: a missing one would
+        // silently restart from zero.
+        if state.step > 0 && trainer.config().optimizer.momentum() != 0.0 {
+            for (name, _) in trainable_params(trainer.model()) {
+                anyhow::ensure!(
+                    velocity.contains_key(&name),
+                    "checkpoint {} has no tensor {} (the momentum of {name} after {} steps)",
+                    path.display(),
+                    velocity_key(&name),
+                    state.step
+                );
+            }
+        }
         let shapes: Vec<Vec<usize>> = trainable_params(trainer.model())
             .iter()
             .map(|(_, v)| v.dims().to_vec())

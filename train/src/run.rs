@@ -143,6 +143,14 @@ pub fn train_locked(req: TrainRequest, lock: Option<RunLock>) -> Result<Vec<Epoc
         Some(l) => l,
         None => RunLock::acquire(out)?,
     };
+    // Under the lock nobody else writes here: what a killed writer left is garbage.
+    let stale = supermask_core::fsio::remove_stale_temps(out)?;
+    if stale > 0 {
+        tracing::info!(
+            "{}: removed {stale} temporary file(s) of an interrupted write",
+            out.display()
+        );
+    }
     let mut resume = req.start == Start::Resume;
     if req.start == Start::Continue {
         if let Some(history) = finished_run(out, cfg)? {
@@ -165,6 +173,21 @@ pub fn train_locked(req: TrainRequest, lock: Option<RunLock>) -> Result<Vec<Epoc
             state.epoch
         );
         history.truncate(state.epoch);
+        // Every epoch runs the same number of steps, so the checkpoint's step count follows
+        // from its epoch (a corrupt count would shift every schedule and random stream).
+        let per_epoch = train_set.n.div_ceil(cfg.data.batch_size) as u64;
+        let want = (state.epoch as u64).checked_mul(per_epoch);
+        anyhow::ensure!(
+            want == Some(state.step),
+            "{}: the checkpoint says {} steps after epoch {}, but {} epochs of {} batches are {} \
+             steps; the checkpoint is corrupt or from other data",
+            out.join(CHECKPOINT_FILE).display(),
+            state.step,
+            state.epoch,
+            state.epoch,
+            per_epoch,
+            want.map_or("more than 2^64".to_string(), |w| w.to_string())
+        );
         anyhow::ensure!(
             cfg.train.epochs >= state.epoch,
             "{} already holds {} epochs; --set train.epochs={} would shorten it (use a value >= {})",
@@ -174,6 +197,15 @@ pub fn train_locked(req: TrainRequest, lock: Option<RunLock>) -> Result<Vec<Epoc
             state.epoch
         );
         start_epoch = state.epoch;
+        // state.json mirrors the checkpoint; a kill between their renames leaves it behind.
+        let mirror = serde_json::to_string_pretty(&state)?;
+        if std::fs::read_to_string(out.join(STATE_FILE))
+            .ok()
+            .as_deref()
+            != Some(mirror.as_str())
+        {
+            write_atomic(&out.join(STATE_FILE), mirror.as_bytes())?;
+        }
         tracing::info!("resuming {} after epoch {}", out.display(), start_epoch);
     } else {
         if out.join(STATE_FILE).exists() || out.join(SUMMARY_FILE).exists() {

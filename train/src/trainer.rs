@@ -155,6 +155,12 @@ impl Trainer {
             data.classes,
             self.cfg.model.classes()
         );
+        anyhow::ensure!(
+            !self.cfg.data.augment || data.shape.len() == 3,
+            "data.augment = true pads, crops and flips images, but the samples have shape {:?}; \
+             augmentation needs [channels, height, width] images",
+            data.shape
+        );
         Ok(())
     }
 
