@@ -270,6 +270,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                     workers.checked_mul(per).is_some_and(|t| t <= cores.max(workers)),
                     "{workers} workers x {per} threads exceeds this machine's {cores} cores; lower --workers or --threads"
                 );
+                sweep::check_data(&plan, &out, &resolve_data_dir(data.as_deref()))?;
             }
             sweep::write_plan(&out, &plan)?;
             if emit {

@@ -87,6 +87,14 @@ pub fn inspect(file: &Path, w: &mut dyn Write) -> Result<()> {
     let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
     let m = format::decode(&bytes).with_context(|| format!("reading {}", file.display()))?;
     let infos = format::layer_infos(&bytes)?;
+    // The checksum only proves the bytes are as written: the layers must also be the
+    // architecture's, as the engine needs them.
+    supermask_export::Engine::new(&m).with_context(|| {
+        format!(
+            "{}: the layers do not fit the stored architecture",
+            file.display()
+        )
+    })?;
     writeln!(
         w,
         "{}: {} bytes, format version {}",

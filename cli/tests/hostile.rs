@@ -347,7 +347,17 @@ fn absurd_sizes_fail_before_allocating() {
                 "model.hidden=[4000000000, 100]",
             ],
             vec![],
-            vec!["fc1", "memory"],
+            vec!["layer fc1", "per sample"],
+        ),
+        (
+            vec![
+                "--config",
+                s(&fcn),
+                "--set",
+                "model.hidden=[200000, 200000]",
+            ],
+            vec![],
+            vec!["fc2", "memory"],
         ),
         // 300x784 + 100x300 + 10x100 weights need 6.4 MB: refused under a 1 MB limit.
         (
@@ -367,7 +377,7 @@ fn absurd_sizes_fail_before_allocating() {
                 "model.classes=10",
             ],
             vec![],
-            vec!["overflows"],
+            vec!["layer stem.conv", "per sample"],
         ),
         (
             vec![
@@ -503,4 +513,164 @@ fn empty_data_and_bad_values_fail_before_writing() {
     ]);
     one_error(&o, "--threads 100000", &["--threads"]);
     assert!(!out.exists());
+}
+
+/// Sweeps: a grid of absurdly many runs, missing data, and impossible worker or thread counts
+/// fail with one error before the sweep directory exists.
+#[test]
+fn bad_sweeps_fail_before_the_sweep_directory_exists() {
+    let e = env();
+    let fcn = preset("table1-fcn-signed-elus");
+    let grid = |name: &str, text: String| {
+        let p = e.root.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let many = grid(
+        "many.toml",
+        format!("presets = [{:?}]\nseeds = 18446744073709551615\n", s(&fcn)),
+    );
+    let wide = grid(
+        "wide.toml",
+        format!(
+            "presets = [{:?}]\nseeds = 1000\n[grid]\n\"optimizer.lr\" = [{}]\n",
+            s(&fcn),
+            (1..=200)
+                .map(|i| format!("0.{i:03}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    );
+    let small = grid(
+        "small.toml",
+        format!(
+            "presets = [{:?}]\nseeds = 2\n[set]\n\"train.epochs\" = 1\n",
+            s(&fcn)
+        ),
+    );
+    let nowhere = e.root.join("nowhere");
+    let out = e.root.join("sweep-out");
+    let cases: Vec<(Vec<&str>, Vec<&str>)> = vec![
+        (
+            vec!["sweep", "--config", s(&many), "--data", s(&e.data)],
+            vec!["at most 100000"],
+        ),
+        (
+            vec!["sweep", "--config", s(&wide), "--data", s(&e.data)],
+            vec!["200000 runs"],
+        ),
+        (
+            vec!["sweep", "--config", s(&small), "--data", s(&nowhere)],
+            vec!["train-images-idx3-ubyte"],
+        ),
+        (
+            vec![
+                "sweep",
+                "--config",
+                s(&small),
+                "--data",
+                s(&e.data),
+                "--workers",
+                "0",
+            ],
+            vec!["--workers"],
+        ),
+        (
+            vec![
+                "--threads",
+                "64",
+                "sweep",
+                "--config",
+                s(&small),
+                "--data",
+                s(&e.data),
+                "--workers",
+                "1000",
+            ],
+            vec!["exceeds this machine's"],
+        ),
+    ];
+    for (args, expect) in cases {
+        let mut a = args.clone();
+        a.extend(["--out", s(&out)]);
+        let o = run(&a);
+        one_error(&o, &format!("{args:?}"), &expect);
+        assert!(!out.exists(), "{args:?}: {} was created", out.display());
+    }
+}
+
+/// Two sweeps with different grids started at the same instant into one directory: exactly
+/// one plan wins, the other sweep is refused, and every run directory belongs to the winner.
+#[test]
+fn two_sweeps_started_at_once_never_mix_their_runs() {
+    let e = env_sized(64, 32);
+    let fcn = preset("table1-fcn-signed-elus");
+    let out = e.root.join("shared");
+    let grids: Vec<_> = [0.01, 0.02]
+        .iter()
+        .enumerate()
+        .map(|(i, lr)| {
+            let p = e.root.join(format!("g{i}.toml"));
+            std::fs::write(
+                &p,
+                format!(
+                    "presets = [{:?}]\nseeds = 2\n[set]\n\"train.epochs\" = 1\n\"optimizer.lr\" = {lr}\n",
+                    s(&fcn)
+                ),
+            )
+            .unwrap();
+            p
+        })
+        .collect();
+    for round in 0..3 {
+        let _ = std::fs::remove_dir_all(&out);
+        let children: Vec<_> = grids
+            .iter()
+            .map(|g| {
+                Command::new(BIN)
+                    .args([
+                        "sweep",
+                        "--config",
+                        s(g),
+                        "--data",
+                        s(&e.data),
+                        "--out",
+                        s(&out),
+                    ])
+                    .env("RUST_LOG", "warn")
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        let outputs: Vec<_> = children
+            .into_iter()
+            .map(|c| c.wait_with_output().unwrap())
+            .collect();
+        let wins = outputs.iter().filter(|o| o.status.success()).count();
+        assert_eq!(wins, 1, "round {round}: exactly one sweep runs");
+        for o in outputs.iter().filter(|o| !o.status.success()) {
+            one_error(o, "the second sweep", &["holds another sweep"]);
+        }
+        let plan: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("sweep.json")).unwrap())
+                .unwrap();
+        let planned: Vec<String> = plan["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["dir"].as_str().unwrap().to_string())
+            .collect();
+        let mut dirs: Vec<String> = std::fs::read_dir(&out)
+            .unwrap()
+            .map(|d| d.unwrap())
+            .filter(|d| d.file_type().unwrap().is_dir())
+            .map(|d| d.file_name().to_string_lossy().into_owned())
+            .collect();
+        dirs.sort();
+        let mut planned_sorted = planned.clone();
+        planned_sorted.sort();
+        assert_eq!(dirs, planned_sorted, "round {round}: run directories");
+    }
 }

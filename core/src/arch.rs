@@ -141,6 +141,12 @@ fn shape_after(steps: &[Step], mut shape: Vec<usize>) -> Result<Vec<usize>> {
             Step::Elu => shape,
             Step::MaxPool { k, stride, padding } => {
                 ensure!(
+                    padding < k,
+                    "step {}: a {k}x{k} max-pool's padding {padding} must be smaller than its \
+                     window",
+                    i + 1
+                );
+                ensure!(
                     shape.len() == 3
                         && *k > 0
                         && *stride > 0
@@ -173,9 +179,28 @@ fn shape_after(steps: &[Step], mut shape: Vec<usize>) -> Result<Vec<usize>> {
                 m
             }
         };
+        let values = shape
+            .iter()
+            .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+            .filter(|&n| n <= MAX_VALUES_PER_SAMPLE);
+        if values.is_none() {
+            let what = match s.layer_spec()? {
+                Some(l) => format!("layer {}", l.name),
+                None => format!("step {}", i + 1),
+            };
+            anyhow::bail!(
+                "{what}: an output of shape {shape:?} per sample is beyond what any model \
+                 computes (at most {MAX_VALUES_PER_SAMPLE} values)"
+            );
+        }
     }
     Ok(shape)
 }
+
+/// Most values one sample's activation may hold after any step (2^28, 1 GiB of f32; the
+/// largest preset's is ResNet20 x3's first stage, 49,152): bounds the engine's and the
+/// trainer's buffers whatever a file or config claims.
+pub const MAX_VALUES_PER_SAMPLE: usize = 1 << 28;
 
 impl Architecture {
     /// Every step, depth first (a residual, then its main path, then its shortcut).
@@ -215,6 +240,14 @@ impl Architecture {
         ensure!(
             !self.input.is_empty() && self.input.iter().all(|&d| d > 0),
             "the architecture's input shape {:?} has an empty dimension",
+            self.input
+        );
+        ensure!(
+            self.input
+                .iter()
+                .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+                .is_some_and(|n| n <= MAX_VALUES_PER_SAMPLE),
+            "the architecture's input shape {:?} holds more than {MAX_VALUES_PER_SAMPLE} values",
             self.input
         );
         ensure!(

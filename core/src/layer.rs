@@ -68,6 +68,10 @@ impl LayerSpec {
             c_in > 0 && c_out > 0 && kernel > 0 && stride > 0,
             "layer {name}: channels, kernel and stride must be > 0"
         );
+        anyhow::ensure!(
+            padding < kernel,
+            "layer {name}: padding {padding} must be smaller than the kernel {kernel}"
+        );
         Ok(Self {
             name: name.into(),
             op: LayerOp::Conv2d { stride, padding },

@@ -141,6 +141,13 @@ pub fn config_hash(cfg: &RunConfig) -> Result<String> {
     Ok(digest[..8].iter().map(|b| format!("{b:02x}")).collect())
 }
 
+/// Most runs one sweep may plan: far beyond any study (the paper's largest grid has 50), and
+/// small enough that the plan and its validation fit in memory.
+pub const MAX_RUNS: u64 = 100_000;
+
+/// File in a sweep directory that serializes plan checks between processes.
+const PLAN_LOCK_FILE: &str = ".plan.lock";
+
 /// Expands a grid file into runs under `out`; every run's config is loaded and validated, so a
 /// bad key or value fails here, naming the run, before anything trains.
 pub fn plan(grid_path: &Path) -> Result<Plan> {
@@ -155,6 +162,23 @@ pub fn plan(grid_path: &Path) -> Result<Plan> {
     anyhow::ensure!(
         !presets.is_empty(),
         "{origin}: name a preset with `base = \"file.toml\"` or `presets = [...]`"
+    );
+    let seed_count = match &grid.seeds {
+        Seeds::Count(n) => *n,
+        Seeds::List(l) => l.len() as u64,
+    };
+    let mut total = (presets.len() as u64).checked_mul(seed_count);
+    let mut axes_check = Vec::new();
+    flatten("", &grid.grid, &mut axes_check);
+    for (_, v) in &axes_check {
+        let n = v.as_array().map_or(1, |a| a.len() as u64);
+        total = total.and_then(|t| t.checked_mul(n));
+    }
+    anyhow::ensure!(
+        total.is_some_and(|t| t <= MAX_RUNS),
+        "{origin}: the grid expands to {} runs (presets x values x seeds); a sweep holds at most \
+         {MAX_RUNS}",
+        total.map_or("more than 2^64".to_string(), |t| t.to_string())
     );
     let seeds = match grid.seeds {
         Seeds::Count(n) => (0..n).collect::<Vec<_>>(),
@@ -258,10 +282,39 @@ impl PlannedRun {
     }
 }
 
+/// Loads the data of every run still to train once per dataset, so that missing or broken
+/// data fails the sweep before any run directory is created ([`execute`] calls it; a caller
+/// that writes the plan first calls it before that).
+pub fn check_data(plan: &Plan, out: &Path, data_dir: &Path) -> Result<()> {
+    let mut checked = std::collections::HashSet::new();
+    for r in &plan.runs {
+        let cfg = r.config()?;
+        if run::finished_run(&out.join(&r.dir), &cfg)?.is_some() {
+            continue;
+        }
+        let key = (cfg.data.dataset.clone(), cfg.data.train_subset);
+        if checked.insert(key) {
+            run::load_data(&cfg, data_dir).with_context(|| format!("run {}", r.dir))?;
+        }
+    }
+    Ok(())
+}
+
 /// Writes (or checks) the plan file of `out`: a directory holds one sweep's runs, so a second
 /// plan with other runs is refused rather than mixed in.
 pub fn write_plan(out: &Path, plan: &Plan) -> Result<()> {
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    // Check-then-write under an exclusive lock, so two sweeps started at once into one
+    // directory cannot both pass the check and mix their runs.
+    let lock_path = out.join(PLAN_LOCK_FILE);
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("opening {}", lock_path.display()))?;
+    lock.lock()
+        .with_context(|| format!("locking {}", lock_path.display()))?;
     let path = out.join(PLAN_FILE);
     if path.exists() {
         let old: Plan = serde_json::from_str(&std::fs::read_to_string(&path)?)
@@ -353,6 +406,7 @@ pub fn execute(
     threads: usize,
 ) -> Result<SweepReport> {
     anyhow::ensure!(workers > 0, "--workers must be > 0");
+    check_data(plan, out, data_dir)?;
     let queue = Mutex::new(plan.runs.iter().enumerate().collect::<VecDeque<_>>());
     let held = Mutex::new(Vec::new());
     let report = Mutex::new(SweepReport::default());
