@@ -292,6 +292,11 @@ fn corrupt_checkpoint_contents_are_refused_by_name() {
             vec!["plateau.factor".into()],
         ),
         (
+            "a newer checkpoint format",
+            Box::new(|t| edit_state(t, |v| v["format"] = 2.into())),
+            vec!["newer supermask".into()],
+        ),
+        (
             "step near 2^64",
             Box::new(|t| edit_state(t, |v| v["step"] = (u64::MAX - 1).into())),
             vec!["steps after epoch 1".into()],

@@ -258,6 +258,7 @@ impl Callback for Checkpointer {
             &self.dir,
             trainer,
             &LoopState {
+                format: checkpoint::CHECKPOINT_FORMAT,
                 epoch: e.metrics.epoch,
                 step: trainer.step,
                 plateau: trainer.plateau.clone(),

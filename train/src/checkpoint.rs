@@ -21,9 +21,20 @@ pub const STATE_FILE: &str = "state.json";
 /// Name of the checkpoint tensor holding the loop state as JSON bytes (u8).
 const STATE_TENSOR: &str = "loop.state";
 
+/// The checkpoint layout this build writes and the newest it reads (docs/checkpoints.md).
+pub const CHECKPOINT_FORMAT: u32 = 1;
+
+fn format_1() -> u32 {
+    1
+}
+
 /// Where the loop stands.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct LoopState {
+    /// The checkpoint layout ([`CHECKPOINT_FORMAT`]; checkpoints written before it was
+    /// recorded are format 1).
+    #[serde(default = "format_1")]
+    pub format: u32,
     /// Completed epochs.
     pub epoch: usize,
     /// Completed optimizer steps.
@@ -48,6 +59,11 @@ impl LoopState {
     /// outside it would train with a negative or growing learning rate) and a finite best
     /// loss. The step count is checked against the data by the run ([`crate::run`]).
     pub fn validate(&self) -> Result<()> {
+        anyhow::ensure!(
+            self.format <= CHECKPOINT_FORMAT,
+            "format {} was written by a newer supermask; this build reads format {CHECKPOINT_FORMAT}",
+            self.format
+        );
         let f = self.plateau.factor;
         anyhow::ensure!(
             f.is_finite() && f > 0.0 && f <= 1.0,
