@@ -137,11 +137,13 @@ def main():
 
     epoch_seconds = None
     final_loss = None
+    epoch_losses = []
     for epoch in range(args.epochs):
         # Shuffle order is fixed by seed; permutation is computed before the timer starts.
         perm = torch.randperm(args.samples, generator=shuffle_gen)
         t0 = time.perf_counter()
         last = None
+        loss_sum = torch.zeros(())
         for s in range(steps):
             idx = perm[s * args.batch:(s + 1) * args.batch]
             xb = xs.index_select(0, idx)
@@ -155,8 +157,10 @@ def main():
                 torch._foreach_mul_(params, 1.0 - wd)
             opt.step()
             last = loss
+            loss_sum += loss.detach() * yb.shape[0]
         final_loss = float(last.item())  # forces completion before stopping the clock
         epoch_seconds = time.perf_counter() - t0
+        epoch_losses.append(float(loss_sum) / args.samples)
         log(f"epoch {epoch}: {epoch_seconds:.3f} s, last batch loss {final_loss:.4f}, "
             f"loadavg(1m) {os.getloadavg()[0]:.2f}")
 
@@ -169,6 +173,7 @@ def main():
         "batch": args.batch,
         "epoch_seconds": epoch_seconds,
         "final_loss": final_loss,
+        "epoch_losses": epoch_losses,
     }))
 
 
