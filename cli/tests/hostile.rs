@@ -197,63 +197,25 @@ fn corrupt_checkpoint_contents_are_refused_by_name() {
     let taus = find("s1.b1.conv1.taus");
     type Edit = Box<dyn Fn(&mut HashMap<String, Tensor>)>;
     let k = |s: &String| s.clone();
-    let cases: Vec<(&str, Edit, Vec<String>)> = vec![
-        (
-            "NaN score",
-            Box::new({
-                let s = k(&scores);
-                move |t| poke(t, &s, f32::NAN)
-            }),
-            vec![scores.clone(), "NaN".into()],
-        ),
-        (
-            "infinite weight",
-            Box::new({
-                let s = k(&weight);
-                move |t| poke(t, &s, f32::INFINITY)
-            }),
-            vec![weight.clone(), "inf".into()],
-        ),
-        (
-            "infinite dense weight",
-            Box::new({
-                let s = k(&head);
-                move |t| poke(t, &s, f32::NEG_INFINITY)
-            }),
-            vec![head.clone()],
-        ),
-        (
-            "NaN batch-norm scale",
-            Box::new({
-                let s = k(&gamma);
-                move |t| poke(t, &s, f32::NAN)
-            }),
-            vec![gamma.clone()],
-        ),
-        (
-            "negative running variance",
-            Box::new({
-                let s = k(&var);
-                move |t| poke(t, &s, -1.0)
-            }),
-            vec![var.clone(), "negative".into()],
-        ),
-        (
-            "NaN momentum",
-            Box::new({
-                let s = k(&vel);
-                move |t| poke(t, &s, f32::NAN)
-            }),
-            vec![vel.clone()],
-        ),
-        (
-            "NaN threshold",
-            Box::new({
-                let s = k(&taus);
-                move |t| poke(t, &s, f32::NAN)
-            }),
-            vec![taus.clone()],
-        ),
+    // One value of a tensor set to a bad one: (case, tensor, value, extra expected text).
+    let pokes = [
+        ("NaN score", &scores, f32::NAN, "NaN"),
+        ("infinite weight", &weight, f32::INFINITY, "inf"),
+        ("infinite dense weight", &head, f32::NEG_INFINITY, "inf"),
+        ("NaN batch-norm scale", &gamma, f32::NAN, "NaN"),
+        ("negative running variance", &var, -1.0, "negative"),
+        ("NaN momentum", &vel, f32::NAN, "NaN"),
+        ("NaN threshold", &taus, f32::NAN, "NaN"),
+    ];
+    let mut cases: Vec<(&str, Edit, Vec<String>)> = pokes
+        .into_iter()
+        .map(|(what, key, value, text)| {
+            let s = k(key);
+            let edit: Edit = Box::new(move |t| poke(t, &s, value));
+            (what, edit, vec![key.clone(), text.to_string()])
+        })
+        .collect();
+    cases.extend::<Vec<(&str, Edit, Vec<String>)>>(vec![
         (
             "f64 scores",
             Box::new({
@@ -309,7 +271,7 @@ fn corrupt_checkpoint_contents_are_refused_by_name() {
             }),
             vec!["loop.state".into()],
         ),
-    ];
+    ]);
     for (i, (what, edit, expect)) in cases.iter().enumerate() {
         let dir = e.root.join(format!("bad{i}"));
         std::fs::create_dir_all(&dir).unwrap();

@@ -59,6 +59,16 @@ fn read_up_to(r: &mut dyn Read, buf: &mut [u8]) -> std::io::Result<usize> {
     Ok(n)
 }
 
+/// The error of a failed read of `path` (a gzip stream's errors are corrupt data).
+fn read_error(path: &Path, gz: bool, e: std::io::Error) -> anyhow::Error {
+    let what = if gz {
+        "corrupt gzip data"
+    } else {
+        "cannot read"
+    };
+    anyhow!("{}: {what}: {e}", path.display())
+}
+
 /// Reads a whole file of at most `limit` bytes (after decompression), transparently
 /// decompressing it as [`open_maybe_gz`] does. Memory stays bounded by `limit` whatever the
 /// file decompresses to: a stream longer than that is an error naming the file.
@@ -72,16 +82,7 @@ pub(crate) fn read_maybe_gz(path: &Path, limit: u64) -> Result<Vec<u8>> {
     reader
         .take(limit.saturating_add(1))
         .read_to_end(&mut out)
-        .map_err(|e| {
-            anyhow!(
-                "{p}: {}: {e}",
-                if gz {
-                    "corrupt gzip data"
-                } else {
-                    "cannot read"
-                }
-            )
-        })?;
+        .map_err(|e| read_error(path, gz, e))?;
     if out.len() as u64 > limit {
         bail!("{p}: decompresses to more than the {limit} bytes this file can hold");
     }
@@ -95,16 +96,7 @@ pub(crate) fn read_maybe_gz(path: &Path, limit: u64) -> Result<Vec<u8>> {
 fn read_idx(path: &Path, magic: u32, what: &str) -> Result<(Vec<usize>, Vec<u8>)> {
     let p = path.display();
     let (mut reader, gz, len) = open_maybe_gz(path)?;
-    let io_err = |e: std::io::Error| {
-        anyhow!(
-            "{p}: {}: {e}",
-            if gz {
-                "corrupt gzip data"
-            } else {
-                "cannot read"
-            }
-        )
-    };
+    let io_err = |e: std::io::Error| read_error(path, gz, e);
     let ndims = (magic & 0xff) as usize;
     let header_len = 4 + 4 * ndims;
     let mut header = vec![0u8; header_len];
