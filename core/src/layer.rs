@@ -68,9 +68,11 @@ impl LayerSpec {
             c_in > 0 && c_out > 0 && kernel > 0 && stride > 0,
             "layer {name}: channels, kernel and stride must be > 0"
         );
+        // A padding wider than the kernel only adds outputs that see nothing but zeros; the
+        // bound keeps a hostile file's padding from sizing the im2col buffers.
         anyhow::ensure!(
-            padding < kernel,
-            "layer {name}: padding {padding} must be smaller than the kernel {kernel}"
+            padding <= kernel,
+            "layer {name}: padding {padding} must not exceed the kernel {kernel}"
         );
         Ok(Self {
             name: name.into(),
