@@ -215,29 +215,20 @@ fn corrupt_checkpoint_contents_are_refused_by_name() {
             (what, edit, vec![key.clone(), text.to_string()])
         })
         .collect();
+    // A tensor stored in another dtype.
+    for (what, key, dtype) in [
+        ("f64 scores", &scores, DType::F64),
+        ("f16 momentum", &vel, DType::F16),
+        ("u8 weight", &weight, DType::U8),
+    ] {
+        let s = k(key);
+        let edit: Edit = Box::new(move |t| {
+            let x = t[&s].to_dtype(dtype).unwrap();
+            t.insert(s.clone(), x);
+        });
+        cases.push((what, edit, vec![key.clone(), "dtype".into()]));
+    }
     cases.extend::<Vec<(&str, Edit, Vec<String>)>>(vec![
-        (
-            "f64 scores",
-            Box::new({
-                let s = k(&scores);
-                move |t| {
-                    let x = t[&s].to_dtype(DType::F64).unwrap();
-                    t.insert(s.clone(), x);
-                }
-            }),
-            vec![scores.clone(), "dtype".into()],
-        ),
-        (
-            "f16 momentum",
-            Box::new({
-                let s = k(&vel);
-                move |t| {
-                    let x = t[&s].to_dtype(DType::F16).unwrap();
-                    t.insert(s.clone(), x);
-                }
-            }),
-            vec![vel.clone(), "dtype".into()],
-        ),
         (
             "missing momentum",
             Box::new({
