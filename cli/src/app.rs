@@ -149,8 +149,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// List every registered model with its weight count.
-    Models,
+    /// List every registered model with its weight count; with `--config`/`--set`, the
+    /// weight count of that configured variant (e.g. ResNet20 at width 2) on its dataset.
+    Models {
+        /// A run config whose model (and dataset's input shape) to count.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Override a config value, e.g. `--set model.width=2` (repeatable).
+        #[arg(long = "set", value_name = "KEY.PATH=VALUE")]
+        set: Vec<String>,
+    },
     /// List every registered plugin, grouped by kind.
     Plugins,
     /// Manage datasets.
@@ -180,6 +188,38 @@ pub fn main() {
     main_with(&[])
 }
 
+/// Colour codes in the log only where a person reads it: stderr is a terminal and `NO_COLOR`
+/// (no-color.org) is unset. Logs sent to a file or a pipe stay plain text.
+fn colour_logs() -> bool {
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
+/// A per-sample shape as `3x32x32`.
+fn shape_text(shape: &[usize]) -> String {
+    shape
+        .iter()
+        .map(|d| d.to_string())
+        .collect::<Vec<_>>()
+        .join("x")
+}
+
+/// Prints `lines` to stdout; a reader that closes the pipe early (`sweep --emit | head`) ends
+/// the output quietly instead of failing the command.
+fn print_lines(lines: &[String]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    for line in lines {
+        match writeln!(out, "{line}") {
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+            r => r?,
+        }
+    }
+    match out.flush() {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => Ok(r?),
+    }
+}
+
 /// [`main`] for a binary that adds plugins: calls each of `links` first (a plugin crate's
 /// `link()`, which makes sure the crate is linked so its registrations exist), so
 /// `supermask_cli::main_with(&[my_plugins::link])` is the whole `main` of a plugin crate.
@@ -193,6 +233,7 @@ pub fn main_with(links: &[fn()]) {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(colour_logs())
         .with_target(false)
         .init();
     supermask_train::link_plugins();
@@ -274,10 +315,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             }
             sweep::write_plan(&out, &plan)?;
             if emit {
-                for line in sweep::emit(&plan, &out, data.as_deref(), threads)? {
-                    println!("{line}");
-                }
-                return Ok(());
+                return print_lines(&sweep::emit(&plan, &out, data.as_deref(), threads)?);
             }
             let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
             let per = threads.unwrap_or((cores / workers).max(1));
@@ -470,11 +508,28 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Models => {
+        Command::Models { config, set } => {
             println!(
                 "{:<12} {:>12} {:>12} {:>8}  description",
                 "model", "input", "weights", "classes"
             );
+            if config.is_some() || !set.is_empty() {
+                let cfg = RunConfig::load(config.as_deref(), &set)?;
+                let input = cfg.input_shape()?;
+                let n = crate::models::weight_count(cfg.model.as_ref(), &input)?;
+                println!(
+                    "{:<12} {:>12} {:>12} {:>8}  as configured ({}, dataset {})",
+                    cfg.model.typetag_name(),
+                    shape_text(&input),
+                    n,
+                    cfg.model.classes(),
+                    config
+                        .as_deref()
+                        .map_or("the default config".into(), |p| p.display().to_string()),
+                    cfg.data.dataset
+                );
+                return Ok(());
+            }
             for e in Registry::entries()
                 .into_iter()
                 .filter(|e| e.kind == PluginKind::Model)
@@ -483,15 +538,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 let spec = supermask_core::registry::model_from_table(table.into_iter().collect())?;
                 let input = spec.paper_input();
                 let n = crate::models::weight_count(spec.as_ref(), &input)?;
-                let shape = input
-                    .iter()
-                    .map(|d| d.to_string())
-                    .collect::<Vec<_>>()
-                    .join("x");
                 println!(
                     "{:<12} {:>12} {:>12} {:>8}  {}",
                     e.name,
-                    shape,
+                    shape_text(&input),
                     n,
                     spec.classes(),
                     e.description

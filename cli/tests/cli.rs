@@ -361,3 +361,23 @@ fn train_subset_trains_on_a_seeded_subset() {
     );
     assert!(!out.exists(), "nothing is written for a bad subset");
 }
+
+/// A log written to a pipe or a file (here: the test's pipe, with the log at `info`) is plain
+/// text: it has the epoch lines and no ANSI escape codes.
+#[test]
+fn logs_to_a_pipe_carry_no_colour_codes() {
+    let e = env();
+    let out = e.root.join("run");
+    let cfg = preset("table1-fcn-signed-elus");
+    let o = std::process::Command::new(BIN)
+        .args(["train", "--config", s(&cfg), "--set", "train.epochs=1"])
+        .args(["--data", s(&e.data), "--out", s(&out)])
+        .env("RUST_LOG", "info")
+        .env_remove("NO_COLOR")
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{log}");
+    assert!(log.contains("epoch 1/1"), "{log}");
+    assert!(!log.contains('\u{1b}'), "escape codes in the log: {log:?}");
+}

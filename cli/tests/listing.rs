@@ -93,6 +93,38 @@ fn every_corrected_preset_can_select_the_first_recipe() {
     );
 }
 
+/// `models --config F --set ...` counts the configured variant on its dataset's input:
+/// ResNet20 at width 2 on CIFAR-10 has 967w^2 + 27w + 4w*classes weights with w = 32, i.e.
+/// 992,352 (REPRODUCTION-NOTES; the paper's Table 4 x2 row), and on Fashion-MNIST's 1x28x28
+/// input the stem conv has 9w instead of 27w weights: 992,352 - 18*32 = 991,776.
+#[test]
+fn models_counts_a_configured_variant() {
+    let cfg = preset("table4-resnet20-x1-signed-elus");
+    for (dataset, input, count) in [
+        ("cifar10", "3x32x32", "992352"),
+        ("fashion-mnist", "1x28x28", "991776"),
+    ] {
+        let set = format!("data.dataset={dataset}");
+        let o = ok(&[
+            "models",
+            "--config",
+            s(&cfg),
+            "--set",
+            "model.width=2",
+            "--set",
+            &set,
+        ]);
+        let text = String::from_utf8_lossy(&o.stdout);
+        let rows: Vec<Vec<&str>> = text
+            .lines()
+            .skip(1)
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        assert_eq!(rows.len(), 1, "one row: {text}");
+        assert_eq!(rows[0][..4], ["resnet20", input, count, "10"], "{text}");
+    }
+}
+
 #[test]
 fn models_lists_every_model_with_its_weight_count() {
     let o = ok(&["models"]);

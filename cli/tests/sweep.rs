@@ -418,3 +418,39 @@ fn aggregate_and_report_summarize_the_groups() {
     assert!(String::from_utf8_lossy(&o.stderr)
         .contains("groups: table1-fcn-signed-elus, table1-fcn-baseline-he"));
 }
+
+/// `sweep --emit | head -n 1`: the reader closes the pipe after one line while the sweep still
+/// has lines to write (2,000 runs, more than a pipe buffer holds); the sweep stops quietly with
+/// exit status 0 instead of panicking on the closed pipe.
+#[cfg(unix)]
+#[test]
+fn emit_into_a_pipe_closed_early_exits_quietly() {
+    let e = env();
+    let grid = e.root.join("many.toml");
+    std::fs::write(
+        &grid,
+        format!(
+            "presets = [{:?}]\nseeds = 2000\n",
+            preset("table1-fcn-signed-elus").display().to_string()
+        ),
+    )
+    .unwrap();
+    let out = e.root.join("emitted");
+    let cmd = format!(
+        "'{BIN}' sweep --config '{}' --out '{}' --emit | head -n 1; echo \"status ${{PIPESTATUS[0]}}\"",
+        s(&grid),
+        s(&out)
+    );
+    let o = Command::new("bash")
+        .args(["-c", &cmd])
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "one command, then the status: {stdout}");
+    assert!(lines[0].contains(" train "), "{stdout}");
+    assert_eq!(lines[1], "status 0", "stderr: {stderr}");
+    assert!(stderr.is_empty(), "nothing on stderr: {stderr}");
+}
