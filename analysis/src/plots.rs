@@ -39,7 +39,10 @@ macro_rules! save_both {
         let stem: &Path = $stem;
         let mut written = Vec::new();
         for ext in ["svg", "png"] {
-            let path = stem.with_extension(ext);
+            // Appended, not `with_extension`: a stem like `report-keep-0.5` keeps its `.5`.
+            let mut path = stem.as_os_str().to_owned();
+            path.push(format!(".{ext}"));
+            let path = std::path::PathBuf::from(path);
             supermask_core::fsio::write_atomic_with(&path, |tmp| {
                 let $svg = ext == "svg";
                 if $svg {
@@ -589,8 +592,19 @@ mod tests {
             lo: vec![0.4, 0.5, 0.6],
             hi: vec![0.6, 0.7, 0.8],
         };
-        let files = band_chart(&dir.join("bands"), "t", "y", &[s]).unwrap();
+        // Stems with dots (a grid value as a label) keep them, so two values give two figures.
+        let other = band_chart(
+            &dir.join("bands-keep-0.25"),
+            "t",
+            "y",
+            std::slice::from_ref(&s),
+        )
+        .unwrap();
+        let files = band_chart(&dir.join("bands-keep-0.5"), "t", "y", &[s]).unwrap();
         assert_eq!(files.len(), 2);
+        assert_eq!(files[0], dir.join("bands-keep-0.5.svg"));
+        assert_eq!(other[1], dir.join("bands-keep-0.25.png"));
+        assert!(other.iter().chain(&files).all(|f| f.is_file()));
         let svg = std::fs::read_to_string(&files[0]).unwrap();
         assert!(
             svg.starts_with("<svg") && svg.contains("epoch"),
