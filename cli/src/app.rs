@@ -4,9 +4,10 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use std::{io::IsTerminal, path::PathBuf};
 use supermask_core::{PluginKind, Registry};
-use supermask_datasets::{fetch_by_name, resolve_data_dir};
+use supermask_datasets::{explicit_data_dir, fetch_by_name, resolve_data_dir};
 use supermask_train::{
     config::{RunConfig, DEFAULT_CONFIG_NAME},
+    provenance,
     run::{self, TrainRequest},
     rundir::RunDir,
 };
@@ -366,7 +367,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             device,
         } => {
             let device = supermask_train::device::device(&device)?;
-            let data_dir = resolve_data_dir(data.as_deref());
             let (config, out, start) = match resume {
                 Some(dir) => {
                     for s in &set {
@@ -400,6 +400,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                     };
                     (cfg, out, start)
                 }
+            };
+            // A resumed or continued run reads from the root it recorded unless told otherwise.
+            let data_dir = if start == run::Start::Fresh {
+                resolve_data_dir(data.as_deref())
+            } else {
+                provenance::data_root_for(&out, explicit_data_dir(data.as_deref()))?
             };
             let history = run::train(TrainRequest {
                 config,

@@ -65,3 +65,61 @@ fn every_model_resumes_bit_identically() {
     // A dense ResNet: trainable weights and learnable batch norms, all with momentum.
     stop_and_resume_equals_uninterrupted(&e, "resnet20-dense", &config("resnet20", DENSE));
 }
+
+/// A run records its data root and the digests of the data it read (`data.json`): `--resume`
+/// without `--data`, from a directory with no `./data`, reads the recorded root and finishes;
+/// `--resume --data OTHER` with other data is refused naming the record and the split, before
+/// anything is written.
+#[test]
+fn resume_reads_the_recorded_data_and_refuses_other_data() {
+    let e = env();
+    let run_dir = e.root.join("run");
+    let cfg = preset("table1-fcn-signed-elus");
+    ok(&[
+        "train",
+        "--config",
+        s(&cfg),
+        "--set",
+        "train.epochs=2",
+        "--data",
+        s(&e.data),
+        "--out",
+        s(&run_dir),
+        "--stop-after",
+        "1",
+    ]);
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run_dir.join("data.json")).unwrap()).unwrap();
+    assert_eq!(
+        record["root"].as_str().unwrap(),
+        s(&std::fs::canonicalize(&e.data).unwrap()),
+        "{record}"
+    );
+    assert_eq!(record["train_samples"], 640, "{record}");
+    let other = e.root.join("other");
+    make_mnist(&other, 320, 200);
+    let before = std::fs::read(run_dir.join("checkpoint.safetensors")).unwrap();
+    let o = run(&["train", "--resume", s(&run_dir), "--data", s(&other)]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("data.json") && err.contains("training split") && err.contains("320"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(run_dir.join("checkpoint.safetensors")).unwrap(),
+        before
+    );
+    assert_eq!(metrics(&run_dir).len(), 1);
+    let elsewhere = e.root.join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    let o = std::process::Command::new(BIN)
+        .args(["train", "--resume", s(&run_dir)])
+        .current_dir(&elsewhere)
+        .env_remove("SUPERMASK_DATA")
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(metrics(&run_dir).len(), 2);
+}

@@ -97,6 +97,28 @@ pub struct Dataset {
 }
 
 impl Dataset {
+    /// SHA-256 (hex) of the split as loaded: the sample count, shape and classes, the labels,
+    /// then the standardized pixel values as little-endian f32. It names the data a run
+    /// trained on whatever the files' location or compression.
+    pub fn digest(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        for v in [self.n, self.dim, self.classes]
+            .into_iter()
+            .chain(self.shape.iter().copied())
+        {
+            h.update((v as u64).to_le_bytes());
+        }
+        h.update(&self.labels);
+        let mut buf = Vec::with_capacity(4 << 14);
+        for chunk in self.images.chunks(1 << 14) {
+            buf.clear();
+            buf.extend(chunk.iter().flat_map(|x| x.to_le_bytes()));
+            h.update(&buf);
+        }
+        h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    }
+
     /// Gathers the given sample indices into `(images of len idx.len() * dim, labels as u32)`.
     ///
     /// # Panics
@@ -156,12 +178,18 @@ const DATA_ENV: &str = "SUPERMASK_DATA";
 
 /// Resolve the data directory: explicit flag, else `$SUPERMASK_DATA` (if non-empty), else `./data`.
 pub fn resolve_data_dir(flag: Option<&Path>) -> PathBuf {
+    explicit_data_dir(flag).unwrap_or_else(|| PathBuf::from("data"))
+}
+
+/// The data directory the user named: the flag, else `$SUPERMASK_DATA` (if non-empty); `None`
+/// when neither is given (a resumed run then uses the root it recorded).
+pub fn explicit_data_dir(flag: Option<&Path>) -> Option<PathBuf> {
     if let Some(p) = flag {
-        return p.to_path_buf();
+        return Some(p.to_path_buf());
     }
     match std::env::var_os(DATA_ENV) {
-        Some(v) if !v.is_empty() => PathBuf::from(v),
-        _ => PathBuf::from("data"),
+        Some(v) if !v.is_empty() => Some(PathBuf::from(v)),
+        _ => None,
     }
 }
 

@@ -16,6 +16,7 @@ pub mod conformance;
 pub mod device;
 pub mod guard;
 pub mod metrics;
+pub mod provenance;
 pub mod run;
 pub mod rundir;
 pub mod sweep;

@@ -2,6 +2,7 @@
 
 pub use crate::rundir::{RunDir, RunLock, CONFIG_FILE, LOCK_FILE, METRICS_FILE, SUMMARY_FILE};
 
+use crate::provenance::DataRecord;
 use crate::{
     callbacks::{Callback, Checkpointer, DivergenceGuard, LogEpoch, MetricsFile, Progress},
     checkpoint::{self, CHECKPOINT_FILE, STATE_FILE},
@@ -160,6 +161,12 @@ pub fn train_locked(req: TrainRequest, lock: Option<RunLock>) -> Result<Vec<Epoc
         // The checkpoint holds its own loop state (state.json is a mirror written after it).
         resume = out.join(CHECKPOINT_FILE).exists();
     }
+    let data_record = DataRecord::of(&req.data_dir, &cfg.data.dataset, &train_set, &test_set);
+    if resume {
+        if let Some(recorded) = DataRecord::read(out)? {
+            recorded.check_same(&data_record, out)?;
+        }
+    }
     let mut history;
     let start_epoch;
     if resume {
@@ -218,6 +225,7 @@ pub fn train_locked(req: TrainRequest, lock: Option<RunLock>) -> Result<Vec<Epoc
         start_epoch = 0;
     }
     write_atomic(&out.join(CONFIG_FILE), cfg.to_toml()?.as_bytes())?;
+    data_record.write(out)?;
     // A finished run that is extended is no longer finished.
     let _ = std::fs::remove_file(out.join(SUMMARY_FILE));
 
