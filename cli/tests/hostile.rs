@@ -418,30 +418,17 @@ fn empty_data_and_bad_values_fail_before_writing() {
     let e = env();
     let fcn = preset("table1-fcn-signed-elus");
     let out = e.root.join("out");
-    let empty = e.root.join("empty");
-    make_mnist(&empty, 64, 32);
-    supermask_datasets::write_idx_images(
-        &empty.join("mnist/train-images-idx3-ubyte"),
-        &[],
-        0,
-        28,
-        28,
-    )
-    .unwrap();
-    supermask_datasets::write_idx_labels(&empty.join("mnist/train-labels-idx1-ubyte"), &[])
-        .unwrap();
-    let no_test = e.root.join("no-test");
-    make_mnist(&no_test, 64, 32);
-    supermask_datasets::write_idx_images(
-        &no_test.join("mnist/t10k-images-idx3-ubyte"),
-        &[],
-        0,
-        28,
-        28,
-    )
-    .unwrap();
-    supermask_datasets::write_idx_labels(&no_test.join("mnist/t10k-labels-idx1-ubyte"), &[])
-        .unwrap();
+    // A generated MNIST under `root/NAME` whose split `prefix` ("train" or "t10k") is empty.
+    let with_empty_split = |name: &str, prefix: &str| {
+        let dir = e.root.join(name);
+        make_mnist(&dir, 64, 32);
+        let f = |kind: &str| dir.join(format!("mnist/{prefix}-{kind}"));
+        supermask_datasets::write_idx_images(&f("images-idx3-ubyte"), &[], 0, 28, 28).unwrap();
+        supermask_datasets::write_idx_labels(&f("labels-idx1-ubyte"), &[]).unwrap();
+        dir
+    };
+    let empty = with_empty_split("empty", "train");
+    let no_test = with_empty_split("no-test", "t10k");
     let data = s(&e.data);
     let cases: Vec<(Vec<&str>, Vec<&str>)> = vec![
         (vec!["--data", s(&empty)], vec!["0 training"]),
