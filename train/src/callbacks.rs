@@ -5,7 +5,8 @@
 //!
 //! A trainer starts with [`ThresholdUpdates`] when its threshold rule updates during training;
 //! [`crate::run::train`] adds, in this order, [`Progress`] (on a terminal), [`LogEpoch`],
-//! [`MetricsFile`], [`Checkpointer`] and [`DivergenceGuard`]. Callbacks run in the order they
+//! [`MetricsFile`], [`TensorBoard`](crate::tensorboard::TensorBoard), [`Checkpointer`] and
+//! [`DivergenceGuard`]. Callbacks run in the order they
 //! were added; an error from any of them stops training with that error.
 
 use crate::{

@@ -20,6 +20,7 @@ pub mod provenance;
 pub mod run;
 pub mod rundir;
 pub mod sweep;
+pub mod tensorboard;
 pub mod trainer;
 
 pub use config::RunConfig;

@@ -235,6 +235,7 @@ pub fn train_locked(req: TrainRequest, lock: Option<RunLock>) -> Result<Vec<Epoc
     }
     trainer.add_callback(Box::new(LogEpoch));
     trainer.add_callback(Box::new(MetricsFile::new(&out.join(METRICS_FILE))));
+    trainer.add_callback(Box::new(crate::tensorboard::TensorBoard::new(out)?));
     trainer.add_callback(Box::new(Checkpointer::new(out)));
     trainer.add_callback(Box::new(DivergenceGuard::new(
         cfg.train.guard.clone(),
