@@ -70,10 +70,28 @@ enum Command {
         /// Data root (default: $SUPERMASK_DATA, else ./data).
         #[arg(long)]
         data: Option<PathBuf>,
-        /// Print one independent `supermask train ... --continue` command per run instead of
-        /// running them (for a Slurm job array, GNU parallel, ...).
-        #[arg(long)]
-        emit: bool,
+        /// Print instead of running: `commands` (a bare `--emit`), one independent
+        /// `supermask train ... --continue` command per run (GNU parallel, any scheduler), or
+        /// `slurm`, an sbatch job-array script with one array task per run.
+        #[arg(long, value_enum, num_args = 0..=1, default_missing_value = "commands", value_name = "FORMAT")]
+        emit: Option<EmitFormat>,
+        /// With `--emit slurm`: CPUs per array task, also each run's --threads (default:
+        /// --threads, else 1).
+        #[arg(long, value_name = "N")]
+        slurm_cpus: Option<usize>,
+        /// With `--emit slurm`: the tasks' time limit (`#SBATCH --time`, e.g. 02:00:00).
+        #[arg(long, value_name = "TIME")]
+        slurm_time: Option<String>,
+        /// With `--emit slurm`: the tasks' memory (`#SBATCH --mem`, e.g. 4G).
+        #[arg(long, value_name = "MEM")]
+        slurm_mem: Option<String>,
+        /// With `--emit slurm`: the partition (`#SBATCH --partition`).
+        #[arg(long, value_name = "NAME")]
+        slurm_partition: Option<String>,
+        /// With `--emit slurm`: a further `#SBATCH` option, verbatim (repeatable), e.g.
+        /// `--sbatch=--account=lab`.
+        #[arg(long = "sbatch", value_name = "OPTION", allow_hyphen_values = true)]
+        sbatch: Vec<String>,
     },
     /// Group finished runs by config without the seed; write aggregate.csv and aggregate.md.
     Aggregate {
@@ -167,6 +185,15 @@ enum Command {
         #[command(subcommand)]
         command: DataCommand,
     },
+}
+
+/// What `sweep --emit` prints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum EmitFormat {
+    /// One shell command per run.
+    Commands,
+    /// An sbatch job-array script.
+    Slurm,
 }
 
 #[derive(Subcommand)]
@@ -297,14 +324,54 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             out,
             data,
             emit,
+            slurm_cpus,
+            slurm_time,
+            slurm_mem,
+            slurm_partition,
+            sbatch,
         } => {
-            use supermask_train::sweep;
+            use supermask_train::{slurm, sweep};
             let plan = sweep::plan(&config)?;
             let out = out.unwrap_or_else(|| {
                 let stem = config.file_stem().unwrap_or_default().to_string_lossy();
                 PathBuf::from(format!("sweeps/{stem}"))
             });
-            if !emit {
+            let slurm_flags = slurm_cpus.is_some()
+                || slurm_time.is_some()
+                || slurm_mem.is_some()
+                || slurm_partition.is_some()
+                || !sbatch.is_empty();
+            anyhow::ensure!(
+                !slurm_flags || emit == Some(EmitFormat::Slurm),
+                "--slurm-cpus, --slurm-time, --slurm-mem, --slurm-partition and --sbatch apply \
+                 only to --emit slurm"
+            );
+            // What --emit prints is made (and checked) before the plan is written.
+            let emitted = match emit {
+                None => None,
+                Some(EmitFormat::Commands) => {
+                    Some(sweep::emit(&plan, &out, data.as_deref(), threads)?)
+                }
+                Some(EmitFormat::Slurm) => {
+                    // Checked against the compute node's cores when each task starts.
+                    let cpus = slurm_cpus.or(threads).unwrap_or(1);
+                    let commands = sweep::emit(&plan, &out, data.as_deref(), Some(cpus))?;
+                    let name = format!(
+                        "supermask-{}",
+                        out.file_name().unwrap_or_default().to_string_lossy()
+                    );
+                    let options = slurm::SlurmOptions {
+                        cpus_per_task: cpus,
+                        time: slurm_time,
+                        mem: slurm_mem,
+                        partition: slurm_partition,
+                        extra: sbatch,
+                    };
+                    let script = slurm::job_array_script(&name, &out, &commands, &options)?;
+                    Some(script.lines().map(str::to_string).collect())
+                }
+            };
+            if emitted.is_none() {
                 anyhow::ensure!(workers > 0, "--workers must be at least 1");
                 let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
                 let per = threads.unwrap_or((cores / workers).max(1));
@@ -315,8 +382,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 sweep::check_data(&plan, &out, &resolve_data_dir(data.as_deref()))?;
             }
             sweep::write_plan(&out, &plan)?;
-            if emit {
-                return print_lines(&sweep::emit(&plan, &out, data.as_deref(), threads)?);
+            if let Some(lines) = emitted {
+                return print_lines(&lines);
             }
             let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
             let per = threads.unwrap_or((cores / workers).max(1));

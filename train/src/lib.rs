@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod provenance;
 pub mod run;
 pub mod rundir;
+pub mod slurm;
 pub mod sweep;
 pub mod tensorboard;
 pub mod trainer;
