@@ -145,6 +145,11 @@ enum Command {
         /// The file to write.
         #[arg(long)]
         out: PathBuf,
+        /// `ssm`: the compact ternary model for `infer` (docs/format.md); `safetensors`: the
+        /// effective weights `W * g(M)` and batch norms as float32 for PyTorch and others
+        /// (benches/python/from_supermask.py rebuilds the model).
+        #[arg(long, value_enum, default_value = "ssm")]
+        format: ExportFormat,
     },
     /// Show an `.ssm` file's layers: shape, density, encoding, bytes.
     Inspect {
@@ -185,6 +190,15 @@ enum Command {
         #[command(subcommand)]
         command: DataCommand,
     },
+}
+
+/// What `export` writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum ExportFormat {
+    /// The compact ternary `.ssm` model.
+    Ssm,
+    /// Float32 effective weights in safetensors.
+    Safetensors,
 }
 
 /// What `sweep --emit` prints.
@@ -538,8 +552,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Export { dir, out } => {
-            let bytes = crate::export::export(&dir, &out)?;
+        Command::Export { dir, out, format } => {
+            let bytes = match format {
+                ExportFormat::Ssm => crate::export::export(&dir, &out)?,
+                ExportFormat::Safetensors => crate::export::export_safetensors(&dir, &out)?,
+            };
             println!("wrote {} ({bytes} bytes)", out.display());
             Ok(())
         }

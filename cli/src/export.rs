@@ -82,6 +82,55 @@ pub fn export(dir: &Path, out: &Path) -> Result<usize> {
     Ok(std::fs::metadata(out)?.len() as usize)
 }
 
+/// `supermask export RUN_DIR --format safetensors --out FILE`: the effective weights for other
+/// frameworks, as a safetensors file (little-endian f32, header offsets as the format
+/// specifies): each weight layer's `W * g(M)` as `NAME.weight` and the batch-norm tensors under
+/// their checkpoint names; the header's `__metadata__` holds the model description
+/// (`supermask`: the spec, the architecture's steps, the dataset, input shape and classes) so a
+/// loader (benches/python/from_supermask.py) can rebuild the forward pass. Written atomically;
+/// returns the file's size.
+pub fn export_safetensors(dir: &Path, out: &Path) -> Result<usize> {
+    let m = export_run(dir).with_context(|| format!("exporting {}", dir.display()))?;
+    let mut named: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
+    for l in &m.layers {
+        let values = match &l.weights {
+            LayerWeights::Ternary { magnitude, pattern } => {
+                pattern.iter().map(|&p| f32::from(p) * magnitude).collect()
+            }
+            LayerWeights::Values(v) => v.clone(),
+        };
+        named.push((format!("{}.weight", l.name), l.shape.clone(), values));
+    }
+    named.extend(m.tensors.iter().cloned());
+    let mut header = serde_json::Map::new();
+    let mut offset = 0usize;
+    for (name, shape, values) in &named {
+        let end = offset + 4 * values.len();
+        header.insert(
+            name.clone(),
+            serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [offset, end]}),
+        );
+        offset = end;
+    }
+    header.insert(
+        "__metadata__".into(),
+        serde_json::json!({ "supermask": m.model.to_string() }),
+    );
+    let mut head = serde_json::to_vec(&header)?;
+    // The data starts 8-byte aligned; the format allows trailing spaces in the header.
+    head.resize(head.len().div_ceil(8) * 8, b' ');
+    let mut bytes = Vec::with_capacity(8 + head.len() + offset);
+    bytes.extend_from_slice(&(head.len() as u64).to_le_bytes());
+    bytes.extend_from_slice(&head);
+    for (_, _, values) in &named {
+        for v in values {
+            bytes.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    supermask_core::fsio::write_atomic(out, &bytes)?;
+    Ok(bytes.len())
+}
+
 /// `supermask inspect FILE`: per layer shape, density, encoding and bytes.
 pub fn inspect(file: &Path, w: &mut dyn Write) -> Result<()> {
     let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
