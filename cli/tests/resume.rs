@@ -74,20 +74,7 @@ fn every_model_resumes_bit_identically() {
 fn resume_reads_the_recorded_data_and_refuses_other_data() {
     let e = env();
     let run_dir = e.root.join("run");
-    let cfg = preset("table1-fcn-signed-elus");
-    ok(&[
-        "train",
-        "--config",
-        s(&cfg),
-        "--set",
-        "train.epochs=2",
-        "--data",
-        s(&e.data),
-        "--out",
-        s(&run_dir),
-        "--stop-after",
-        "1",
-    ]);
+    train_fcn_stopped_after_epoch_1(&e, &run_dir);
     let record: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(run_dir.join("data.json")).unwrap()).unwrap();
     assert_eq!(

@@ -44,19 +44,7 @@ fn tensorboard_reads_each_epoch_of_a_resumed_run_once() {
     }
     let e = env();
     let run_dir = e.root.join("run");
-    let cfg = preset("table1-fcn-signed-elus");
-    let base = [
-        "train",
-        "--config",
-        s(&cfg),
-        "--set",
-        "train.epochs=2",
-        "--data",
-        s(&e.data),
-    ];
-    let mut first = base.to_vec();
-    first.extend(["--out", s(&run_dir), "--stop-after", "1"]);
-    ok(&first);
+    train_fcn_stopped_after_epoch_1(&e, &run_dir);
     ok(&["train", "--resume", s(&run_dir), "--data", s(&e.data)]);
     let o = Command::new("python3")
         .args(["-c", READER, s(&run_dir)])

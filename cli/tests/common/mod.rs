@@ -86,6 +86,25 @@ pub fn train_preset(e: &Env, global: &[&str], preset_name: &str, sets: &[&str], 
     ok(&args);
 }
 
+/// The Table 1 signed ELUS FCN for two epochs on `e`'s data into `out`, stopped after the
+/// first (so that `--resume` continues it).
+pub fn train_fcn_stopped_after_epoch_1(e: &Env, out: &Path) {
+    let cfg = preset("table1-fcn-signed-elus");
+    ok(&[
+        "train",
+        "--config",
+        s(&cfg),
+        "--set",
+        "train.epochs=2",
+        "--data",
+        s(&e.data),
+        "--out",
+        s(out),
+        "--stop-after",
+        "1",
+    ]);
+}
+
 pub fn without_timing(mut m: Vec<EpochMetrics>) -> Vec<EpochMetrics> {
     for x in &mut m {
         x.seconds = 0.0;
