@@ -79,6 +79,10 @@ pub struct BandSeries {
     pub hi: Vec<f64>,
 }
 
+mod matrix;
+use matrix::draw_matrix;
+pub use matrix::{matrix_chart, Matrix};
+
 fn padded_range(lo: f64, hi: f64) -> std::ops::Range<f64> {
     let span = (hi - lo).max(1e-6);
     (lo - 0.05 * span)..(hi + 0.05 * span)
@@ -358,159 +362,6 @@ fn legend<'a, DB: DrawingBackend + 'a>(
         .map_err(err)
 }
 
-/// A matrix to draw cell by cell.
-#[derive(Clone, Debug)]
-pub enum Matrix<'a> {
-    /// Values in `[0, max]` drawn from white (0) to black (max), e.g. a sum of |mask| over runs.
-    Heat {
-        /// Row-major values.
-        values: &'a [u32],
-        /// The value drawn black.
-        max: u32,
-    },
-    /// A ternary mask: +1 green, -1 red, 0 white (Figure 9).
-    Pattern(&'a [i8]),
-}
-
-/// A matrix plot (Figures 3 and 9): one cell per entry in the PNG; the SVG bins a heat map to
-/// at most about 2,500 cells and draws only the non-zero cells of a pattern (binned beyond that).
-pub fn matrix_chart(
-    stem: &Path,
-    title: &str,
-    rows: usize,
-    cols: usize,
-    m: Matrix,
-) -> Result<Vec<PathBuf>> {
-    let scale = (1200.0 / cols as f64).clamp(0.25, 8.0);
-    let w = (cols as f64 * scale) as u32 + 40;
-    let h = (rows as f64 * scale) as u32 + 70;
-    save_both!(stem, (w, h), |root, svg| {
-        let area = root.titled(title, ("sans-serif", 20)).map_err(err)?;
-        let area = area.margin(6, 6, 6, 6);
-        draw_matrix(&area, rows, cols, &m, svg)
-    })
-}
-
-fn draw_matrix<DB: DrawingBackend>(
-    area: &Area<DB>,
-    rows: usize,
-    cols: usize,
-    m: &Matrix,
-    svg: bool,
-) -> Result<()> {
-    let mut chart = ChartBuilder::on(area)
-        .build_cartesian_2d(0.0..cols as f64, rows as f64..0.0)
-        .map_err(err)?;
-    match m {
-        Matrix::Heat { values, max } => {
-            anyhow::ensure!(
-                values.len() == rows * cols,
-                "heat map is not {rows} x {cols}"
-            );
-            let max = (*max).max(1) as f64;
-            // Bin to at most ~10k cells in SVG; one cell per entry in the PNG.
-            let b = if svg {
-                ((rows * cols) as f64 / SVG_CELLS as f64)
-                    .sqrt()
-                    .ceil()
-                    .max(1.0) as usize
-            } else {
-                1
-            };
-            let mut cells = Vec::new();
-            for r0 in (0..rows).step_by(b) {
-                for c0 in (0..cols).step_by(b) {
-                    let (r1, c1) = ((r0 + b).min(rows), (c0 + b).min(cols));
-                    let mut s = 0.0;
-                    for r in r0..r1 {
-                        for c in c0..c1 {
-                            s += values[r * cols + c] as f64;
-                        }
-                    }
-                    let v = s / ((r1 - r0) * (c1 - c0)) as f64 / max;
-                    if v > 0.0 {
-                        let g = (255.0 * (1.0 - v.min(1.0))) as u8;
-                        cells.push(Rectangle::new(
-                            [(c0 as f64, r0 as f64), (c1 as f64, r1 as f64)],
-                            RGBColor(g, g, g).filled(),
-                        ));
-                    }
-                }
-            }
-            chart.draw_series(cells).map_err(err)?;
-        }
-        Matrix::Pattern(values) => {
-            anyhow::ensure!(
-                values.len() == rows * cols,
-                "pattern is not {rows} x {cols}"
-            );
-            let nnz = values.iter().filter(|&&v| v != 0).count();
-            if svg && nnz > SVG_CELLS {
-                // b x b blocks: the majority sign, opacity by the share of kept entries.
-                let b = ((rows * cols) as f64 / SVG_CELLS as f64).sqrt().ceil() as usize;
-                let mut cells = Vec::new();
-                for r0 in (0..rows).step_by(b) {
-                    for c0 in (0..cols).step_by(b) {
-                        let (r1, c1) = ((r0 + b).min(rows), (c0 + b).min(cols));
-                        let (mut sum, mut kept) = (0i64, 0usize);
-                        for r in r0..r1 {
-                            for c in c0..c1 {
-                                let v = values[r * cols + c];
-                                sum += v as i64;
-                                kept += (v != 0) as usize;
-                            }
-                        }
-                        if kept > 0 {
-                            let color = if sum >= 0 { POS } else { NEG };
-                            let alpha = (kept as f64 / ((r1 - r0) * (c1 - c0)) as f64).sqrt();
-                            cells.push(Rectangle::new(
-                                [(c0 as f64, r0 as f64), (c1 as f64, r1 as f64)],
-                                color.mix(alpha).filled(),
-                            ));
-                        }
-                    }
-                }
-                chart.draw_series(cells).map_err(err)?;
-                return frame(&chart, rows, cols);
-            }
-            let cells = values
-                .iter()
-                .enumerate()
-                .filter(|(_, &v)| v != 0)
-                .map(|(i, &v)| {
-                    let (r, c) = ((i / cols) as f64, (i % cols) as f64);
-                    Rectangle::new(
-                        [(c, r), (c + 1.0, r + 1.0)],
-                        if v > 0 { POS } else { NEG }.filled(),
-                    )
-                });
-            chart.draw_series(cells).map_err(err)?;
-        }
-    }
-    frame(&chart, rows, cols)
-}
-
-/// Cells an SVG matrix plot draws at most (about 90 bytes each).
-const SVG_CELLS: usize = 2500;
-
-fn frame<DB: DrawingBackend>(
-    chart: &ChartContext<
-        DB,
-        Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
-    >,
-    rows: usize,
-    cols: usize,
-) -> Result<()> {
-    chart
-        .plotting_area()
-        .draw(&Rectangle::new(
-            [(0.0, 0.0), (cols as f64, rows as f64)],
-            BLACK.stroke_width(1),
-        ))
-        .map_err(err)?;
-    Ok(())
-}
-
 /// Figure 1: a flattened input (one column per pixel, yellow where blank, dark where the digit
 /// is) above a first-layer mask whose columns are the same pixels.
 pub fn input_and_mask_chart(
@@ -560,7 +411,7 @@ pub fn input_and_mask_chart(
         }
         chart.draw_series(strips).map_err(err)?;
         let bottom = bottom.margin(6, 6, 6, 6);
-        draw_matrix(&bottom, rows, cols, &Matrix::Pattern(mask), svg)
+        draw_matrix(&bottom, rows, cols, &Matrix::Pattern(mask), svg, false)
     })
 }
 
@@ -618,6 +469,28 @@ mod tests {
         assert_eq!(
             svg.matches("#2CA02C").count() + svg.matches("#2ca02c").count(),
             2,
+            "{svg}"
+        );
+        assert!(
+            svg.contains("column (input)") && svg.contains("row (output)"),
+            "axes"
+        );
+        // A heat map has the axes and a colour bar with its value axis up to `max`.
+        let heat = [0u32, 1, 2, 3, 4, 5];
+        let files = matrix_chart(
+            &dir.join("heat"),
+            "h",
+            2,
+            3,
+            Matrix::Heat {
+                values: &heat,
+                max: 5,
+            },
+        )
+        .unwrap();
+        let svg = std::fs::read_to_string(&files[0]).unwrap();
+        assert!(
+            svg.contains("row (output)") && svg.contains("\nvalue\n</text>"),
             "{svg}"
         );
         std::fs::remove_dir_all(&dir).unwrap();
