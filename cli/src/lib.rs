@@ -15,5 +15,6 @@
 mod app;
 pub mod export;
 pub mod models;
+mod sweep;
 
 pub use app::{main, main_with, run, Cli};
