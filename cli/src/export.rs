@@ -91,42 +91,34 @@ pub fn export(dir: &Path, out: &Path) -> Result<usize> {
 /// returns the file's size.
 pub fn export_safetensors(dir: &Path, out: &Path) -> Result<usize> {
     let m = export_run(dir).with_context(|| format!("exporting {}", dir.display()))?;
-    let mut named: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
+    let mut named: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    let le = |values: &[f32]| values.iter().flat_map(|v| v.to_le_bytes()).collect();
     for l in &m.layers {
-        let values = match &l.weights {
-            LayerWeights::Ternary { magnitude, pattern } => {
-                pattern.iter().map(|&p| f32::from(p) * magnitude).collect()
-            }
-            LayerWeights::Values(v) => v.clone(),
+        let bytes = match &l.weights {
+            LayerWeights::Ternary { magnitude, pattern } => le(&pattern
+                .iter()
+                .map(|&p| f32::from(p) * magnitude)
+                .collect::<Vec<_>>()),
+            LayerWeights::Values(v) => le(v),
         };
-        named.push((format!("{}.weight", l.name), l.shape.clone(), values));
+        named.push((format!("{}.weight", l.name), l.shape.clone(), bytes));
     }
-    named.extend(m.tensors.iter().cloned());
-    let mut header = serde_json::Map::new();
-    let mut offset = 0usize;
-    for (name, shape, values) in &named {
-        let end = offset + 4 * values.len();
-        header.insert(
-            name.clone(),
-            serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [offset, end]}),
-        );
-        offset = end;
+    for (name, shape, values) in &m.tensors {
+        named.push((name.clone(), shape.clone(), le(values)));
     }
-    header.insert(
-        "__metadata__".into(),
-        serde_json::json!({ "supermask": m.model.to_string() }),
-    );
-    let mut head = serde_json::to_vec(&header)?;
-    // The data starts 8-byte aligned; the format allows trailing spaces in the header.
-    head.resize(head.len().div_ceil(8) * 8, b' ');
-    let mut bytes = Vec::with_capacity(8 + head.len() + offset);
-    bytes.extend_from_slice(&(head.len() as u64).to_le_bytes());
-    bytes.extend_from_slice(&head);
-    for (_, _, values) in &named {
-        for v in values {
-            bytes.extend_from_slice(&v.to_le_bytes());
-        }
-    }
+    let views = named
+        .iter()
+        .map(|(name, shape, bytes)| {
+            let view = safetensors::tensor::TensorView::new(
+                safetensors::Dtype::F32,
+                shape.clone(),
+                bytes,
+            )?;
+            Ok((name.as_str(), view))
+        })
+        .collect::<std::result::Result<Vec<_>, safetensors::SafeTensorError>>()?;
+    let metadata = [("supermask".to_string(), m.model.to_string())].into();
+    let bytes = safetensors::serialize(views, Some(metadata))?;
     supermask_core::fsio::write_atomic(out, &bytes)?;
     Ok(bytes.len())
 }
