@@ -2,7 +2,7 @@
 //! scheduler (`--emit`: one command per run, or an sbatch job-array script).
 
 use crate::app::print_lines;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use supermask_datasets::resolve_data_dir;
 use supermask_train::{slurm, sweep};
 
@@ -106,35 +106,39 @@ pub fn run(args: SweepArgs, threads: Option<usize>) -> anyhow::Result<()> {
             Some(script.lines().map(str::to_string).collect())
         }
     };
-    if emitted.is_none() {
-        anyhow::ensure!(workers > 0, "--workers must be at least 1");
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let per = threads.unwrap_or((cores / workers).max(1));
-        anyhow::ensure!(
-            workers.checked_mul(per).is_some_and(|t| t <= cores.max(workers)),
-            "{workers} workers x {per} threads exceeds this machine's {cores} cores; lower --workers or --threads"
-        );
-        sweep::check_data(&plan, &out, &resolve_data_dir(data.as_deref()))?;
-    }
+    let Some(lines) = emitted else {
+        return run_here(&config, &plan, &out, data, workers, threads);
+    };
     sweep::write_plan(&out, &plan)?;
-    if let Some(lines) = emitted {
-        return print_lines(&lines);
-    }
+    print_lines(&lines)
+}
+
+/// Trains the sweep's runs on this machine with `workers` workers of `threads` threads each.
+fn run_here(
+    config: &Path,
+    plan: &sweep::Plan,
+    out: &Path,
+    data: Option<PathBuf>,
+    workers: usize,
+    threads: Option<usize>,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(workers > 0, "--workers must be at least 1");
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let per = threads.unwrap_or((cores / workers).max(1));
+    anyhow::ensure!(
+        workers.checked_mul(per).is_some_and(|t| t <= cores.max(workers)),
+        "{workers} workers x {per} threads exceeds this machine's {cores} cores; lower --workers or --threads"
+    );
+    let data_dir = resolve_data_dir(data.as_deref());
+    sweep::check_data(plan, out, &data_dir)?;
+    sweep::write_plan(out, plan)?;
     tracing::info!(
         "sweep {}: {} runs into {} with {workers} workers x {per} threads",
         config.display(),
         plan.runs.len(),
         out.display()
     );
-    let report = sweep::execute(
-        &plan,
-        &out,
-        &resolve_data_dir(data.as_deref()),
-        workers,
-        per,
-    )?;
+    let report = sweep::execute(plan, out, &data_dir, workers, per)?;
     println!(
         "{}: {} runs trained, {} already finished, {} failed",
         out.display(),

@@ -116,7 +116,7 @@ impl Dataset {
             buf.extend(chunk.iter().flat_map(|x| x.to_le_bytes()));
             h.update(&buf);
         }
-        h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+        format!("{:x}", h.finalize())
     }
 
     /// Gathers the given sample indices into `(images of len idx.len() * dim, labels as u32)`.

@@ -53,11 +53,6 @@ impl TensorBoard {
             start,
         })
     }
-
-    /// The file this callback writes.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
 }
 
 impl Callback for TensorBoard {
