@@ -105,19 +105,28 @@ fn a_slurm_job_array_trains_the_sweep_and_a_requeued_task_resumes() {
     });
     let before = epochs_done(&run0);
     sh("scontrol", &["requeue", &task0]);
-    // Slurm holds a requeued job back for a while (its begin time moves ahead); start it now.
-    let start_now = format!("JobId={task0}");
+    let requeued = Instant::now();
+    // Slurm holds a requeued job back for a while (its begin time moves ahead); start it early,
+    // but not within the same wall-clock second as the requeue: slurmd revokes the killed run's
+    // credential, and a credential created in the second of its revocation counts as revoked
+    // ("Killing non-startable batch job: Job credential revoked"), which fails the task.
     wait_for(60, "task 0 requeued", || {
         let state = sh("squeue", &["-h", "-j", &task0, "-o", "%T"]);
-        matches!(state.as_str(), "PENDING" | "RUNNING" | "")
+        matches!(state.as_str(), "PENDING" | "RUNNING")
     });
+    std::thread::sleep(Duration::from_secs(3).saturating_sub(requeued.elapsed()));
     let _ = Command::new("scontrol")
-        .args(["update", &start_now, "StartTime=now"])
+        .args(["update", &format!("JobId={task0}"), "StartTime=now"])
         .output();
     wait_for(300, "the job array finishes", || {
         sh("squeue", &["-h", "-j", &job]).is_empty()
     });
     let shown = sh("scontrol", &["show", "job", &task0]);
+    assert!(
+        shown.contains("JobState=COMPLETED"),
+        "task 0 completed: {shown}\n{}",
+        std::fs::read_to_string(out.join(format!("slurm-{job}_0.out"))).unwrap_or_default()
+    );
     assert!(
         shown.contains("Restarts=1"),
         "task 0 was requeued once: {shown}"
