@@ -93,7 +93,8 @@ enum Command {
     Eval {
         /// A directory written by `supermask train`.
         dir: PathBuf,
-        /// Data root (default: $SUPERMASK_DATA, else ./data).
+        /// Data root (default: $SUPERMASK_DATA, else the root the run recorded in data.json,
+        /// else ./data).
         #[arg(long)]
         data: Option<PathBuf>,
         /// Print JSON instead of text.
@@ -397,7 +398,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             device,
         } => {
             let device = supermask_train::device::device(&device)?;
-            let report = run::eval(&dir, &resolve_data_dir(data.as_deref()), &device)?;
+            let root = provenance::data_root_for(&dir, explicit_data_dir(data.as_deref()))?;
+            let report = run::eval(&dir, &root, &device)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {

@@ -9,6 +9,8 @@
 //!   raw or gzipped (`.gz` suffix).
 //! * CIFAR-10: `<data_dir>/cifar-10-batches-bin/{data_batch_1..5,test_batch}.bin`.
 //! * CIFAR-100: `<data_dir>/cifar-100-binary/{train,test}.bin`.
+//! * `files`: the user's own NumPy arrays or PNG folders directly under `<data_dir>` (layouts in
+//!   [`FilesDataset`]'s module, `files`).
 //!
 //! Every dataset is a plugin ([`DatasetSource`], registered with [`register_dataset!`]);
 //! [`find_dataset`], [`load_by_name`] and [`fetch_by_name`] accept every name of [`dataset_names`].
@@ -19,6 +21,7 @@ use anyhow::{anyhow, bail, Result};
 
 mod cifar;
 mod fetch;
+mod files;
 mod generated;
 mod idx;
 mod registry;
@@ -28,6 +31,7 @@ pub use cifar::{
     cifar_files, fetch_cifar, load_cifar, read_cifar_file, write_cifar_file, CifarDataset,
 };
 pub use fetch::{expected_sha256, fetch};
+pub use files::{load_files, npy_bytes, FilesDataset};
 pub use generated::write_learnable_mnist;
 pub use idx::{read_idx_images, read_idx_labels, write_idx_images, write_idx_labels};
 pub use registry::{dataset_names, datasets, find_dataset, DatasetEntry, DatasetSource};
@@ -297,8 +301,9 @@ pub fn load_idx(data_dir: &Path, ds: IdxDataset, split: Split) -> Result<Dataset
 }
 
 /// Per-sample shape `[channels, height, width]` of a dataset by name (see [`find_dataset`]),
-/// known without reading its files: the input shape of a model trained on it.
-pub fn sample_shape(name: &str) -> Result<Vec<usize>> {
+/// known without reading its files: the input shape of a model trained on it. `None` for a
+/// dataset whose files decide it (see [`DatasetSource::sample_shape`]).
+pub fn sample_shape(name: &str) -> Result<Option<Vec<usize>>> {
     Ok(find_dataset(name)?.sample_shape())
 }
 
@@ -332,11 +337,11 @@ impl DatasetSource for IdxDataset {
             }
         }
     }
-    fn sample_shape(&self) -> Vec<usize> {
-        vec![1, 28, 28]
+    fn sample_shape(&self) -> Option<Vec<usize>> {
+        Some(vec![1, 28, 28])
     }
-    fn classes(&self) -> usize {
-        IDX_CLASSES
+    fn classes(&self) -> Option<usize> {
+        Some(IDX_CLASSES)
     }
     fn load(&self, data_dir: &Path, split: Split) -> Result<Dataset> {
         load_idx(data_dir, *self, split)

@@ -11,8 +11,9 @@ use anyhow::{anyhow, Result};
 
 use crate::{Dataset, Split};
 
-/// A dataset: its name, its sample shape and classes (known without reading files), how to load
-/// a split and how to fetch its files.
+/// A dataset: its name, its sample shape and classes (known without reading files, or given by
+/// the config for datasets read from the user's own files), how to load a split and how to
+/// fetch its files.
 pub trait DatasetSource: Sync + 'static {
     /// Canonical name: the value of `data.dataset`, lower case.
     fn name(&self) -> &'static str;
@@ -24,10 +25,12 @@ pub trait DatasetSource: Sync + 'static {
     /// One line for `supermask plugins`.
     fn description(&self) -> &'static str;
     /// Per-sample shape, channels first (`[1, 28, 28]`, `[3, 32, 32]`): the input shape of a
-    /// model trained on it.
-    fn sample_shape(&self) -> Vec<usize>;
-    /// Number of classes; every label is below it.
-    fn classes(&self) -> usize;
+    /// model trained on it. `None` for a dataset whose shape depends on its files (the `files`
+    /// dataset): the config's `data.shape` gives it, and loading checks the files against it.
+    fn sample_shape(&self) -> Option<Vec<usize>>;
+    /// Number of classes, every label below it; `None` when the files decide (each loaded split
+    /// says its own in [`Dataset::classes`]).
+    fn classes(&self) -> Option<usize>;
     /// Loads one split with images standardized, or one error naming what is missing or bad.
     fn load(&self, data_dir: &Path, split: Split) -> Result<Dataset>;
     /// Downloads and verifies the dataset's files under `data_dir`; returns their paths. A
@@ -140,11 +143,11 @@ mod tests {
         fn description(&self) -> &'static str {
             "fake"
         }
-        fn sample_shape(&self) -> Vec<usize> {
-            vec![1, 2, 2]
+        fn sample_shape(&self) -> Option<Vec<usize>> {
+            Some(vec![1, 2, 2])
         }
-        fn classes(&self) -> usize {
-            2
+        fn classes(&self) -> Option<usize> {
+            Some(2)
         }
         fn load(&self, _: &Path, _: Split) -> Result<Dataset> {
             anyhow::bail!("fake")
@@ -177,14 +180,17 @@ mod tests {
     fn the_built_in_datasets_are_registered_with_their_aliases() {
         assert_eq!(
             dataset_names(),
-            ["cifar10", "cifar100", "fashion-mnist", "mnist"]
+            ["cifar10", "cifar100", "fashion-mnist", "files", "mnist"]
         );
         assert_eq!(
             find_dataset("Fashion_MNIST").unwrap().name(),
             "fashion-mnist"
         );
-        assert_eq!(find_dataset("cifar-100").unwrap().classes(), 100);
-        assert_eq!(find_dataset("mnist").unwrap().sample_shape(), [1, 28, 28]);
+        assert_eq!(find_dataset("cifar-100").unwrap().classes(), Some(100));
+        assert_eq!(
+            find_dataset("mnist").unwrap().sample_shape(),
+            Some(vec![1, 28, 28])
+        );
         let err = find_dataset("imagenet").err().expect("unknown").to_string();
         assert!(
             err.contains("imagenet") && err.contains("cifar10, cifar100"),

@@ -333,7 +333,7 @@ fn dataset_names_roundtrip_and_unknown_lists_known() {
     for &ds in IdxDataset::all() {
         let found = supermask_datasets::find_dataset(ds.name()).unwrap();
         assert_eq!(found.name(), ds.name());
-        assert_eq!(found.sample_shape(), [1, 28, 28]);
+        assert_eq!(found.sample_shape(), Some(vec![1, 28, 28]));
     }
     assert_eq!(IdxDataset::Mnist.name(), "mnist");
     assert_eq!(IdxDataset::FashionMnist.name(), "fashion-mnist");

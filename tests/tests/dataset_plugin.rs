@@ -28,11 +28,11 @@ impl DatasetSource for Bands {
     fn description(&self) -> &'static str {
         "four generated classes of 1x8x8 bands on noise (a test plugin)"
     }
-    fn sample_shape(&self) -> Vec<usize> {
-        vec![1, Self::SIDE, Self::SIDE]
+    fn sample_shape(&self) -> Option<Vec<usize>> {
+        Some(vec![1, Self::SIDE, Self::SIDE])
     }
-    fn classes(&self) -> usize {
-        Self::CLASSES
+    fn classes(&self) -> Option<usize> {
+        Some(Self::CLASSES)
     }
     fn load(&self, _data_dir: &Path, split: Split) -> anyhow::Result<Dataset> {
         let (n, mut s) = match split {
@@ -64,7 +64,7 @@ impl DatasetSource for Bands {
             labels,
             n,
             dim,
-            shape: self.sample_shape(),
+            shape: vec![1, Self::SIDE, Self::SIDE],
             classes: Self::CLASSES,
         })
     }

@@ -27,8 +27,14 @@ fn default_true() -> bool {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct DataConfig {
-    /// `mnist`, `fashion-mnist`, `cifar10` or `cifar100`.
+    /// `mnist`, `fashion-mnist`, `cifar10`, `cifar100`, `files` (the user's own images or
+    /// arrays under the data root, see `supermask_datasets::files`) or a plugin's name.
     pub dataset: String,
+    /// Per-sample shape `[channels, height, width]` of a dataset whose files decide it
+    /// (`files`): the model's input shape, checked against every image loaded. Built-in
+    /// datasets know theirs; giving another is an error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shape: Option<Vec<usize>>,
     /// Training batch size (the paper: 128).
     #[serde(default = "default_batch")]
     pub batch_size: usize,
@@ -247,6 +253,7 @@ impl RunConfig {
             self.data.dataset,
             dataset_names().join(", ")
         );
+        self.input_shape()?;
         anyhow::ensure!(self.data.batch_size > 0, "data.batch_size must be > 0");
         anyhow::ensure!(
             self.data.test_batch_size > 0,
@@ -280,7 +287,35 @@ impl RunConfig {
     /// Per-sample input shape of the config's dataset, e.g. `[1, 28, 28]`: the shape its
     /// model is built for.
     pub fn input_shape(&self) -> Result<Vec<usize>> {
-        supermask_datasets::sample_shape(&self.data.dataset)
+        let ds = &self.data.dataset;
+        match (supermask_datasets::sample_shape(ds)?, &self.data.shape) {
+            (Some(fixed), None) => Ok(fixed),
+            (Some(fixed), Some(given)) => {
+                anyhow::ensure!(
+                    *given == fixed,
+                    "data.shape = {given:?}, but {ds} samples are {fixed:?} (leave data.shape \
+                     out for a built-in dataset)"
+                );
+                Ok(fixed)
+            }
+            (None, Some(given)) => {
+                anyhow::ensure!(
+                    given.len() == 3 && given.iter().all(|&d| d > 0),
+                    "data.shape = {given:?}: give [channels, height, width], each > 0"
+                );
+                let values = given.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+                anyhow::ensure!(
+                    values.is_some_and(|v| v <= supermask_core::arch::MAX_VALUES_PER_SAMPLE),
+                    "data.shape = {given:?}: more than {} values a sample",
+                    supermask_core::arch::MAX_VALUES_PER_SAMPLE
+                );
+                Ok(given.clone())
+            }
+            (None, None) => anyhow::bail!(
+                "data.shape: dataset {ds} reads the sample shape from the config; give it as \
+                 [channels, height, width], e.g. data.shape = [1, 28, 28]"
+            ),
+        }
     }
 
     /// The effective config as TOML.

@@ -77,6 +77,14 @@ fn load_checked(cfg: &RunConfig, data_dir: &Path, split: Split) -> Result<Datase
     let ds = &cfg.data.dataset;
     let data = load_by_name(data_dir, ds, split)?;
     let want = cfg.input_shape()?;
+    if cfg.data.shape.is_some() {
+        anyhow::ensure!(
+            data.shape == want,
+            "the {ds} {split:?} samples under {} have shape {:?}; data.shape says {want:?}",
+            data_dir.display(),
+            data.shape
+        );
+    }
     anyhow::ensure!(
         data.shape == want,
         "the {ds} {split:?} files under {} hold samples of shape {:?}; {ds} samples are {want:?}",

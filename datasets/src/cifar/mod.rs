@@ -48,11 +48,11 @@ impl DatasetSource for CifarDataset {
             }
         }
     }
-    fn sample_shape(&self) -> Vec<usize> {
-        vec![3, 32, 32]
+    fn sample_shape(&self) -> Option<Vec<usize>> {
+        Some(vec![3, 32, 32])
     }
-    fn classes(&self) -> usize {
-        CifarDataset::classes(self)
+    fn classes(&self) -> Option<usize> {
+        Some(CifarDataset::classes(self))
     }
     fn load(&self, data_dir: &Path, split: Split) -> Result<Dataset> {
         load_cifar(data_dir, *self, split)
