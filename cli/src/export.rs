@@ -82,15 +82,39 @@ pub fn export(dir: &Path, out: &Path) -> Result<usize> {
     Ok(std::fs::metadata(out)?.len() as usize)
 }
 
-/// `supermask export RUN_DIR --format safetensors --out FILE`: the effective weights for other
-/// frameworks, as a safetensors file (little-endian f32, header offsets as the format
-/// specifies): each weight layer's `W * g(M)` as `NAME.weight` and the batch-norm tensors under
-/// their checkpoint names; the header's `__metadata__` holds the model description
-/// (`supermask`: the spec, the architecture's steps, the dataset, input shape and classes) so a
-/// loader (benches/python/from_supermask.py) can rebuild the forward pass. Written atomically;
-/// returns the file's size.
+/// `supermask export RUN_DIR --format safetensors --out FILE`: the model for other frameworks,
+/// as a safetensors file (little-endian f32, header offsets as the format specifies): each
+/// weight layer's `W * g(M)` as `NAME.weight` and the batch-norm tensors under their checkpoint
+/// names, for inference; each masked layer's frozen `W` as `NAME.frozen_weight`, its scores
+/// `NAME.scores` and thresholds `NAME.taus` (`[tau_n, tau_p]`), to continue training the mask.
+/// The header's `__metadata__` holds the model description (`supermask`: the spec, the
+/// architecture's steps, the dataset, input shape and classes) and the masking config
+/// (`masking`, naming g), so a loader (benches/python/from_supermask.py) can rebuild the forward
+/// pass, masked or not. Written atomically; returns its size.
 pub fn export_safetensors(dir: &Path, out: &Path) -> Result<usize> {
-    let m = export_run(dir).with_context(|| format!("exporting {}", dir.display()))?;
+    let exported = || -> Result<_> {
+        let run = RunDir::open(dir)?;
+        let trainer = run.trained_for_config(&Device::Cpu)?;
+        let m = export_trainer(&run.config, &trainer)?;
+        // What continuing to train needs: each masked layer's frozen weights, scores and
+        // thresholds (the checkpoint's tensors), and the masking config naming g.
+        let mut trainable = Vec::new();
+        for layer in trainer.model().layers() {
+            if matches!(layer, Layer::Masked(_)) {
+                for (name, t) in layer.named_tensors()? {
+                    let name = match name.strip_suffix(".weight") {
+                        Some(stem) => format!("{stem}.frozen_weight"),
+                        None => name,
+                    };
+                    trainable.push((name, t.dims().to_vec(), t.flatten_all()?.to_vec1::<f32>()?));
+                }
+            }
+        }
+        let masking = serde_json::to_string(&run.config.masking)?;
+        Ok((m, trainable, masking))
+    };
+    let (m, trainable, masking) =
+        exported().with_context(|| format!("exporting {}", dir.display()))?;
     let mut named: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
     let le = |values: &[f32]| values.iter().flat_map(|v| v.to_le_bytes()).collect();
     for l in &m.layers {
@@ -103,7 +127,7 @@ pub fn export_safetensors(dir: &Path, out: &Path) -> Result<usize> {
         };
         named.push((format!("{}.weight", l.name), l.shape.clone(), bytes));
     }
-    for (name, shape, values) in &m.tensors {
+    for (name, shape, values) in m.tensors.iter().chain(&trainable) {
         named.push((name.clone(), shape.clone(), le(values)));
     }
     let views = named
@@ -117,7 +141,11 @@ pub fn export_safetensors(dir: &Path, out: &Path) -> Result<usize> {
             Ok((name.as_str(), view))
         })
         .collect::<std::result::Result<Vec<_>, safetensors::SafeTensorError>>()?;
-    let metadata = [("supermask".to_string(), m.model.to_string())].into();
+    let metadata = [
+        ("supermask".to_string(), m.model.to_string()),
+        ("masking".to_string(), masking),
+    ]
+    .into();
     let bytes = safetensors::serialize(views, Some(metadata))?;
     supermask_core::fsio::write_atomic(out, &bytes)?;
     Ok(bytes.len())

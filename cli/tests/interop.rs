@@ -1,7 +1,9 @@
-//! `export --format safetensors`: the effective weights for other frameworks. The file's
-//! tensors are the `.ssm` export's `W * g(M)` and batch norms, its metadata the architecture;
-//! where `torch` is importable, `benches/python/from_supermask.py` rebuilds the FCN and a
-//! ResNet in PyTorch and gets exactly the test accuracy of `supermask eval` (CI has no torch
+//! `export --format safetensors`: the model for other frameworks. The file's tensors are the
+//! `.ssm` export's `W * g(M)` and batch norms plus each masked layer's checkpointed W, scores
+//! and thresholds (whose `W * g(M)` is the effective weight), its metadata the architecture and
+//! the masking config; where `torch` is importable, `benches/python/from_supermask.py` rebuilds
+//! the FCN and a ResNet in PyTorch, from the effective weights and as the masked net with
+//! trainable scores, and gets exactly the test accuracy of `supermask eval` (CI has no torch
 //! and says the PyTorch half was skipped).
 
 mod common;
@@ -74,7 +76,29 @@ fn safetensors_export_holds_the_effective_weights_and_runs_in_torch() {
         for (name, shape, values) in &m.tensors {
             assert_eq!(tensors[name], (shape.clone(), values.clone()), "{name}");
         }
-        assert_eq!(tensors.len(), m.layers.len() + m.tensors.len());
+        // Each masked layer also carries what continuing to train needs: the checkpoint's
+        // frozen W, scores and thresholds, whose W * g(M) (the signed mask's g, eq. 1) is the
+        // effective weight.
+        let masking: serde_json::Value = serde_json::from_str(&meta["masking"]).unwrap();
+        assert_eq!(masking["mask"]["type"], "signed", "{masking}");
+        let ckpt = checkpoint_tensors(run);
+        let ckpt: HashMap<_, _> = ckpt.into_iter().collect();
+        for l in &m.layers {
+            let (_, w) = &tensors[&format!("{}.frozen_weight", l.name)];
+            let (_, scores) = &tensors[&format!("{}.scores", l.name)];
+            let (_, taus) = &tensors[&format!("{}.taus", l.name)];
+            assert_eq!(w, &ckpt[&format!("{}.weight", l.name)], "{}", l.name);
+            assert_eq!(scores, &ckpt[&format!("{}.scores", l.name)], "{}", l.name);
+            let g = |m: f32| f32::from(m >= taus[1]) - f32::from(m <= taus[0]);
+            let effective: Vec<f32> = w.iter().zip(scores).map(|(w, &m)| w * g(m)).collect();
+            assert_eq!(
+                effective,
+                tensors[&format!("{}.weight", l.name)].1,
+                "{}",
+                l.name
+            );
+        }
+        assert_eq!(tensors.len(), 4 * m.layers.len() + m.tensors.len());
 
         let torch = Command::new("python3")
             .args(["-c", "import torch, numpy"])
@@ -86,20 +110,33 @@ fn safetensors_export_holds_the_effective_weights_and_runs_in_torch() {
         }
         let script =
             Path::new(env!("CARGO_MANIFEST_DIR")).join("../benches/python/from_supermask.py");
-        let o = Command::new("python3")
-            .args([s(&script), s(&st), "--data", s(&e.data), "--json"])
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        let theirs: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
         let ours: serde_json::Value =
             serde_json::from_slice(&ok(&["eval", s(run), "--data", s(&e.data), "--json"]).stdout)
                 .unwrap();
-        assert_eq!(
-            theirs["test_acc"].as_f64(),
-            ours["test_acc"].as_f64(),
-            "{}",
-            run.display()
-        );
+        // The effective weights, then the masked net rebuilt from W, M and the thresholds
+        // (trainable scores, straight-through g), which also runs one backward pass.
+        for extra in [None, Some("--masked")] {
+            let mut args = vec![s(&script), s(&st), "--data", s(&e.data), "--json"];
+            args.extend(extra);
+            let o = Command::new("python3").args(&args).output().unwrap();
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            let theirs: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+            assert_eq!(
+                theirs["test_acc"].as_f64(),
+                ours["test_acc"].as_f64(),
+                "{} {extra:?}",
+                run.display()
+            );
+            if extra.is_some() {
+                assert_eq!(
+                    theirs["scores_with_gradient"], theirs["scores"],
+                    "every layer's scores get a gradient"
+                );
+                assert_eq!(
+                    theirs["scores"].as_array().map(Vec::len),
+                    Some(m.layers.len())
+                );
+            }
+        }
     }
 }
