@@ -69,6 +69,10 @@ enum Command {
         /// (repeatable; default: every two groups of the same model and dataset).
         #[arg(long, value_name = "A:B")]
         compare: Vec<String>,
+        /// Which epoch of each run the tables report: last (the paper's rule) or
+        /// best-validation (the highest validation accuracy; runs need data.validation).
+        #[arg(long, default_value = "last", value_name = "RULE")]
+        epoch: supermask_analysis::study::EpochRule,
     },
     /// Write a markdown report (tables beside the paper's numbers, mask analyses, figures).
     Report {
@@ -88,6 +92,10 @@ enum Command {
         /// layer, else the second masked layer).
         #[arg(long)]
         pattern_layer: Option<String>,
+        /// Which epoch of each run the tables report: last (the paper's rule) or
+        /// best-validation (the highest validation accuracy; runs need data.validation).
+        #[arg(long, default_value = "last", value_name = "RULE")]
+        epoch: supermask_analysis::study::EpochRule,
     },
     /// Evaluate the checkpoint of a run directory on its test set.
     Eval {
@@ -363,10 +371,15 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Aggregate { dir, out, compare } => {
+        Command::Aggregate {
+            dir,
+            out,
+            compare,
+            epoch,
+        } => {
             let pairs = parse_pairs(&compare)?;
             let out = out.unwrap_or_else(|| dir.clone());
-            let md = supermask_analysis::study::aggregate(&dir, &out, &pairs)?;
+            let md = supermask_analysis::study::aggregate(&dir, &out, &pairs, epoch)?;
             println!("{md}");
             println!(
                 "wrote {} and {}",
@@ -381,11 +394,13 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             data,
             compare,
             pattern_layer,
+            epoch,
         } => {
             let opts = supermask_analysis::study::ReportOptions {
                 data_dir: resolve_data_dir(data.as_deref()),
                 pairs: parse_pairs(&compare)?,
                 pattern_layer,
+                epoch,
             };
             supermask_analysis::study::report(&dir, &out, &opts)?;
             println!("wrote {}", out.display());

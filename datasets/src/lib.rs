@@ -160,6 +160,24 @@ impl Dataset {
         }
     }
 
+    /// Splits off a seeded random `size` samples: `(the rest, the held-out samples)`, each in
+    /// the original order; the same `seed` always holds out the same samples. Fails when `size`
+    /// is 0 or leaves no sample behind.
+    pub fn hold_out(&self, size: usize, seed: u64) -> Result<(Dataset, Dataset)> {
+        if size == 0 || size >= self.n {
+            bail!(
+                "holding out {size} of {} samples: the size must be in 1..{}",
+                self.n,
+                self.n
+            );
+        }
+        let order = epoch_order(self.n, seed, 0, true);
+        let (mut held, mut rest) = (order[..size].to_vec(), order[size..].to_vec());
+        held.sort_unstable();
+        rest.sort_unstable();
+        Ok((self.select(&rest), self.select(&held)))
+    }
+
     /// A seeded random subset of `size` samples (in their original order): the same `seed`
     /// always picks the same samples. Fails when `size` is 0 or exceeds the dataset.
     pub fn subset(&self, size: usize, seed: u64) -> Result<Dataset> {

@@ -73,3 +73,42 @@ fn epoch_order_identity_when_not_shuffled() {
     assert_eq!(epoch_order(7, 99, 3, false), vec![0, 1, 2, 3, 4, 5, 6]);
     assert!(epoch_order(0, 1, 1, true).is_empty());
 }
+
+/// A dataset whose sample i holds the value i and label i % 10.
+fn numbered(n: usize) -> supermask_datasets::Dataset {
+    supermask_datasets::Dataset {
+        images: (0..n).map(|i| i as f32).collect(),
+        labels: (0..n).map(|i| (i % 10) as u8).collect(),
+        n,
+        dim: 1,
+        shape: vec![1, 1, 1],
+        classes: 10,
+    }
+}
+
+#[test]
+fn hold_out_splits_into_disjoint_seeded_parts_that_cover_the_set() {
+    let d = numbered(100);
+    let (rest, held) = d.hold_out(30, 7).unwrap();
+    assert_eq!((rest.n, held.n), (70, 30));
+    let mut all: Vec<f32> = rest.images.iter().chain(&held.images).copied().collect();
+    all.sort_by(f32::total_cmp);
+    assert_eq!(all, d.images, "disjoint and covering");
+    for part in [&rest, &held] {
+        assert!(
+            part.images.windows(2).all(|w| w[0] < w[1]),
+            "original order"
+        );
+        for (x, l) in part.images.iter().zip(&part.labels) {
+            assert_eq!(*l as usize, *x as usize % 10, "labels follow their images");
+        }
+    }
+    let (_, again) = d.hold_out(30, 7).unwrap();
+    assert_eq!(
+        again.images, held.images,
+        "the same seed holds out the same samples"
+    );
+    let (_, other) = d.hold_out(30, 8).unwrap();
+    assert_ne!(other.images, held.images, "another seed, other samples");
+    assert!(d.hold_out(0, 7).is_err() && d.hold_out(100, 7).is_err());
+}

@@ -99,7 +99,8 @@ fn a_dataset_plugin_from_another_crate_trains_through_the_library() {
     let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
     let cfg = RunConfig::from_toml(&text, &sets, "table1-fcn-baseline-he").unwrap();
     assert_eq!(cfg.input_shape().unwrap(), [1, 8, 8]);
-    let (train, test) = load_data(&cfg, Path::new("no-such-dir")).unwrap();
+    let supermask_train::run::Splits { train, test, .. } =
+        load_data(&cfg, Path::new("no-such-dir")).unwrap();
     assert_eq!((train.n, test.n, train.classes), (512, 128, 4));
     let mut t = Trainer::new(&cfg, &train.shape, &Device::Cpu).unwrap();
     t.check_data(&train).unwrap();

@@ -179,8 +179,12 @@ impl Callback for LogEpoch {
         let join = |f: &dyn Fn(&crate::metrics::LayerMetrics) -> String| {
             m.layers.iter().map(f).collect::<Vec<_>>().join(", ")
         };
+        let val = match (m.val_loss, m.val_acc) {
+            (Some(l), Some(a)) => format!(" | val loss {l:.4} acc {a:.4}"),
+            _ => String::new(),
+        };
         tracing::info!(
-            "epoch {}/{} train loss {:.4} acc {:.4} | test loss {:.4} acc {:.4} | remaining {:.4} [{}] | {:.2}s",
+            "epoch {}/{} train loss {:.4} acc {:.4}{val} | test loss {:.4} acc {:.4} | remaining {:.4} [{}] | {:.2}s",
             m.epoch,
             e.epochs,
             m.train_loss,

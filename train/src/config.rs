@@ -55,6 +55,14 @@ pub struct DataConfig {
     /// sweep trains on the same images.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub subset_seed: u64,
+    /// Hold out this many seeded training images as a validation set, evaluated after every
+    /// epoch (`val_loss`, `val_acc`); they are drawn from the whole training split before
+    /// `train_subset`, so the validation set is the same whatever the subset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation: Option<usize>,
+    /// Seed of the validation draw (separate from the run seed, as `subset_seed`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub validation_seed: u64,
 }
 
 fn is_zero(v: &u64) -> bool {
@@ -255,6 +263,10 @@ impl RunConfig {
         );
         self.input_shape()?;
         anyhow::ensure!(self.data.batch_size > 0, "data.batch_size must be > 0");
+        anyhow::ensure!(
+            self.data.validation != Some(0),
+            "data.validation must be > 0 (leave it out for no validation set)"
+        );
         anyhow::ensure!(
             self.data.test_batch_size > 0,
             "data.test_batch_size must be > 0"

@@ -92,6 +92,8 @@ mod tests {
             train_acc: 0.0,
             test_loss: 0.0,
             test_acc,
+            val_loss: None,
+            val_acc: None,
             remaining: 1.0,
             seconds: 0.0,
             eval_seconds: 0.0,

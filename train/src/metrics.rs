@@ -42,6 +42,13 @@ pub struct EpochMetrics {
     pub test_loss: f64,
     /// Test accuracy after the epoch (fraction).
     pub test_acc: f64,
+    /// Validation loss after the epoch, when the run holds out a validation set
+    /// (`data.validation`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_loss: Option<f64>,
+    /// Validation accuracy after the epoch (fraction), when the run holds out a validation set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_acc: Option<f64>,
     /// Remaining weights over all masked layers: `sum |g(M)| / entries` (paper's definition).
     pub remaining: f64,
     /// Wall-clock seconds of the epoch's training (without evaluation).

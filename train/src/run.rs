@@ -94,10 +94,30 @@ fn load_checked(cfg: &RunConfig, data_dir: &Path, split: Split) -> Result<Datase
     Ok(data)
 }
 
-/// Loads the train and test splits named by the config; the training split is reduced to
-/// `data.train_subset` samples when that is set.
-pub fn load_data(cfg: &RunConfig, data_dir: &Path) -> Result<(Dataset, Dataset)> {
+/// The data of a run: the training set, the held-out validation set (`data.validation`), the
+/// test set.
+#[derive(Debug)]
+pub struct Splits {
+    /// What the optimizer sees.
+    pub train: Dataset,
+    /// Training images held out and evaluated after every epoch, when `data.validation` is set.
+    pub validation: Option<Dataset>,
+    /// The test split.
+    pub test: Dataset,
+}
+
+/// Loads the splits named by the config: `data.validation` seeded images are held out of the
+/// training split first, then the rest is reduced to `data.train_subset` samples when that is
+/// set.
+pub fn load_data(cfg: &RunConfig, data_dir: &Path) -> Result<Splits> {
     let mut train = load_checked(cfg, data_dir, Split::Train)?;
+    let mut validation = None;
+    if let Some(n) = cfg.data.validation {
+        let (rest, held) = train
+            .hold_out(n, cfg.data.validation_seed)
+            .context("data.validation")?;
+        (train, validation) = (rest, Some(held));
+    }
     if let Some(n) = cfg.data.train_subset {
         train = train
             .subset(n, cfg.data.subset_seed)
@@ -112,7 +132,11 @@ pub fn load_data(cfg: &RunConfig, data_dir: &Path) -> Result<(Dataset, Dataset)>
         train.n,
         test.n
     );
-    Ok((train, test))
+    Ok(Splits {
+        train,
+        validation,
+        test,
+    })
 }
 
 /// The metrics of `out` when it holds a finished run of `cfg`; `None` when it holds no run or
@@ -142,7 +166,11 @@ pub fn train_locked(req: TrainRequest, lock: Option<RunLock>) -> Result<Vec<Epoc
     let cfg = &req.config;
     let device = req.device.clone();
     // Everything that can fail before training is checked before the directory is touched.
-    let (train_set, test_set) = load_data(cfg, &req.data_dir)?;
+    let Splits {
+        train: train_set,
+        validation,
+        test: test_set,
+    } = load_data(cfg, &req.data_dir)?;
     let mut trainer = Trainer::new(cfg, &train_set.shape, &device)?;
     trainer.check_data(&train_set)?;
     trainer.check_data(&test_set)?;
@@ -255,6 +283,7 @@ pub fn train_locked(req: TrainRequest, lock: Option<RunLock>) -> Result<Vec<Epoc
     trainer
         .fit(
             &train_set,
+            validation.as_ref(),
             &test_set,
             start_epoch..end,
             cfg.train.epochs,
@@ -361,6 +390,8 @@ mod tests {
             train_acc: 0.902_733_333_333_333_4,
             test_loss: 0.183_459_310_436_248_77,
             test_acc: 0.9445,
+            val_loss: None,
+            val_acc: None,
             remaining: 0.833_399_699_474_079_7,
             seconds: 1.118_144_181,
             eval_seconds: 0.081_188_058,

@@ -292,7 +292,11 @@ pub fn check_data(plan: &Plan, out: &Path, data_dir: &Path) -> Result<()> {
         if run::finished_run(&out.join(&r.dir), &cfg)?.is_some() {
             continue;
         }
-        let key = (cfg.data.dataset.clone(), cfg.data.train_subset);
+        let key = (
+            cfg.data.dataset.clone(),
+            cfg.data.train_subset,
+            cfg.data.validation,
+        );
         if checked.insert(key) {
             run::load_data(&cfg, data_dir).with_context(|| format!("run {}", r.dir))?;
         }

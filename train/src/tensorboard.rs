@@ -103,6 +103,10 @@ fn scalars(m: &EpochMetrics) -> Vec<(String, f64)> {
         ("remaining/all".to_string(), m.remaining),
         ("lr".to_string(), m.lr),
     ];
+    if let (Some(loss), Some(acc)) = (m.val_loss, m.val_acc) {
+        v.push(("loss/validation".to_string(), loss));
+        v.push(("accuracy/validation".to_string(), acc));
+    }
     for l in &m.layers {
         v.push((format!("remaining/{}", l.name), l.remaining));
         v.push((format!("shares/{}/-1", l.name), l.neg));
@@ -185,6 +189,8 @@ mod tests {
             train_acc: 0.5,
             test_loss: 0.9,
             test_acc: 0.25 * epoch as f64,
+            val_loss: None,
+            val_acc: None,
             remaining: 0.5,
             seconds: 2.0,
             eval_seconds: 0.5,

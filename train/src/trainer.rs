@@ -250,13 +250,15 @@ impl Trainer {
     }
 
     /// Trains the 0-based epochs `epochs` of a run of `total_epochs`: per epoch,
-    /// [`Trainer::train_epoch`], the schedule's epoch end, evaluation on `test`, the epoch's
+    /// [`Trainer::train_epoch`], the schedule's epoch end, evaluation on `validation` (when
+    /// given) and `test`, the epoch's
     /// [`EpochMetrics`] appended to `history`, then the callbacks' `on_epoch_end`. The first
     /// error (a non-finite loss, a callback such as the divergence guard) stops it; `history`
     /// then holds the epochs that finished.
     pub fn fit(
         &mut self,
         train: &Dataset,
+        validation: Option<&Dataset>,
         test: &Dataset,
         epochs: Range<usize>,
         total_epochs: usize,
@@ -270,6 +272,7 @@ impl Trainer {
             let seconds = t0.elapsed().as_secs_f64();
             self.end_epoch(train_stats.loss);
             let t1 = Instant::now();
+            let val_stats = validation.map(|v| self.evaluate(v)).transpose()?;
             let test_stats = self.evaluate(test)?;
             let (remaining, layers) = self.layer_metrics()?;
             history.push(EpochMetrics {
@@ -280,6 +283,8 @@ impl Trainer {
                 train_acc: train_stats.acc,
                 test_loss: test_stats.loss,
                 test_acc: test_stats.acc,
+                val_loss: val_stats.as_ref().map(|s| s.loss),
+                val_acc: val_stats.as_ref().map(|s| s.acc),
                 remaining,
                 seconds,
                 eval_seconds: t1.elapsed().as_secs_f64(),

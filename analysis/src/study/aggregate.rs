@@ -1,6 +1,7 @@
 //! A [`Study`] of a directory of runs (groups, masks, statistics, tests) and `supermask
 //! aggregate`'s CSV and markdown.
 
+use super::{choose_epochs, EpochRule};
 use anyhow::Context;
 use std::{
     fmt::Write as _,
@@ -47,9 +48,11 @@ pub struct Study {
 }
 
 impl Study {
-    /// Loads the finished runs under `dir` and computes their statistics and `pairs`' tests.
-    pub fn load(dir: &Path, pairs: &[(String, String)]) -> Result<Self> {
-        let (groups, unfinished) = load_groups(dir)?;
+    /// Loads the finished runs under `dir` and computes their statistics and `pairs`' tests at
+    /// the epoch `rule` picks in each run.
+    pub fn load(dir: &Path, pairs: &[(String, String)], rule: EpochRule) -> Result<Self> {
+        let (mut groups, unfinished) = load_groups(dir)?;
+        choose_epochs(&mut groups, rule)?;
         anyhow::ensure!(
             !groups.is_empty(),
             "{} holds no finished run (a directory with {CONFIG_FILE}, {METRICS_FILE} and {SUMMARY_FILE})",
@@ -69,13 +72,18 @@ impl Study {
 }
 
 /// Writes `aggregate.csv` and `aggregate.md` into `out`; returns the markdown.
-pub fn aggregate(dir: &Path, out: &Path, pairs: &[(String, String)]) -> Result<String> {
+pub fn aggregate(
+    dir: &Path,
+    out: &Path,
+    pairs: &[(String, String)],
+    rule: EpochRule,
+) -> Result<String> {
     let Study {
         unfinished,
         stats,
         cmp,
         ..
-    } = Study::load(dir, pairs)?;
+    } = Study::load(dir, pairs, rule)?;
     let mut md = format!("# Aggregate of {}\n\n", dir.display());
     if !unfinished.is_empty() {
         let _ = writeln!(
@@ -89,7 +97,11 @@ pub fn aggregate(dir: &Path, out: &Path, pairs: &[(String, String)]) -> Result<S
                 .join(", ")
         );
     }
-    md.push_str("Final-epoch values, mean [5%, 95% quantile] over seeds.\n\n");
+    let _ = writeln!(
+        md,
+        "Values at {}; mean [5%, 95% quantile] over seeds.\n",
+        rule.describe()
+    );
     md.push_str(&stats_md(&stats));
     md.push_str("\nWelch's t-tests:\n\n");
     md.push_str(&comparisons_md(&cmp));

@@ -77,9 +77,9 @@ pub fn comparisons(groups: &[Group], pairs: &[(String, String)]) -> Result<Vec<C
         for (metric, f) in [
             (
                 "test acc %",
-                (|r: &RunRecord| 100.0 * r.last().test_acc) as fn(&RunRecord) -> f64,
+                (|r: &RunRecord| 100.0 * r.chosen().test_acc) as fn(&RunRecord) -> f64,
             ),
-            ("remaining %", |r: &RunRecord| 100.0 * r.last().remaining),
+            ("remaining %", |r: &RunRecord| 100.0 * r.chosen().remaining),
         ] {
             if metric == "remaining %" && !(a.masked() && b.masked()) {
                 continue; // a dense baseline keeps 100%: nothing to test

@@ -115,9 +115,9 @@ pub fn group_stats(groups: &[Group], masks: &[Vec<Vec<LayerMask>>]) -> Vec<Group
             GroupStats {
                 label: g.label.clone(),
                 n: g.runs.len(),
-                test_acc: g.band(|r| r.last().test_acc).scaled(100.0),
-                test_loss: g.band(|r| r.last().test_loss),
-                remaining: g.band(|r| r.last().remaining).scaled(100.0),
+                test_acc: g.band(|r| r.chosen().test_acc).scaled(100.0),
+                test_loss: g.band(|r| r.chosen().test_loss),
+                remaining: g.band(|r| r.chosen().remaining).scaled(100.0),
                 seconds: g.band(RunRecord::seconds_per_epoch),
                 dense_bytes,
                 csr_bytes,

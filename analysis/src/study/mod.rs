@@ -18,5 +18,5 @@ pub use aggregate::{aggregate, load_masks, Study};
 pub use compare::{comparisons, comparisons_md, Comparison, ALPHA};
 pub use group_stats::{group_stats, stats_csv, stats_md, GroupStats};
 pub use paper::{paper, paper_figure3, paper_row, Figure3Row, Paper, PaperRow, Published};
-pub use records::{load_groups, Group, RunRecord};
+pub use records::{choose_epochs, load_groups, EpochRule, Group, RunRecord};
 pub use report::{report, ReportOptions};

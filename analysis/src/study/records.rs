@@ -29,12 +29,80 @@ pub struct RunRecord {
     pub config: RunConfig,
     /// Every epoch's metrics.
     pub metrics: Vec<EpochMetrics>,
+    /// Index into `metrics` of the epoch the tables report ([`EpochRule`]; the last one
+    /// unless [`choose_epochs`] picked another).
+    pub chosen: usize,
+}
+
+/// Which epoch of each run the tables report.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum EpochRule {
+    /// The last epoch (the paper's rule).
+    #[default]
+    Last,
+    /// The epoch of the highest validation accuracy (the earliest of equals); every run must
+    /// hold out a validation set (`data.validation`).
+    BestValidation,
+}
+
+impl std::str::FromStr for EpochRule {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "last" => Ok(Self::Last),
+            "best-validation" => Ok(Self::BestValidation),
+            _ => anyhow::bail!("unknown epoch rule `{s}`; use last or best-validation"),
+        }
+    }
+}
+
+impl EpochRule {
+    /// One sentence naming the rule, for the tables' captions.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::Last => "the last epoch of each run (the paper's rule)",
+            Self::BestValidation => {
+                "the epoch of each run with the highest validation accuracy (data.validation \
+                 images held out of the training set; the earliest of equals); masks are the \
+                 last epoch's"
+            }
+        }
+    }
+}
+
+/// Sets every run's [`RunRecord::chosen`] epoch by `rule`; fails, naming the run, when the rule
+/// needs validation metrics a run does not have.
+pub fn choose_epochs(groups: &mut [Group], rule: EpochRule) -> Result<()> {
+    for r in groups.iter_mut().flat_map(|g| g.runs.iter_mut()) {
+        r.chosen = match rule {
+            EpochRule::Last => r.metrics.len() - 1,
+            EpochRule::BestValidation => {
+                let mut best: Option<(usize, f64)> = None;
+                for (i, m) in r.metrics.iter().enumerate() {
+                    let acc = m.val_acc.with_context(|| {
+                        format!(
+                            "{}: epoch {} has no validation accuracy; --epoch best-validation \
+                             needs runs trained with data.validation",
+                            r.dir.display(),
+                            m.epoch
+                        )
+                    })?;
+                    if best.is_none_or(|(_, b)| acc > b) {
+                        best = Some((i, acc));
+                    }
+                }
+                best.map_or(0, |(i, _)| i)
+            }
+        };
+    }
+    Ok(())
 }
 
 impl RunRecord {
-    /// The last epoch's metrics.
-    pub fn last(&self) -> &EpochMetrics {
-        self.metrics.last().expect("finished runs have metrics")
+    /// The metrics of the epoch the tables report (the last unless [`choose_epochs`] picked
+    /// another).
+    pub fn chosen(&self) -> &EpochMetrics {
+        &self.metrics[self.chosen]
     }
 
     /// Mean training seconds per epoch.
@@ -228,6 +296,7 @@ pub fn load_groups(dir: &Path) -> Result<(Vec<Group>, Vec<PathBuf>)> {
                 dir: d,
                 seed: config.seed,
                 config,
+                chosen: metrics.len().saturating_sub(1),
                 metrics,
             });
     }

@@ -1,5 +1,6 @@
 //! `supermask report`: the markdown report beside the paper's numbers, with its figures.
 
+use super::EpochRule;
 use anyhow::Context;
 use std::{
     fmt::Write as _,
@@ -53,6 +54,8 @@ pub struct ReportOptions {
     /// Layer for the mask pattern plot (Figure 9); default: a conv net's first fully connected
     /// layer (the paper's choice), else the second masked layer.
     pub pattern_layer: Option<String>,
+    /// Which epoch of each run the tables report (the paper: the last).
+    pub epoch: EpochRule,
 }
 
 fn slug(s: &str) -> String {
@@ -75,7 +78,7 @@ pub fn report(dir: &Path, out: &Path, opts: &ReportOptions) -> Result<()> {
         masks,
         stats,
         cmp,
-    } = Study::load(dir, &opts.pairs)?;
+    } = Study::load(dir, &opts.pairs, opts.epoch)?;
     let base = out
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -101,10 +104,11 @@ pub fn report(dir: &Path, out: &Path, opts: &ReportOptions) -> Result<()> {
     let total: usize = groups.iter().map(|g| g.runs.len()).sum();
     let _ = writeln!(
         md,
-        "{total} finished runs in {} groups (runs that differ only in the seed). Values are the final \
-         epoch's, as mean [5%, 95% quantile] over seeds, the paper's layout; the paper ran 50 seeds \
-         per setting, so its bands are tighter estimates than ours with few seeds.\n",
-        groups.len()
+        "{total} finished runs in {} groups (runs that differ only in the seed). Values are at {}, \
+         as mean [5%, 95% quantile] over seeds, the paper's layout; the paper ran 50 seeds per \
+         setting, so its bands are tighter estimates than ours with few seeds.\n",
+        groups.len(),
+        opts.epoch.describe()
     );
     if !unfinished.is_empty() {
         let _ = writeln!(
