@@ -129,6 +129,22 @@ pub enum Schedule {
         #[serde(default = "default_min_delta")]
         min_delta: f64,
     },
+    /// Cosine annealing set at the start of every epoch, as edge-popup's and biprop's
+    /// `cosine_lr` (allenai/hidden-networks `utils/schedulers.py`, no warm-up):
+    /// `factor = 0.5 (1 + cos(pi e / E))` for the 0-based epoch `e` of `E = train.epochs`;
+    /// it never reaches 0. Applied to the learning rate and to SGDW's weight decay.
+    Cosine,
+}
+
+/// Where training is, for step- and epoch-driven schedules.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Progress {
+    /// Optimizer steps taken.
+    pub step: u64,
+    /// Steps in every epoch (every epoch runs the same number).
+    pub steps_per_epoch: u64,
+    /// Epochs of the run (`train.epochs`).
+    pub epochs: usize,
 }
 
 fn default_min_delta() -> f64 {
@@ -160,7 +176,7 @@ impl Schedule {
     /// Checks the values.
     pub fn validate(&self) -> Result<()> {
         match *self {
-            Self::Constant => {}
+            Self::Constant | Self::Cosine => {}
             Self::StaircaseExponential { rate, steps } => {
                 anyhow::ensure!(rate > 0.0 && rate <= 1.0, "schedule.rate must be in (0, 1]");
                 anyhow::ensure!(steps > 0, "schedule.steps must be > 0");
@@ -181,11 +197,16 @@ impl Schedule {
         Ok(())
     }
 
-    /// Step-driven multiplier of the initial learning rate and weight decay at `step`.
-    pub fn factor(&self, step: u64) -> f64 {
+    /// Multiplier of the initial learning rate and weight decay at `at.step`.
+    pub fn factor(&self, at: Progress) -> f64 {
         match *self {
             Self::Constant | Self::ReduceOnPlateau { .. } => 1.0,
-            Self::StaircaseExponential { rate, steps } => rate.powi((step / steps) as i32),
+            Self::StaircaseExponential { rate, steps } => rate.powi((at.step / steps) as i32),
+            Self::Cosine => {
+                let epoch = at.step.checked_div(at.steps_per_epoch).unwrap_or(0) as f64;
+                let epochs = at.epochs.max(1) as f64;
+                0.5 * (1.0 + (std::f64::consts::PI * epoch.min(epochs) / epochs).cos())
+            }
         }
     }
 

@@ -168,10 +168,35 @@ fn staircase_schedule() {
         rate: 0.96,
         steps: 3900,
     };
-    assert_eq!(s.factor(0), 1.0);
-    assert_eq!(s.factor(3899), 1.0);
-    assert!((s.factor(3900) - 0.96).abs() < 1e-12);
-    assert!((s.factor(39_000) - 0.96f64.powi(10)).abs() < 1e-12);
+    let at = |step| supermask_core::optim::Progress {
+        step,
+        steps_per_epoch: 390,
+        epochs: 100,
+    };
+    assert_eq!(s.factor(at(0)), 1.0);
+    assert_eq!(s.factor(at(3899)), 1.0);
+    assert!((s.factor(at(3900)) - 0.96).abs() < 1e-12);
+    assert!((s.factor(at(39_000)) - 0.96f64.powi(10)).abs() < 1e-12);
+}
+
+/// The cosine schedule is hidden-networks' `cosine_lr`: `0.5 (1 + cos(pi e / E))`, set at the
+/// start of each epoch `e` (so constant within an epoch) and never 0.
+#[test]
+fn cosine_schedule_is_set_per_epoch() {
+    let at = |step| supermask_core::optim::Progress {
+        step,
+        steps_per_epoch: 10,
+        epochs: 4,
+    };
+    let f = |step| Schedule::Cosine.factor(at(step));
+    assert_eq!(f(0), 1.0);
+    assert_eq!(f(9), 1.0);
+    // Epoch 1 of 4: 0.5 (1 + cos(pi / 4)) = 0.8535533905932737.
+    assert!((f(10) - 0.853_553_390_593_273_7).abs() < 1e-15);
+    assert!((f(19) - f(10)).abs() == 0.0);
+    assert!((f(20) - 0.5).abs() < 1e-15);
+    // The last epoch (3 of 4): 0.5 (1 + cos(3 pi / 4)) = 0.14644660940672627 > 0.
+    assert!((f(39) - 0.146_446_609_406_726_27).abs() < 1e-15);
 }
 
 #[test]
@@ -293,5 +318,13 @@ fn reduce_on_plateau() {
         s.end_epoch(&mut st, loss);
         assert!((st.factor - want).abs() < 1e-12, "loss {loss}: {st:?}");
     }
-    assert_eq!(s.factor(10_000), 1.0, "plateau does not depend on the step");
+    assert_eq!(
+        s.factor(supermask_core::optim::Progress {
+            step: 10_000,
+            steps_per_epoch: 100,
+            epochs: 10
+        }),
+        1.0,
+        "plateau does not depend on the step"
+    );
 }

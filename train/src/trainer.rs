@@ -11,7 +11,7 @@ use candle_core::{Device, Tensor, Var};
 use std::{ops::Range, time::Instant};
 use supermask_core::{
     build_model, loss,
-    optim::{Optimizer, PlateauState},
+    optim::{Optimizer, PlateauState, Progress},
     trainable_params, ForwardCtx, Layer, Model, Result,
 };
 use supermask_datasets::{augment_pad_crop_flip, epoch_order, Dataset};
@@ -37,6 +37,9 @@ pub struct Trainer {
     pub step: u64,
     /// Reduce-on-plateau state.
     pub plateau: PlateauState,
+    /// Batches of the last epoch trained (every epoch has as many), for epoch-driven
+    /// schedules.
+    steps_per_epoch: u64,
     device: Device,
 }
 
@@ -77,6 +80,7 @@ impl Trainer {
             model,
             step: 0,
             plateau: PlateauState::default(),
+            steps_per_epoch: 0,
             device: device.clone(),
         })
     }
@@ -130,9 +134,18 @@ impl Trainer {
     /// Current learning rate.
     pub fn lr(&self) -> f64 {
         self.cfg.optimizer.lr()
-            * self.cfg.schedule.factor(self.step)
+            * self.cfg.schedule.factor(self.progress())
             * self.plateau.factor
             * self.cfg.warmup.factor(self.step)
+    }
+
+    /// Where training is, for the schedule.
+    fn progress(&self) -> Progress {
+        Progress {
+            step: self.step,
+            steps_per_epoch: self.steps_per_epoch,
+            epochs: self.cfg.train.epochs,
+        }
     }
 
     /// Epoch-end bookkeeping of the schedule (reduce-on-plateau watches the training loss).
@@ -207,6 +220,7 @@ impl Trainer {
     pub fn train_epoch(&mut self, data: &Dataset, epoch: usize) -> Result<PassStats> {
         let order = epoch_order(data.n, self.cfg.seed, epoch, self.cfg.data.shuffle);
         let batches: Vec<&[usize]> = order.chunks(self.cfg.data.batch_size).collect();
+        self.steps_per_epoch = batches.len() as u64;
         let (mut loss_sum, mut correct) = (0.0f64, 0usize);
         for (i, idx) in batches.iter().enumerate() {
             let augment = self.cfg.data.augment.then(|| {
@@ -227,7 +241,7 @@ impl Trainer {
             let grads = loss.backward()?;
             let named = trainable_params(self.model.as_ref());
             let params: Vec<&Var> = named.iter().map(|(_, v)| *v).collect();
-            let factor = self.cfg.schedule.factor(self.step);
+            let factor = self.cfg.schedule.factor(self.progress());
             let lr_factor = factor * self.plateau.factor * self.cfg.warmup.factor(self.step);
             self.opt.step(&params, &grads, lr_factor, factor)?;
             self.step += 1;
