@@ -74,6 +74,19 @@ enum Command {
         #[arg(long, default_value = "last", value_name = "RULE")]
         epoch: supermask_analysis::study::EpochRule,
     },
+    /// Sanity-check ablations of every finished masked run under DIR (masks shuffled within
+    /// layers, weights redrawn, random masks at the trained shares); writes ablation.csv and
+    /// ablation.md, which `report` includes.
+    Ablate {
+        /// A sweep directory, a run directory or any directory of run directories.
+        dir: PathBuf,
+        /// Where to write the files (default: DIR).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Data root (default: $SUPERMASK_DATA, else the root each run recorded, else ./data).
+        #[arg(long)]
+        data: Option<PathBuf>,
+    },
     /// Write a markdown report (tables beside the paper's numbers, mask analyses, figures).
     Report {
         /// A sweep directory (or any directory of run directories).
@@ -385,6 +398,18 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 "wrote {} and {}",
                 out.join("aggregate.csv").display(),
                 out.join("aggregate.md").display()
+            );
+            Ok(())
+        }
+        Command::Ablate { dir, out, data } => {
+            let out = out.unwrap_or_else(|| dir.clone());
+            let md =
+                crate::ablate::ablate(&dir, &out, explicit_data_dir(data.as_deref()).as_deref())?;
+            println!("{md}");
+            println!(
+                "wrote {} and {}",
+                out.join("ablation.csv").display(),
+                out.join("ablation.md").display()
             );
             Ok(())
         }

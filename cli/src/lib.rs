@@ -12,6 +12,7 @@
 //! and inference glue in [`export`], studies (`aggregate`, `report`) in
 //! [`supermask_analysis::study`].
 
+pub mod ablate;
 mod app;
 pub mod export;
 pub mod models;

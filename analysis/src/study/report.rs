@@ -157,6 +157,11 @@ pub fn report(dir: &Path, out: &Path, opts: &ReportOptions) -> Result<()> {
         md.push('\n');
     }
 
+    if let Ok(ablation) = std::fs::read_to_string(dir.join("ablation.md")) {
+        md.push_str("## Sanity-check ablations (`supermask ablate`)\n\n");
+        md.push_str(&ablation);
+        md.push('\n');
+    }
     md.push_str("## All groups\n\n");
     md.push_str(&stats_md(&stats));
     md.push_str("\n## Welch's t-tests\n\nTwo-sided, unequal variances; **bold** p < 0.01.\n\n");

@@ -82,7 +82,10 @@ impl MaskFn for EdgePopupMask {
     }
 
     fn hard(&self, scores: &Tensor, _taus: Taus, _ctx: &MaskCtx) -> Result<Tensor> {
-        let values = scores.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+        let values = scores
+            .flatten_all()?
+            .to_dtype(DType::F32)?
+            .to_vec1::<f32>()?;
         let mut out = vec![0f32; values.len()];
         top_k_into(&values, self.keep, &mut out);
         Ok(Tensor::from_vec(out, scores.shape(), scores.device())?.to_dtype(scores.dtype())?)

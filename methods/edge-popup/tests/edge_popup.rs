@@ -28,7 +28,13 @@ fn the_pruned_count_is_their_truncated_product() {
 #[test]
 fn top_k_keeps_the_largest_magnitudes_as_a_full_sort_does() {
     let mut s = 12345u64;
-    for (n, keep) in [(1usize, 0.5), (10, 0.3), (1000, 0.5), (4097, 0.05), (300, 1.0)] {
+    for (n, keep) in [
+        (1usize, 0.5),
+        (10, 0.3),
+        (1000, 0.5),
+        (4097, 0.05),
+        (300, 1.0),
+    ] {
         let scores: Vec<f32> = (0..n)
             .map(|_| {
                 s = s.wrapping_mul(6364136223846793005).wrapping_add(1);
