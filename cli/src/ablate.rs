@@ -49,6 +49,24 @@ struct MaskedParts {
     index: usize,
     weight: Vec<f32>,
     mask: Vec<f32>,
+    mask_fn: std::sync::Arc<dyn supermask_core::MaskFn>,
+}
+
+impl MaskedParts {
+    /// The effective weight of frozen weights `w` under mask values `g`: `w * g`, or, for a
+    /// mask that rescales the weights it keeps (biprop), `W_b(w, g) * g`.
+    fn effective(&self, w: &[f32], g: &[f32]) -> Result<Vec<f32>> {
+        let (wt, gt) = (
+            candle_core::Tensor::new(w, &Device::Cpu)?,
+            candle_core::Tensor::new(g, &Device::Cpu)?,
+        );
+        let scaled = self.mask_fn.scaled_weight(&wt, &gt)?;
+        let w = match &scaled {
+            Some(s) => s.to_vec1::<f32>()?,
+            None => w.to_vec(),
+        };
+        Ok(w.iter().zip(g).map(|(w, g)| w * g).collect())
+    }
 }
 
 fn masked_parts(trainer: &Trainer) -> Result<Vec<MaskedParts>> {
@@ -63,6 +81,7 @@ fn masked_parts(trainer: &Trainer) -> Result<Vec<MaskedParts>> {
                     .flatten_all()?
                     .to_dtype(DType::F32)?
                     .to_vec1::<f32>()?,
+                mask_fn: l.mask_fn().clone(),
             });
         }
     }
@@ -80,8 +99,7 @@ fn accuracy_with(
 ) -> Result<f64> {
     let mut m = base.clone();
     for ((p, w), g) in parts.iter().zip(weights).zip(masks) {
-        m.layers[p.index].weights =
-            LayerWeights::Values(w.iter().zip(g).map(|(w, g)| w * g).collect());
+        m.layers[p.index].weights = LayerWeights::Values(p.effective(w, g)?);
     }
     let engine = Engine::new(&m)?;
     let (c, mut correct) = (engine.classes(), 0usize);

@@ -31,8 +31,13 @@ pub fn export_trainer(cfg: &RunConfig, trainer: &Trainer) -> Result<SsmModel> {
                     .flatten_all()?
                     .to_dtype(DType::F32)?
                     .to_vec1::<f32>()?;
-                let w = l.weight()?.flatten_all()?.to_vec1::<f32>()?;
-                match l.magnitude() {
+                // W itself, or the weight a rescaling mask multiplies (biprop's alpha sign(W)).
+                let w = l.eval_weight()?.flatten_all()?.to_vec1::<f32>()?;
+                let common = w
+                    .first()
+                    .map(|v| v.abs())
+                    .filter(|&m| m > 0.0 && w.iter().all(|v| v.abs() == m));
+                match common {
                     Some(magnitude) => LayerWeights::Ternary {
                         magnitude,
                         pattern: w

@@ -237,6 +237,16 @@ impl MaskedLayer {
             .hard(self.scores.as_tensor(), self.taus, &MaskCtx::eval())
     }
 
+    /// The weight the evaluation mask multiplies: `W`, or the mask's rescaled weight
+    /// ([`MaskFn::scaled_weight`], biprop's `alpha * sign(W)`).
+    pub fn eval_weight(&self) -> Result<Tensor> {
+        let w = self.weight()?;
+        Ok(self
+            .mask
+            .scaled_weight(w, &self.eval_mask()?)?
+            .unwrap_or_else(|| w.clone()))
+    }
+
     /// Effective weight `W * g(M)` with the straight-through gradient to `M` (reference path).
     pub fn effective_weight(&self, ctx: &ForwardCtx) -> Result<Tensor> {
         ops::reference::masked_weight(&self.op_args(ctx)?)

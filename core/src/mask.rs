@@ -88,6 +88,18 @@ pub trait MaskFn: Debug + Send + Sync {
             "mask {self:?} declares a surrogate gradient but does not implement `surrogate`"
         )
     }
+
+    /// The weight the mask's values multiply, from the frozen `W` and the hard mask `g`
+    /// (no gradient): `None` (the default) for `W` itself, the effective weight `W * g(M)`;
+    /// `Some(W_b)` for a mask that rescales the weights it keeps, as biprop's
+    /// `alpha * sign(W)`. The effective weight is then `W_b * g(M)`, and the scores' gradient
+    /// stays `dL/dW_eff * W * s'(M)` (what biprop's backward computes). Only masks on the
+    /// reference path (a [`MaskGradient::Surrogate`]) may rescale: the fused kernels multiply
+    /// `W` itself, and the conformance checks compare both paths.
+    fn scaled_weight(&self, w: &Tensor, hard: &Tensor) -> Result<Option<Tensor>> {
+        let _ = (w, hard);
+        Ok(None)
+    }
 }
 
 /// The gradient a mask function passes to its scores (the mask's values are its

@@ -93,7 +93,13 @@ pub fn batch_norm(x: &Tensor, bn: &BatchNormArgs, train: bool) -> Result<Tensor>
 /// gradient to `M`, built by [`crate::mask::apply`].
 pub fn masked_weight(m: &MaskedArgs) -> Result<Tensor> {
     let g = crate::mask::apply(m.mask, m.scores, m.taus, &m.mask_ctx)?;
-    Ok(m.weight.mul(&g)?)
+    let hard = g.detach();
+    match m.mask.scaled_weight(m.weight, &hard)? {
+        None => Ok(m.weight.mul(&g)?),
+        // The value `W_b * g`; the gradient to the scores through `W * (g - g.detach())`,
+        // which is zero in value.
+        Some(scaled) => Ok((scaled.mul(&hard)? + m.weight.mul(&(&g - &hard)?)?)?),
+    }
 }
 
 /// A layer's operation with weight `w`: `x w^T` (linear, `conv` `None`) or the 2-D
