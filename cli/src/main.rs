@@ -7,5 +7,9 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
-    supermask_cli::main_with(&[supermask_edge_popup::link, supermask_biprop::link])
+    supermask_cli::main_with(&[
+        supermask_edge_popup::link,
+        supermask_biprop::link,
+        supermask_global_topk::link,
+    ])
 }

@@ -45,3 +45,38 @@ fn edge_popup_and_biprop_learn_at_their_share_and_biprop_exports_exactly() {
         }
     }
 }
+
+/// Global top-k: one cut over all layers reaches its share after the ramp (0.5 kept at the
+/// first epoch, then the cubic ramp down to 0.2) and the task is learned.
+#[test]
+fn global_top_k_follows_its_ramp_to_the_share_of_all_weights() {
+    let e = env();
+    let out = e.root.join("global");
+    train_preset(
+        &e,
+        &[],
+        "../methods/global-topk-fcn-mnist",
+        &["train.epochs=4", "masking.threshold.ramp_epochs=2"],
+        &out,
+    );
+    let m = metrics(&out);
+    // Evaluation after epoch e uses the cut for epoch e (0-based) + 1: ramp share
+    // 1 - (0.8 + (0.5 - 0.8) (1 - 1/2)^3) = 0.2375 after the first epoch, then 0.2.
+    let want = [0.2375, 0.2, 0.2, 0.2];
+    for (x, w) in m.iter().zip(want) {
+        assert!(
+            (x.remaining - w).abs() < 1e-5,
+            "epoch {}: {} vs {w}",
+            x.epoch,
+            x.remaining
+        );
+    }
+    // The layers share one cut, not one share: their shares differ.
+    let last = m.last().unwrap();
+    let shares: Vec<f64> = last.layers.iter().map(|l| l.remaining).collect();
+    assert!(
+        shares.windows(2).any(|w| (w[0] - w[1]).abs() > 1e-3),
+        "{shares:?}"
+    );
+    assert!(last.test_acc > 0.9, "{last:?}");
+}

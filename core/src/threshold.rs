@@ -66,4 +66,12 @@ pub trait Threshold: Debug + Send + Sync {
         let _ = scores;
         Ok(current.to_vec())
     }
+
+    /// [`Threshold::update`] knowing where training is: `epoch` is the 0-based epoch of the
+    /// step the new thresholds serve (the next one). Rules with a schedule over epochs (a
+    /// sparsity ramp) override this; the default ignores the epoch.
+    fn update_at(&self, scores: &[Tensor], current: &[Taus], epoch: usize) -> Result<Vec<Taus>> {
+        let _ = epoch;
+        self.update(scores, current)
+    }
 }

@@ -211,7 +211,7 @@ impl Threshold for Adaptive {
         self.compute(scores)
     }
 }
-register_plugin!(Threshold, "adaptive", Adaptive, "edge-popup style: top/bottom `fraction` of scores kept as +1/-1, per layer or global, recomputed each step or epoch", example = "fraction = 0.1");
+register_plugin!(Threshold, "adaptive", Adaptive, "top/bottom `fraction` of the signed scores kept as +1/-1, per layer or global, recomputed each step or epoch (not edge-popup, which ranks |M|: the edge-popup mask)", example = "fraction = 0.1");
 
 /// The authors' rule for their Conv nets and ResNets (REPRODUCTION-NOTES, "Corrections"): per
 /// masked layer `tau_l = fraction * max|M_init,l|`, computed once from the layer's initial

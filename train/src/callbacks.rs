@@ -88,14 +88,15 @@ impl ThresholdUpdates {
         (rule.every() != UpdateEvery::Never).then_some(Self { rule })
     }
 
-    fn update(&self, model: &mut dyn Model) -> Result<()> {
+    /// New thresholds for steps of the 0-based `epoch`.
+    fn update(&self, model: &mut dyn Model, epoch: usize) -> Result<()> {
         let mut masked = masked_layers_mut(model);
         let scores: Vec<Tensor> = masked
             .iter()
             .map(|m| m.scores().as_tensor().detach())
             .collect();
         let current: Vec<_> = masked.iter().map(|m| m.taus()).collect();
-        let taus = self.rule.update(&scores, &current)?;
+        let taus = self.rule.update_at(&scores, &current, epoch)?;
         for (m, t) in masked.iter_mut().zip(taus) {
             m.set_taus(t)?;
         }
@@ -108,16 +109,18 @@ impl Callback for ThresholdUpdates {
         "threshold updates"
     }
 
-    fn on_step(&mut self, model: &mut dyn Model, _step: &StepInfo) -> Result<()> {
+    fn on_step(&mut self, model: &mut dyn Model, step: &StepInfo) -> Result<()> {
         if self.rule.every() == UpdateEvery::Step {
-            self.update(model)?;
+            // The thresholds serve the next step: after an epoch's last batch, the next epoch's.
+            let next = step.epoch + usize::from(step.batch == step.batches);
+            self.update(model, next)?;
         }
         Ok(())
     }
 
-    fn on_train_end(&mut self, model: &mut dyn Model, _epoch: usize) -> Result<()> {
+    fn on_train_end(&mut self, model: &mut dyn Model, epoch: usize) -> Result<()> {
         if self.rule.every() == UpdateEvery::Epoch {
-            self.update(model)?;
+            self.update(model, epoch + 1)?;
         }
         Ok(())
     }
