@@ -39,7 +39,7 @@ fn one_cut_over_all_layers_keeps_the_share_of_all_weights() {
         keep: 1.0,
         ramp_epochs: 0,
     };
-    let t = all.update_at(&[a.clone()], &[], 0).unwrap();
+    let t = all.update_at(std::slice::from_ref(&a), &[], 0).unwrap();
     assert_eq!(
         m.hard(&a, t[0], &MaskCtx::eval())
             .unwrap()
