@@ -54,7 +54,10 @@ fn bad_inputs_fail_with_one_clear_error() {
     );
     call(
         &["--data", s(&e.data), "--set", "masking.mask.type=ternary"],
-        &["unknown mask plugin `ternary`", "bernoulli, binary, signed"],
+        &[
+            "unknown mask plugin `ternary`",
+            "bernoulli, binary, biprop, edge-popup, magnitude, signed",
+        ],
     );
     call(
         &[
