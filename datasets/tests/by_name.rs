@@ -23,11 +23,13 @@ fn write_idx_split(data: &Path, ds: IdxDataset, prefix: &str, labels: &[u8]) {
     write_idx_labels(&dir.join(format!("{prefix}-labels-idx1-ubyte")), labels).unwrap();
 }
 
+/// The built-in dataset plugins, sorted: the four standard sets and `files` (your own images
+/// or arrays).
 #[test]
-fn dataset_names_lists_all_four_sorted() {
+fn dataset_names_lists_the_built_in_datasets_sorted() {
     assert_eq!(
         dataset_names(),
-        ["cifar10", "cifar100", "fashion-mnist", "mnist"]
+        ["cifar10", "cifar100", "fashion-mnist", "files", "mnist"]
     );
 }
 
