@@ -339,7 +339,7 @@ fn dataset_names_roundtrip_and_unknown_lists_known() {
     assert_eq!(IdxDataset::FashionMnist.name(), "fashion-mnist");
     let msg = err_msg(supermask_datasets::find_dataset("cifar").map(|d| d.name()));
     assert!(
-        msg.contains("`cifar`") && msg.contains("fashion-mnist, mnist"),
+        msg.contains("`cifar`") && msg.contains("fashion-mnist, files, mnist"),
         "{msg}"
     );
     assert_eq!(
