@@ -1,6 +1,7 @@
 //! The methods crates in the `supermask` binary: edge-popup and biprop train the generated
 //! (learnable) task to high accuracy at exactly their kept share, and an exported biprop model
-//! (ternary layers of magnitude alpha) infers with the training model's predictions.
+//! (ternary layers of magnitude alpha) infers with the training model's predictions; biprop's
+//! checkpoints store each layer's alpha, and a checkpoint whose alpha disagrees is refused.
 
 mod common;
 
@@ -42,6 +43,7 @@ fn edge_popup_and_biprop_learn_at_their_share_and_biprop_exports_exactly() {
             let o = ok(&["inspect", s(&ssm)]);
             let text = String::from_utf8_lossy(&o.stdout);
             assert_eq!(text.matches("packed2bit").count(), 3, "{text}");
+            biprop_checkpoint_stores_alpha(&e, &out, &last.layers);
         }
     }
 }
@@ -79,4 +81,38 @@ fn global_top_k_follows_its_ramp_to_the_share_of_all_weights() {
         "{shares:?}"
     );
     assert!(last.test_acc > 0.9, "{last:?}");
+}
+
+/// Each layer's `LAYER.alpha` in a biprop checkpoint is chrundle/biprop's
+/// `sum(|W| * mask) / int(k n)` over the stored weights and scores (mask: the top `k = 0.5` of
+/// `|scores|`, GetSubnet's arithmetic), and `eval` refuses the checkpoint once alpha is edited.
+fn biprop_checkpoint_stores_alpha(
+    e: &Env,
+    dir: &std::path::Path,
+    layers: &[supermask_train::metrics::LayerMetrics],
+) {
+    let tensors: std::collections::HashMap<_, _> = checkpoint_tensors(dir).into_iter().collect();
+    for l in layers {
+        let alpha = &tensors[&format!("{}.alpha", l.name)];
+        let w = &tensors[&format!("{}.weight", l.name)];
+        let m = &tensors[&format!("{}.scores", l.name)];
+        let n = w.len();
+        let mut order: Vec<usize> = (0..n).collect();
+        order.sort_by(|&a, &b| m[a].abs().total_cmp(&m[b].abs()));
+        let pruned = (0.5 * n as f64) as usize;
+        let kept: f64 = order[pruned..].iter().map(|&i| f64::from(w[i].abs())).sum();
+        let expected = kept / ((0.5 * n as f64) as usize) as f64;
+        assert_eq!(alpha.len(), 1, "{}", l.name);
+        let rel = (f64::from(alpha[0]) - expected).abs() / expected;
+        assert!(rel < 1e-5, "{}: alpha {} vs {expected}", l.name, alpha[0]);
+    }
+    let path = dir.join("checkpoint.safetensors");
+    let mut raw = candle_core::safetensors::load(&path, &candle_core::Device::Cpu).unwrap();
+    let key = format!("{}.alpha", layers[0].name);
+    let doubled = (&raw[&key] * 2.0).unwrap();
+    raw.insert(key.clone(), doubled);
+    candle_core::safetensors::save(&raw, &path).unwrap();
+    let o = run(&["eval", s(dir), "--data", s(&e.data)]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains(&key), "{err}");
 }

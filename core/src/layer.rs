@@ -247,6 +247,12 @@ impl MaskedLayer {
             .unwrap_or_else(|| w.clone()))
     }
 
+    /// The mask's derived values for this layer ([`MaskFn::derived`]), from `W` and the
+    /// evaluation mask.
+    pub fn derived(&self) -> Result<Vec<(&'static str, Tensor)>> {
+        self.mask.derived(self.weight()?, &self.eval_mask()?)
+    }
+
     /// Effective weight `W * g(M)` with the straight-through gradient to `M` (reference path).
     pub fn effective_weight(&self, ctx: &ForwardCtx) -> Result<Tensor> {
         ops::reference::masked_weight(&self.op_args(ctx)?)
@@ -348,14 +354,20 @@ impl Layer {
     pub fn named_tensors(&self) -> Result<Vec<(String, Tensor)>> {
         let n = &self.spec().name;
         Ok(match self {
-            Layer::Masked(l) => vec![
-                (format!("{n}.weight"), l.weight()?.clone()),
-                (format!("{n}.scores"), l.scores.as_tensor().detach()),
-                (
-                    format!("{n}.taus"),
-                    Tensor::new(&[l.taus.neg, l.taus.pos], l.scores.device())?,
-                ),
-            ],
+            Layer::Masked(l) => {
+                let mut named = vec![
+                    (format!("{n}.weight"), l.weight()?.clone()),
+                    (format!("{n}.scores"), l.scores.as_tensor().detach()),
+                    (
+                        format!("{n}.taus"),
+                        Tensor::new(&[l.taus.neg, l.taus.pos], l.scores.device())?,
+                    ),
+                ];
+                for (key, t) in l.derived()? {
+                    named.push((format!("{n}.{key}"), t));
+                }
+                named
+            }
             Layer::Dense(l) => vec![(format!("{n}.weight"), l.weight.as_tensor().detach())],
         })
     }
@@ -387,6 +399,30 @@ impl Layer {
                     neg: taus[0],
                     pos: taus[1],
                 })?;
+                // Derived values (biprop's alpha) must be what the stored weights and scores
+                // give: a checkpoint whose alpha disagrees was edited or corrupted.
+                for (key, recomputed) in l.derived()? {
+                    let name = format!("{n}.{key}");
+                    let stored = get(&name)?;
+                    anyhow::ensure!(
+                        stored.dims() == recomputed.dims(),
+                        "checkpoint tensor {name} has shape {:?}, the mask derives {:?}",
+                        stored.dims(),
+                        recomputed.dims()
+                    );
+                    let a = stored.flatten_all()?.to_vec1::<f32>()?;
+                    let b = recomputed.flatten_all()?.to_vec1::<f32>()?;
+                    if let Some((x, y)) = a
+                        .iter()
+                        .zip(&b)
+                        .find(|(x, y)| (*x - *y).abs() > 1e-5 * y.abs().max(1e-30))
+                    {
+                        anyhow::bail!(
+                            "checkpoint tensor {name} holds {x}, but the layer's stored weights \
+                             and scores give {y}"
+                        );
+                    }
+                }
             }
             Layer::Dense(l) => l.weight.set(&checked(format!("{n}.weight"))?)?,
         }

@@ -93,12 +93,21 @@ pub trait MaskFn: Debug + Send + Sync {
     /// (no gradient): `None` (the default) for `W` itself, the effective weight `W * g(M)`;
     /// `Some(W_b)` for a mask that rescales the weights it keeps, as biprop's
     /// `alpha * sign(W)`. The effective weight is then `W_b * g(M)`, and the scores' gradient
-    /// stays `dL/dW_eff * W * s'(M)` (what biprop's backward computes). Only masks on the
-    /// reference path (a [`MaskGradient::Surrogate`]) may rescale: the fused kernels multiply
-    /// `W` itself, and the conformance checks compare both paths.
+    /// stays `dL/dW_eff * W * s'(M)` (what biprop's backward computes). Both paths run it: the
+    /// fused kernels multiply `W_b * g` and take `W` for the score gradient, and the
+    /// conformance checks compare them with the reference.
     fn scaled_weight(&self, w: &Tensor, hard: &Tensor) -> Result<Option<Tensor>> {
         let _ = (w, hard);
         Ok(None)
+    }
+
+    /// Values the mask derives from the frozen `W` and its hard mask `g` that a reader needs to
+    /// rebuild the effective weight without the framework (biprop's per-layer `alpha`), as
+    /// `(key, tensor)`: checkpoints store each as `LAYER.key`, and loading recomputes it from
+    /// the stored weights and scores and refuses a checkpoint that disagrees. None by default.
+    fn derived(&self, w: &Tensor, hard: &Tensor) -> Result<Vec<(&'static str, Tensor)>> {
+        let _ = (w, hard);
+        Ok(Vec::new())
     }
 }
 
@@ -110,6 +119,10 @@ pub enum MaskGradient {
     /// `dL/dM = dL/dg`: the identity straight-through estimator (the paper's, and Zhou et al.'s
     /// and edge-popup's). The fused kernels implement it.
     StraightThrough,
+    /// `dL/dM = dL/dg * sign(M)`: the straight-through estimator through `|M|`, for masks that
+    /// rank the scores' magnitude (edge-popup's `GetSubnet(scores.abs())`); `sign(0) = +1`, as
+    /// candle's `abs` backward. The fused kernels implement it too.
+    StraightThroughAbs,
     /// `dL/dM = dL/dg * s'(M)` for the mask's [`MaskFn::surrogate`] `s`. Layers of such a mask
     /// run on the reference kernels.
     Surrogate,
@@ -122,6 +135,7 @@ pub fn apply(mask: &dyn MaskFn, scores: &Tensor, taus: Taus, ctx: &MaskCtx) -> R
     let hard = mask.hard(&scores.detach(), taus, ctx)?;
     let s = match mask.gradient() {
         MaskGradient::StraightThrough => scores.clone(),
+        MaskGradient::StraightThroughAbs => scores.abs()?,
         MaskGradient::Surrogate => mask.surrogate(scores, taus)?,
     };
     anyhow::ensure!(

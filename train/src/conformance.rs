@@ -202,6 +202,7 @@ fn check_mask_gradient(m: &dyn MaskFn) -> Result<()> {
         let t = Tensor::from_vec(v.to_vec(), n, &dev)?;
         let s = match m.gradient() {
             MaskGradient::StraightThrough => t,
+            MaskGradient::StraightThroughAbs => t.abs()?,
             MaskGradient::Surrogate => m.surrogate(&t, taus)?,
         };
         Ok((s * &coef)?.sum_all()?.to_scalar::<f32>()?)
@@ -262,20 +263,37 @@ fn run_layer(layer: &Layer, x: &[usize], path: KernelPath, train: bool) -> Resul
 }
 
 /// The fused kernels against the reference kernels on a masked linear and a masked conv
-/// layer, in training and evaluation: forward values, input and score gradients to 1e-4 of
-/// their scale. (A mask with a surrogate gradient runs on the reference path either way.)
+/// layer, with signed-constant and with varied weights (a mask that rescales its weights,
+/// [`MaskFn::scaled_weight`], sees both), in training and evaluation: forward values, input
+/// and score gradients to 1e-4 of their scale. (A mask with a surrogate gradient runs on the
+/// reference path either way.)
 fn check_mask_fused(m: Arc<dyn MaskFn>) -> Result<()> {
     let mut f = LayerFactory::new(fixed_masking(m)?, Device::Cpu, 7);
-    let cases = [
-        (f.linear("fc", 13, 9)?, vec![4, 13]),
-        (f.conv2d("conv", 3, 5, 3, 1, 1)?, vec![2, 3, 6, 6]),
-    ];
-    for (mut layer, x) in cases {
+    let mut cases = Vec::new();
+    for (signed_constant, fc, conv) in [(true, "fc", "conv"), (false, "fc_varied", "conv_varied")] {
+        cases.push((f.linear(fc, 13, 9)?, vec![4, 13], signed_constant));
+        cases.push((
+            f.conv2d(conv, 3, 5, 3, 1, 1)?,
+            vec![2, 3, 6, 6],
+            signed_constant,
+        ));
+    }
+    for (mut layer, x, signed_constant) in cases {
         if let Layer::Masked(l) = &mut layer {
-            // Signed-constant weights, varied scores, thresholds that leave all three values.
+            // Signed-constant (or varied) weights, varied scores, thresholds that leave all
+            // three values.
             let shape = l.spec.shape.clone();
             let n: usize = shape.iter().product();
-            let w: Vec<f32> = values(n, 31).iter().map(|v| 0.5f32.copysign(*v)).collect();
+            let w: Vec<f32> = values(n, 31)
+                .iter()
+                .map(|v| {
+                    if signed_constant {
+                        0.5f32.copysign(*v)
+                    } else {
+                        *v
+                    }
+                })
+                .collect();
             l.set_weight(Tensor::from_vec(w, shape.as_slice(), &Device::Cpu)?)?;
             l.scores().set(&Tensor::from_vec(
                 values(n, 32),
@@ -297,7 +315,8 @@ fn check_mask_fused(m: Arc<dyn MaskFn>) -> Result<()> {
             ] {
                 close(
                     &format!(
-                        "layer {} (train {train}): fused vs reference {what}",
+                        "layer {} (train {train}, signed-constant weights {signed_constant}): \
+                         fused vs reference {what}",
                         layer.name()
                     ),
                     a,

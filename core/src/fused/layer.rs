@@ -92,6 +92,8 @@ pub struct FusedLayer {
     pub pool2: bool,
     /// The activation before pooling, kept by the forward for the backward when `pool2`.
     saved: std::sync::Mutex<Vec<f32>>,
+    /// The score gradient also takes `sign(M)` ([`crate::MaskGradient::StraightThroughAbs`]).
+    score_sign: bool,
 }
 
 impl FusedLayer {
@@ -110,7 +112,15 @@ impl FusedLayer {
             act,
             pool2: pool2 && matches!(geometry, Geometry::Conv { .. }),
             saved: std::sync::Mutex::new(Vec::new()),
+            score_sign: false,
         }
+    }
+
+    /// With `on`, the score gradient is `dL/dW_eff * W * sign(M)` (`sign(0) = +1`, as candle's
+    /// `abs` backward) instead of `dL/dW_eff * W`.
+    pub fn with_score_sign(mut self, on: bool) -> Self {
+        self.score_sign = on && self.weight.is_some();
+        self
     }
 }
 
@@ -399,8 +409,10 @@ impl FusedLayer {
         (want_gx.then_some(gx), gw)
     }
 
-    /// Turns `gWeff` into the trainable tensor's gradient: `* W` for scores (the STE).
-    fn param_grad(&self, mut gw: Vec<f32>) -> candle_core::Result<Vec<f32>> {
+    /// Turns `gWeff` into the trainable tensor's gradient: `* W` for scores (the STE), and
+    /// `* sign(M)` with [`FusedLayer::with_score_sign`] (`param` holds the scores).
+    fn param_grad(&self, mut gw: Vec<f32>, param: &Tensor) -> candle_core::Result<Vec<f32>> {
+        let to_candle = |e: anyhow::Error| candle_core::Error::Msg(e.to_string());
         if let Some(w) = &self.weight {
             with_f32(w, |w| {
                 vectorized(
@@ -412,7 +424,12 @@ impl FusedLayer {
                     },
                 )
             })
-            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+            .map_err(to_candle)?;
+        }
+        if self.score_sign {
+            // sign(0) = +1, as candle's abs backward (`M >= 0`).
+            let flip = |(g, m): (&mut f32, &f32)| *g = if *m < 0.0 { -*g } else { *g };
+            with_f32(param, |m| gw.iter_mut().zip(m).for_each(flip)).map_err(to_candle)?;
         }
         Ok(gw)
     }
@@ -569,7 +586,7 @@ impl CustomOp2 for FusedLayer {
         })
         .and_then(|r| r);
         let (gx, gw) = as_candle(grads)?;
-        let gparam = Tensor::from_vec(self.param_grad(gw)?, param.shape(), dev)?;
+        let gparam = Tensor::from_vec(self.param_grad(gw, param)?, param.shape(), dev)?;
         let gx = match gx {
             Some(v) => Some(Tensor::from_vec(v, x_dims, dev)?),
             None => None,

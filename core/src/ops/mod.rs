@@ -7,8 +7,9 @@
 //!
 //! - the fused CPU kernels of [`crate::fused`], when the config asks for them
 //!   (`train.kernels.path = "fused"`, the default) and the tensors are CPU f32, and for a
-//!   masked layer only when its mask declares the straight-through gradient
-//!   ([`MaskGradient::StraightThrough`]), the only gradient the fused kernels implement;
+//!   masked layer only when its mask declares the straight-through gradient, through `M` or
+//!   through `|M|` ([`MaskGradient::StraightThrough`], [`MaskGradient::StraightThroughAbs`]),
+//!   the gradients the fused kernels implement;
 //! - otherwise the [reference](mod@reference) implementation (generic candle ops), the path on CUDA and what
 //!   the tests compare the fused path against.
 //!
@@ -291,14 +292,19 @@ fn masked(
     pool2: bool,
 ) -> Result<Tensor> {
     let path = ctx.kernels.path;
+    let gradient = m.mask.gradient();
     if fused_for(path, x)
-        && m.mask.gradient() == MaskGradient::StraightThrough
+        && matches!(
+            gradient,
+            MaskGradient::StraightThrough | MaskGradient::StraightThroughAbs
+        )
         && fused_for(path, m.weight)
     {
         let eff = masked_effective(m, layout(&ctx.kernels))?;
         let geometry = geometry(m.weight, conv)?;
         let act = elu.map(|a| a as f32);
-        let op = FusedLayer::new(eff, geometry, Some(m.weight.clone()), act, pool2);
+        let op = FusedLayer::new(eff, geometry, Some(m.weight.clone()), act, pool2)
+            .with_score_sign(gradient == MaskGradient::StraightThroughAbs);
         return op
             .apply(x, m.scores)
             .with_context(|| format!("layer {}", m.name));
@@ -386,6 +392,14 @@ fn masked_effective(m: &MaskedArgs, layout: EffLayout) -> Result<Effective> {
             .flatten_all()?
             .to_dtype(DType::F32)?
             .to_vec1()?;
+    }
+    // A mask that rescales the weights it keeps (biprop's alpha sign(W)) multiplies its own
+    // weight; the score gradient still takes the frozen W (the op's `weight`).
+    let hard_t = Tensor::from_slice(&hard, m.weight.shape(), m.weight.device())?;
+    if let Some(scaled) = m.mask.scaled_weight(m.weight, &hard_t)? {
+        return with_f32(&scaled.to_dtype(DType::F32)?, |w| {
+            Effective::build(w, &hard, rows, cols, None, layout)
+        });
     }
     with_f32(m.weight, |w| {
         Effective::build(w, &hard, rows, cols, m.magnitude, layout)

@@ -11,12 +11,15 @@
 //! ```
 //!
 //! so the score gradient is `dL/dw * W * sign(M)`, the framework's for a mask that rescales its
-//! weights ([`MaskFn::scaled_weight`]) with the surrogate `|M|`. Note their denominator:
+//! weights ([`MaskFn::scaled_weight`]) through `|M|` ([`MaskGradient::StraightThroughAbs`]), on the
+//! fused kernels as on the reference. Note their denominator:
 //! `int(k * n)`, not the kept count `n - int((1 - k) n)` (they differ by at most one); where
 //! `int(k * n)` is 0 (a layer keeping less than one weight) their code divides by zero, and
 //! this one divides by 1.
-//! Exported models store each layer as the ternary `sign(W) * mask` with magnitude `alpha`,
-//! which the inference engine runs; `alpha` follows from the checkpoint's weights and scores.
+//! Checkpoints store each layer's `alpha` as `LAYER.alpha` (checked against the stored weights
+//! and scores on load); exported models store each layer as the ternary `sign(W) * mask` with
+//! magnitude `alpha`, which the inference engine runs, and the safetensors export carries
+//! `LAYER.alpha` beside the frozen weights and scores.
 
 use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
@@ -70,16 +73,19 @@ impl MaskFn for BipropMask {
     }
 
     fn gradient(&self) -> MaskGradient {
-        MaskGradient::Surrogate
-    }
-
-    fn surrogate(&self, scores: &Tensor, taus: Taus) -> Result<Tensor> {
-        self.top_k().surrogate(scores, taus)
+        MaskGradient::StraightThroughAbs
     }
 
     fn scaled_weight(&self, w: &Tensor, hard: &Tensor) -> Result<Option<Tensor>> {
         let alpha = self.alpha(w, hard)?;
         Ok(Some((w.sign()? * f64::from(alpha))?))
+    }
+
+    fn derived(&self, w: &Tensor, hard: &Tensor) -> Result<Vec<(&'static str, Tensor)>> {
+        Ok(vec![(
+            "alpha",
+            Tensor::new(&[self.alpha(w, hard)?], w.device())?,
+        )])
     }
 }
 

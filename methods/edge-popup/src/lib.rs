@@ -8,9 +8,8 @@
 //! ```
 //!
 //! Their forward pass ranks `scores.abs()` and their backward is the identity, so the score
-//! gradient goes through the absolute value: `dL/dM = dL/d(W g(M)) * W * sign(M)`. The mask
-//! declares that as a surrogate, `s(M) = |M|` ([`MaskGradient::Surrogate`]), so its layers
-//! train on the framework's reference kernels. Ties in `|M|` (which continuous scores do not
+//! gradient goes through the absolute value: `dL/dM = dL/d(W g(M)) * W * sign(M)`, the
+//! framework's [`MaskGradient::StraightThroughAbs`], which its fused kernels train. Ties in `|M|` (which continuous scores do not
 //! have) go by position, lower indices pruned first; PyTorch's unstable sort leaves them
 //! unspecified. The thresholds (`tau_n`, `tau_p`) are unused.
 //!
@@ -97,11 +96,7 @@ impl MaskFn for EdgePopupMask {
     }
 
     fn gradient(&self) -> MaskGradient {
-        MaskGradient::Surrogate
-    }
-
-    fn surrogate(&self, scores: &Tensor, _taus: Taus) -> Result<Tensor> {
-        Ok(scores.abs()?)
+        MaskGradient::StraightThroughAbs
     }
 }
 

@@ -10,7 +10,7 @@
 //!
 //! Two plugins: the threshold `global-top-k` computes that cut (as `tau_p`, after every step,
 //! for the next one) and the mask `magnitude` applies it, `g(M) = 1 if |M| > tau_p else 0`,
-//! with the gradient through `|M|` (surrogate `s(M) = |M|`, edge-popup's). The kept share
+//! with the gradient through `|M|` (edge-popup's, [`MaskGradient::StraightThroughAbs`]). The kept share
 //! follows biprop's cubic ramp (Zhu & Gupta's schedule, their `main.py`): for the 0-based epoch
 //! `e < ramp_epochs` the pruned share is `s_f + (0.5 - s_f) (1 - e / ramp_epochs)^3` with
 //! `s_f = 1 - keep`, from `ramp_epochs` on it is `s_f`; as in their code the ramp runs only
@@ -50,11 +50,7 @@ impl MaskFn for MagnitudeMask {
     }
 
     fn gradient(&self) -> MaskGradient {
-        MaskGradient::Surrogate
-    }
-
-    fn surrogate(&self, scores: &Tensor, _taus: Taus) -> Result<Tensor> {
-        Ok(scores.abs()?)
+        MaskGradient::StraightThroughAbs
     }
 }
 
