@@ -10,25 +10,7 @@ use common::*;
 #[test]
 fn ablations_fall_to_near_chance_and_the_report_includes_them() {
     let e = env();
-    let sweep = e.root.join("sweep");
-    let grid = e.root.join("grid.toml");
-    std::fs::write(
-        &grid,
-        format!(
-            "presets = [{:?}]\nseeds = 2\n[set]\n\"train.epochs\" = 3\n",
-            s(&preset("table1-fcn-signed-elus"))
-        ),
-    )
-    .unwrap();
-    ok(&[
-        "sweep",
-        "--config",
-        s(&grid),
-        "--data",
-        s(&e.data),
-        "--out",
-        s(&sweep),
-    ]);
+    let sweep = sweep_elus_fcn(&e, "\"train.epochs\" = 3\n");
     ok(&["ablate", s(&sweep), "--data", s(&e.data)]);
     let csv = std::fs::read_to_string(sweep.join("ablation.csv")).unwrap();
     let rows: Vec<Vec<String>> = csv

@@ -12,25 +12,7 @@ fn data_json(run: &std::path::Path) -> serde_json::Value {
 #[test]
 fn held_out_images_are_evaluated_every_epoch_and_tables_can_pick_the_best_one() {
     let e = env();
-    let sweep = e.root.join("sweep");
-    let grid = e.root.join("grid.toml");
-    std::fs::write(
-        &grid,
-        format!(
-            "presets = [{:?}]\nseeds = 2\n[set]\n\"train.epochs\" = 4\n\"data.validation\" = 100\n",
-            s(&preset("table1-fcn-signed-elus"))
-        ),
-    )
-    .unwrap();
-    ok(&[
-        "sweep",
-        "--config",
-        s(&grid),
-        "--data",
-        s(&e.data),
-        "--out",
-        s(&sweep),
-    ]);
+    let sweep = sweep_elus_fcn(&e, "\"train.epochs\" = 4\n\"data.validation\" = 100\n");
     let mut runs: Vec<_> = std::fs::read_dir(&sweep)
         .unwrap()
         .map(|d| d.unwrap().path())

@@ -182,3 +182,26 @@ pub fn assert_stop_and_resume_matches(e: &Env, base: &[&str], full: &Path, part:
     );
     assert!(part.join("summary.json").exists());
 }
+
+/// A 2-seed sweep of the Table 1 signed ELUS FCN preset on the env's data with the grid's
+/// `[set]` lines `sets`, into `ROOT/sweep` (returned).
+pub fn sweep_elus_fcn(e: &Env, sets: &str) -> PathBuf {
+    let sweep = e.root.join("sweep");
+    let grid = e.root.join("grid.toml");
+    let preset = preset("table1-fcn-signed-elus");
+    std::fs::write(
+        &grid,
+        format!("presets = [{:?}]\nseeds = 2\n[set]\n{sets}", s(&preset)),
+    )
+    .unwrap();
+    ok(&[
+        "sweep",
+        "--config",
+        s(&grid),
+        "--data",
+        s(&e.data),
+        "--out",
+        s(&sweep),
+    ]);
+    sweep
+}
