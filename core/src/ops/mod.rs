@@ -395,15 +395,17 @@ fn masked_effective(m: &MaskedArgs, layout: EffLayout) -> Result<Effective> {
     }
     // A mask that rescales the weights it keeps (biprop's alpha sign(W)) multiplies its own
     // weight; the score gradient still takes the frozen W (the op's `weight`).
-    let hard_t = Tensor::from_slice(&hard, m.weight.shape(), m.weight.device())?;
-    if let Some(scaled) = m.mask.scaled_weight(m.weight, &hard_t)? {
-        return with_f32(&scaled.to_dtype(DType::F32)?, |w| {
-            Effective::build(w, &hard, rows, cols, None, layout)
-        });
-    }
-    with_f32(m.weight, |w| {
-        Effective::build(w, &hard, rows, cols, m.magnitude, layout)
-    })
+    // The mask moves into a tensor (no copy) and is read back in place.
+    let hard = Tensor::from_vec(hard, m.weight.shape(), m.weight.device())?;
+    let (weight, magnitude) = match m.mask.scaled_weight(m.weight, &hard)? {
+        Some(scaled) => (scaled.to_dtype(DType::F32)?, None),
+        None => (m.weight.clone(), m.magnitude),
+    };
+    with_f32(&weight, |w| {
+        with_f32(&hard, |h| {
+            Effective::build(w, h, rows, cols, magnitude, layout)
+        })
+    })?
 }
 
 /// One SGDW / SGD(+L2) step of `var` with gradient `grad` and the hyper-parameters `h`: the
