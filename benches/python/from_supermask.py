@@ -16,8 +16,12 @@ scores are `nn.Parameter`s, W is a frozen buffer, and every forward pass compute
 the straight-through gradient (dL/dM = dL/d(W g(M)) * W), so the mask can be trained further in
 PyTorch; the thresholds stay at the checkpoint's values (a threshold schedule is supermask's).
 g is the signed mask's (-1 if M <= tau_n, +1 if M >= tau_p, else 0), the binary mask's
-(1 if M >= tau_p) or the Bernoulli mask's evaluation mask (M >= 0); building checks that
-W * g(M) equals the exported effective weight exactly. Only `torch` is needed (the
+(1 if M >= tau_p), the Bernoulli mask's evaluation mask (M >= 0), or edge-popup's and biprop's
+per-layer top-k of |M| (the `int((1 - keep) n)` smallest |M| pruned, ties at lower positions
+first). Edge-popup's and biprop's gradient goes through |M| (dL/dM = dL/dW_eff * W * sign(M),
+sign(0) = +1), and biprop's effective weight is alpha * sign(W) * g(M) with
+alpha = sum(|W| g(M)) / int(keep n), recomputed from the mask in every forward pass. Building
+checks that the rebuilt effective weight equals the exported one exactly. Only `torch` is needed (the
 safetensors file is parsed here); the data loading for `--data` (IDX MNIST / Fashion-MNIST,
 per-image standardization) is `sm_torch.load_idx`.
 """
@@ -77,8 +81,16 @@ class SupermaskNet(torch.nn.Module):
         w, m = self.t(layer + ".frozen_weight"), self.t(layer + ".scores")
         tau_n, tau_p = self.t(layer + ".taus").tolist()
         hard = g(self.mask, m.detach(), tau_n, tau_p)
-        # Straight-through: the forward value is W * g(M), the gradient to M is dL/dW_eff * W.
-        return w * (hard + (m - m.detach()))
+        # Straight-through: the forward value is W * g(M), the gradient to M is dL/dW_eff * W
+        # (times sign(M) for the masks that rank |M|).
+        through = m - m.detach()
+        kind = self.mask.get("type")
+        if kind in TOP_K_MASKS:
+            through = through * torch.where(m.detach() >= 0, 1.0, -1.0)
+        value = w * hard
+        if kind == "biprop":
+            value = torch.sign(w) * biprop_alpha(w, hard, self.mask["keep"]) * hard
+        return value + w * through
 
     def run(self, steps, x):
         for s in steps:
@@ -120,9 +132,33 @@ class SupermaskNet(torch.nn.Module):
         return self.run(self.arch["steps"], x.reshape(x.shape[0], *self.arch["input"]))
 
 
+TOP_K_MASKS = ("edge-popup", "biprop")
+
+
+def top_k(m, keep):
+    """Edge-popup's mask (hidden-networks' GetSubnet over |M|): 0 for the `int((1 - keep) n)`
+    entries of smallest |M| (ties: lower positions first), 1 for the rest."""
+    n = m.numel()
+    j = int((1.0 - keep) * n)
+    out = torch.ones(n, dtype=m.dtype)
+    if j:
+        out[torch.argsort(m.abs().flatten(), stable=True)[:j]] = 0.0
+    return out.reshape(m.shape)
+
+
+def biprop_alpha(w, hard, keep):
+    """Biprop's per-layer scale: sum(|W| g(M)) / int(keep n) (chrundle/biprop's
+    GetQuantnet_binary; at least 1 in the denominator), summed in float64, as supermask does."""
+    denominator = max(int(keep * w.numel()), 1)
+    kept = (w.abs() * hard).double().sum().item()
+    return torch.tensor(kept / denominator, dtype=torch.float32)  # rounded to f32, as ours
+
+
 def g(mask, m, tau_n, tau_p):
     """The hard mask g(M) of supermask's mask plugin `mask` (its evaluation mask)."""
     kind = mask.get("type")
+    if kind in TOP_K_MASKS:
+        return top_k(m, float(mask["keep"]))
     if kind == "signed":
         return (m >= tau_p).to(m.dtype) - (m <= tau_n).to(m.dtype)
     if kind == "binary":
@@ -152,6 +188,12 @@ def build(path, masked=False):
                     if not torch.equal(net.weight(layer), tensors[layer + ".weight"]):
                         raise ValueError(f"{path}: {layer}: W * g(M) differs from the exported "
                                          "effective weight")
+                    if layer + ".alpha" in tensors:  # biprop: the checkpoint's alpha
+                        w, m = tensors[layer + ".frozen_weight"], tensors[name]
+                        alpha = biprop_alpha(w, top_k(m, float(mask["keep"])), mask["keep"])
+                        if not torch.equal(alpha.reshape(-1), tensors[layer + ".alpha"]):
+                            raise ValueError(f"{path}: {layer}: alpha {alpha.item()} differs "
+                                             f"from the exported {tensors[layer + '.alpha']}")
     return desc, net
 
 

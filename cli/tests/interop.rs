@@ -100,27 +100,17 @@ fn safetensors_export_holds_the_effective_weights_and_runs_in_torch() {
         }
         assert_eq!(tensors.len(), 4 * m.layers.len() + m.tensors.len());
 
-        let torch = Command::new("python3")
-            .args(["-c", "import torch, numpy"])
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !torch {
+        if !torch_importable() {
             eprintln!("SKIPPED the PyTorch half: torch (and numpy) are not importable");
             continue;
         }
-        let script =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../benches/python/from_supermask.py");
         let ours: serde_json::Value =
             serde_json::from_slice(&ok(&["eval", s(run), "--data", s(&e.data), "--json"]).stdout)
                 .unwrap();
         // The effective weights, then the masked net rebuilt from W, M and the thresholds
         // (trainable scores, straight-through g), which also runs one backward pass.
         for extra in [None, Some("--masked")] {
-            let mut args = vec![s(&script), s(&st), "--data", s(&e.data), "--json"];
-            args.extend(extra);
-            let o = Command::new("python3").args(&args).output().unwrap();
-            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-            let theirs: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+            let theirs = from_supermask(&st, &e, extra);
             assert_eq!(
                 theirs["test_acc"].as_f64(),
                 ours["test_acc"].as_f64(),
@@ -139,4 +129,73 @@ fn safetensors_export_holds_the_effective_weights_and_runs_in_torch() {
             }
         }
     }
+}
+
+/// Edge-popup and biprop in PyTorch: the safetensors export of each (biprop's with each layer's
+/// `alpha`) rebuilt by `from_supermask.py` from the effective weights and as the masked net (their
+/// top-k of |M|, biprop's alpha * sign(W) recomputed from the mask, the straight-through gradient
+/// through |M|), which builds only if its effective weights equal the exported ones exactly and
+/// must give `supermask eval`'s accuracy, with a gradient on every layer's scores.
+#[test]
+fn edge_popup_and_biprop_rebuild_in_torch() {
+    let e = env();
+    for method in ["edge-popup", "biprop"] {
+        let run = e.root.join(method);
+        let cfg = format!("../methods/{method}-fcn-mnist");
+        train_preset(&e, &[], &cfg, &["train.epochs=1"], &run);
+        let st = e.root.join(format!("{method}.safetensors"));
+        ok(&[
+            "export",
+            s(&run),
+            "--format",
+            "safetensors",
+            "--out",
+            s(&st),
+        ]);
+        let (meta, tensors) = read_safetensors(&st);
+        let masking: serde_json::Value = serde_json::from_str(&meta["masking"]).unwrap();
+        assert_eq!(masking["mask"]["type"], method, "{masking}");
+        let ckpt: HashMap<_, _> = checkpoint_tensors(&run).into_iter().collect();
+        for layer in ["fc1", "fc2", "fc3"] {
+            let alpha = tensors.get(&format!("{layer}.alpha"));
+            assert_eq!(
+                alpha.map(|(_, v)| v),
+                ckpt.get(&format!("{layer}.alpha")),
+                "{method} {layer}: alpha only for biprop, the checkpoint's"
+            );
+            assert_eq!(alpha.is_some(), method == "biprop", "{method} {layer}");
+        }
+        if !torch_importable() {
+            eprintln!("SKIPPED the PyTorch half: torch (and numpy) are not importable");
+            continue;
+        }
+        let ours: serde_json::Value =
+            serde_json::from_slice(&ok(&["eval", s(&run), "--data", s(&e.data), "--json"]).stdout)
+                .unwrap();
+        for extra in [None, Some("--masked")] {
+            let theirs = from_supermask(&st, &e, extra);
+            assert_eq!(theirs["test_acc"], ours["test_acc"], "{method} {extra:?}");
+            if extra.is_some() {
+                assert_eq!(theirs["scores_with_gradient"], theirs["scores"], "{method}");
+                assert_eq!(theirs["scores"].as_array().map(Vec::len), Some(3));
+            }
+        }
+    }
+}
+
+fn torch_importable() -> bool {
+    Command::new("python3")
+        .args(["-c", "import torch, numpy"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// `from_supermask.py FILE --json [--masked]` on `e`'s data, its JSON output.
+fn from_supermask(file: &Path, e: &Env, extra: Option<&str>) -> serde_json::Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../benches/python/from_supermask.py");
+    let mut args = vec![s(&script), s(file), "--data", s(&e.data), "--json"];
+    args.extend(extra);
+    let o = Command::new("python3").args(&args).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    serde_json::from_slice(&o.stdout).unwrap()
 }
