@@ -300,36 +300,38 @@ impl Layer {
     /// Forward pass followed by `elu` with `Some(alpha)` (inside the layer's op on the fused
     /// path).
     pub fn forward_act(&self, x: &Tensor, ctx: &ForwardCtx, elu: Option<f64>) -> Result<Tensor> {
-        self.forward_epilogue(x, ctx, elu, false)
+        let epilogue = ops::Epilogue {
+            elu,
+            ..ops::Epilogue::default()
+        };
+        self.forward_epilogue(x, ctx, &epilogue)
     }
 
-    /// Forward pass, then `elu` with `Some(alpha)`, then (convolutions, `pool2`) a 2x2
-    /// stride-2 max-pool ([`crate::ops::max_pool2`]). The fused path computes both inside the
-    /// layer's op, so neither the pre-activation nor the unpooled map becomes a graph node.
+    /// Forward pass, then the `epilogue` ([`ops::Epilogue`]: a folded parameter-free batch
+    /// norm, an ELU and, for convolutions, a 2x2 stride-2 max-pool). The fused path computes
+    /// them inside the layer's op, so neither the pre-activation nor the unpooled map becomes
+    /// a graph node.
     pub fn forward_epilogue(
         &self,
         x: &Tensor,
         ctx: &ForwardCtx,
-        elu: Option<f64>,
-        pool2: bool,
+        epilogue: &ops::Epilogue,
     ) -> Result<Tensor> {
         let conv = self.spec().conv();
         anyhow::ensure!(
-            conv.is_some() || !pool2,
-            "layer {}: a max-pool epilogue needs a convolution",
+            conv.is_some() || (!epilogue.pool2 && epilogue.scale.is_none()),
+            "layer {}: a max-pool or scale epilogue needs a convolution",
             self.name()
         );
         match (self, conv) {
-            (Layer::Masked(l), None) => ops::masked_linear(x, &l.op_args(ctx)?, ctx, elu),
-            (Layer::Masked(l), Some(c)) => {
-                ops::masked_conv(x, &l.op_args(ctx)?, c, ctx, elu, pool2)
-            }
+            (Layer::Masked(l), None) => ops::masked_linear(x, &l.op_args(ctx)?, ctx, epilogue.elu),
+            (Layer::Masked(l), Some(c)) => ops::masked_conv(x, &l.op_args(ctx)?, c, ctx, epilogue),
             (Layer::Dense(l), None) => {
-                ops::dense_linear(x, &l.spec.name, l.weight.as_tensor(), ctx, elu)
+                ops::dense_linear(x, &l.spec.name, l.weight.as_tensor(), ctx, epilogue.elu)
             }
             (Layer::Dense(l), Some(c)) => {
                 let w = l.weight.as_tensor();
-                ops::dense_conv(x, &l.spec.name, w, c, ctx, elu, pool2)
+                ops::dense_conv(x, &l.spec.name, w, c, ctx, epilogue)
             }
         }
     }

@@ -3,8 +3,10 @@
 //!
 //! The forward pass runs the steps in order. A weight layer directly followed by an ELU (and,
 //! for a convolution, then by a 2x2 stride-2 max-pool) runs them as its epilogue
-//! ([`Layer::forward_epilogue`]), so on the fused path neither the pre-activation nor the
-//! unpooled map becomes a graph node; every other step is one op of [`crate::ops`].
+//! ([`Layer::forward_epilogue`]), as does a convolution followed by a parameter-free batch norm
+//! (mode `none`, the signed ResNets'; then the ELU may follow), so on the fused path neither
+//! the pre-activation nor the unpooled map becomes a graph node, with the values and gradients
+//! of the separate ops bit for bit; every other step is one op of [`crate::ops`].
 
 use crate::{
     arch::{Architecture, Step},
@@ -115,19 +117,32 @@ impl Network {
             x = match &nodes[i] {
                 Node::Layer(l) => {
                     let layer = &self.layers[*l];
-                    let elu = matches!(nodes.get(i + 1), Some(Node::Elu));
-                    let pool = elu
-                        && layer.spec().conv().is_some()
+                    let conv = layer.spec().conv().is_some();
+                    // A convolution's parameter-free batch norm, then an ELU, then (after an
+                    // ELU) a 2x2 stride-2 max-pool join the layer's op.
+                    let scale = match nodes.get(i + 1) {
+                        Some(Node::Norm(n)) if conv => self.norms[*n].fixed_scale(),
+                        _ => None,
+                    };
+                    let j = i + 1 + usize::from(scale.is_some());
+                    let elu = matches!(nodes.get(j), Some(Node::Elu));
+                    let pool2 = elu
+                        && conv
                         && matches!(
-                            nodes.get(i + 2),
+                            nodes.get(j + 1),
                             Some(Node::MaxPool {
                                 k: 2,
                                 stride: 2,
                                 padding: 0
                             })
                         );
-                    used += usize::from(elu) + usize::from(pool);
-                    layer.forward_epilogue(&x, ctx, elu.then_some(alpha), pool)?
+                    used += usize::from(scale.is_some()) + usize::from(elu) + usize::from(pool2);
+                    let epilogue = ops::Epilogue {
+                        scale,
+                        elu: elu.then_some(alpha),
+                        pool2,
+                    };
+                    layer.forward_epilogue(&x, ctx, &epilogue)?
                 }
                 Node::Norm(n) => self.norms[*n].forward_t(&x, ctx)?,
                 Node::Elu => ops::elu(&x, alpha, &ctx.kernels)?,

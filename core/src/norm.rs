@@ -88,6 +88,13 @@ impl BatchNorm {
         ops::batch_norm(x, &args, ctx)
     }
 
+    /// The constant factor this batch norm multiplies by when it has neither parameters nor
+    /// statistics (mode `none`: `x / sqrt(1 + eps)`), so a layer can apply it in its epilogue;
+    /// `None` in the other modes.
+    pub fn fixed_scale(&self) -> Option<f64> {
+        (self.mode == BnMode::None).then(|| 1.0 / (1.0 + ops::BN_EPS).sqrt())
+    }
+
     /// Trainable parameters (`name.gamma`, `name.beta`) in learnable mode.
     pub fn params(&self) -> Vec<(String, &Var)> {
         let mut v = Vec::new();

@@ -11,9 +11,10 @@ use candle_core::{DType, Device, Tensor, Var};
 use proptest::prelude::*;
 use supermask_core::{
     fused::{EffLayout, Effective, KernelConfig, KernelPath},
+    ops::{self, Epilogue},
     optim::{Optimizer, OptimizerConfig},
     registry::{init_from_table, mask_from_table, threshold_from_table},
-    ForwardCtx, Layer, LayerFactory, MaskingConfig, Taus,
+    BatchNorm, BnMode, ForwardCtx, Layer, LayerFactory, MaskingConfig, Taus,
 };
 
 fn table(s: &str) -> toml::Table {
@@ -51,12 +52,23 @@ fn ctx(path: KernelPath, sparse_below: f64, train: bool) -> ForwardCtx {
     }
 }
 
-/// One layer case: the layer, its input shape, the ELU and max-pool epilogue.
+/// One layer case: the layer, its input shape, the scale, ELU and max-pool epilogue.
 struct Case {
     layer: Layer,
     x: Vec<usize>,
+    scale: Option<f64>,
     act: Option<f64>,
     pool2: bool,
+}
+
+impl Case {
+    fn epilogue(&self) -> Epilogue {
+        Epilogue {
+            scale: self.scale,
+            elu: self.act,
+            pool2: self.pool2,
+        }
+    }
 }
 
 /// Forward `y`, then the gradients of `sum(y * r)` for the input and the trainable tensor.
@@ -65,7 +77,7 @@ fn run(case: &Case, c: &ForwardCtx, seed: u64) -> (Vec<f32>, Vec<f32>, Vec<f32>)
     let x = Var::from_vec(values(n, seed), case.x.as_slice(), &Device::Cpu).unwrap();
     let y = case
         .layer
-        .forward_epilogue(x.as_tensor(), c, case.act, case.pool2)
+        .forward_epilogue(x.as_tensor(), c, &case.epilogue())
         .unwrap();
     let r = Tensor::from_vec(values(y.elem_count(), seed + 1), y.shape(), &Device::Cpu).unwrap();
     let grads = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
@@ -108,7 +120,14 @@ fn pool_windows_tie_free(case: &Case, seed: u64) -> bool {
     let c = ctx(KernelPath::Reference, 0.0, true);
     let y = case
         .layer
-        .forward_epilogue(&x, &c, case.act, false)
+        .forward_epilogue(
+            &x,
+            &c,
+            &Epilogue {
+                pool2: false,
+                ..case.epilogue()
+            },
+        )
         .unwrap();
     let (b, ch, h, w) = y.dims4().unwrap();
     let v = y.flatten_all().unwrap().to_vec1::<f32>().unwrap();
@@ -184,7 +203,9 @@ proptest! {
         let mut f = LayerFactory::new(masking(mask), Device::Cpu, seed);
         let mut layer = f.linear("fc", inputs, outputs).unwrap();
         prepare(&mut layer, signed_constant, tau, seed);
-        let case = Case { layer, x: vec![batch, inputs], act: act.then_some(1.0), pool2: false };
+        let case = Case {
+            layer, x: vec![batch, inputs], scale: None, act: act.then_some(1.0), pool2: false,
+        };
         check(&case, train, seed)?;
     }
 
@@ -199,13 +220,14 @@ proptest! {
         k in prop_oneof![Just(1usize), Just(3)], stride in 1usize..3, padding in 0usize..2,
         h in 3usize..9,
         signed_constant: bool, tau in 0.001f32..0.95, act: bool, pool2: bool, seed in 0u64..1000,
+        scale in proptest::option::of(0.25f64..2.0),
     ) {
         // The pooled epilogue needs at least a 2x2 output.
         prop_assume!(!pool2 || (h + 2 * padding - k) / stride + 1 >= 2);
         let mut f = LayerFactory::new(masking("signed"), Device::Cpu, seed);
         let mut layer = f.conv2d("conv", c_in, c_out, k, stride, padding).unwrap();
         prepare(&mut layer, signed_constant, tau, seed);
-        let case = Case { layer, x: vec![batch, c_in, h, h], act: act.then_some(1.0), pool2 };
+        let case = Case { layer, x: vec![batch, c_in, h, h], scale, act: act.then_some(1.0), pool2 };
         // Ties in a pooling window (an output channel whose mask is all zero, saturated ELUs)
         // route the gradient to the first maximum (fused, PyTorch's rule) or split it
         // (reference): compare only tie-free cases.
@@ -225,7 +247,8 @@ proptest! {
         } else {
             (f.linear("fc", c_in * h, c_out).unwrap(), vec![batch, c_in * h])
         };
-        check(&Case { layer, x, act: act.then_some(1.0), pool2: false }, true, seed)?;
+        let scale = conv.then_some(0.999_500_374_6);
+        check(&Case { layer, x, scale, act: act.then_some(1.0), pool2: false }, true, seed)?;
     }
 }
 
@@ -522,4 +545,67 @@ fn batch_norm_running_average_uses_its_momentum() {
     .unwrap();
     let err = bn.set_momentum(1.0).unwrap_err().to_string();
     assert!(err.contains("stem.bn") && err.contains("momentum"), "{err}");
+}
+
+/// A convolution's parameter-free batch norm (mode `none`, the signed ResNets') and ELU folded
+/// into the layer's op ([`Epilogue::scale`], as `Network` runs a conv -> BN -> ELU) give the
+/// separate ops' outputs and gradients bit for bit, with and without the ELU, dense and masked,
+/// on the fused path.
+#[test]
+fn folded_batch_norm_equals_the_separate_ops_bitwise() {
+    let c = ctx(KernelPath::Fused, 0.2, true);
+    let bn = BatchNorm::new("bn", 5, BnMode::None, &Device::Cpu).unwrap();
+    let scale = bn.fixed_scale().expect("mode none has a fixed scale");
+    for (masked, act) in [(true, true), (true, false), (false, true), (false, false)] {
+        let mut f = LayerFactory::new(
+            if masked { masking("signed") } else { dense() },
+            Device::Cpu,
+            3,
+        );
+        let mut layer = f.conv2d("conv", 3, 5, 3, 1, 1).unwrap();
+        prepare(&mut layer, true, 0.3, 5);
+        let x = Var::from_vec(values(2 * 3 * 6 * 6, 9), (2, 3, 6, 6), &Device::Cpu).unwrap();
+        let r = Tensor::from_vec(values(2 * 5 * 6 * 6, 10), (2, 5, 6, 6), &Device::Cpu).unwrap();
+        let grads = |y: Tensor| {
+            let g = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let param = layer.trainable().1.as_tensor();
+            [
+                flat(&y),
+                flat(g.get(x.as_tensor()).unwrap()),
+                flat(g.get(param).unwrap()),
+            ]
+        };
+        let elu = act.then_some(1.0);
+        let folded = grads(
+            layer
+                .forward_epilogue(
+                    x.as_tensor(),
+                    &c,
+                    &Epilogue {
+                        scale: Some(scale),
+                        elu,
+                        pool2: false,
+                    },
+                )
+                .unwrap(),
+        );
+        let mut y = layer.forward_t(x.as_tensor(), &c).unwrap();
+        y = bn.forward_t(&y, &c).unwrap();
+        if let Some(a) = elu {
+            y = ops::elu(&y, a, &c.kernels).unwrap();
+        }
+        let separate = grads(y);
+        for (what, (a, b)) in ["output", "input gradient", "parameter gradient"]
+            .iter()
+            .zip(folded.iter().zip(&separate))
+        {
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(a), bits(b), "masked {masked}, elu {act}: {what}");
+            assert!(
+                a.iter().any(|v| *v != 0.0),
+                "masked {masked}, elu {act}: {what} all zero"
+            );
+        }
+    }
 }

@@ -4,6 +4,7 @@
 
 use super::gemm::{self, Mat};
 use super::im2col::ConvDims;
+use super::pool::{pool2_plane, pool2_plane_grad};
 use super::{cpu_slice, elu, vectorized, with_f32, Effective};
 use crate::Result;
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
@@ -84,6 +85,10 @@ pub struct FusedLayer {
     pub geometry: Geometry,
     /// The frozen weight of a masked layer.
     pub weight: Option<Tensor>,
+    /// Convolutions: `Some((scale, shift))` applies `z * scale[c] + shift[c]` per output
+    /// channel before the activation (a batch norm with fixed statistics folded into the op,
+    /// computed as the stand-alone channel-affine op computes it).
+    pub affine: Option<(Vec<f32>, Vec<f32>)>,
     /// `Some(alpha)`: the op's output is `elu(layer(x))` (ELU fused as the epilogue, so the
     /// pre-activation never becomes a graph node).
     pub act: Option<f32>,
@@ -109,11 +114,30 @@ impl FusedLayer {
             eff,
             geometry,
             weight,
+            affine: None,
             act,
             pool2: pool2 && matches!(geometry, Geometry::Conv { .. }),
             saved: std::sync::Mutex::new(Vec::new()),
             score_sign: false,
         }
+    }
+
+    /// A convolution whose output channel `c` is `z * scale[c] + shift[c]` before the
+    /// activation (see [`FusedLayer::affine`]); a linear layer takes no affine epilogue.
+    pub fn with_affine(mut self, scale: Vec<f32>, shift: Vec<f32>) -> Result<Self> {
+        anyhow::ensure!(
+            matches!(self.geometry, Geometry::Conv { .. }),
+            "a channel-affine epilogue needs a convolution"
+        );
+        let c = self.eff.dims().0;
+        anyhow::ensure!(
+            scale.len() == c && shift.len() == c,
+            "channel-affine epilogue: {} scales and {} shifts for {c} channels",
+            scale.len(),
+            shift.len()
+        );
+        self.affine = Some((scale, shift));
+        Ok(self)
     }
 
     /// With `on`, the score gradient is `dL/dW_eff * W * sign(M)` (`sign(0) = +1`, as candle's
@@ -278,6 +302,9 @@ impl FusedLayer {
                     self.eff.matmul(cols, p, z);
                 })
             }
+            if let Some((scale, shift)) = &self.affine {
+                super::channel_affine_sample(z, scale, shift);
+            }
             if let Some(alpha) = self.act {
                 elu::elu_slice(z, alpha);
             }
@@ -341,7 +368,7 @@ impl FusedLayer {
                 } else {
                     0
                 };
-                let gz_len = if self.act.is_some() || self.pool2 {
+                let gz_len = if self.act.is_some() || self.pool2 || self.affine.is_some() {
                     o * p
                 } else {
                     0
@@ -349,7 +376,15 @@ impl FusedLayer {
                 for s in 0..samples {
                     let xs = &x[s * d.input()..(s + 1) * d.input()];
                     with_scratch([cols_len, gcols_len, gz_len], |cols, gcols, gz| {
-                        let gys: &[f32] = if self.pool2 {
+                        // Unpooled `gy` of this sample (with `pool2`, `gy` is pooled).
+                        let gys = if self.pool2 {
+                            &[][..]
+                        } else {
+                            &gy[s * o * p..(s + 1) * o * p]
+                        };
+                        // The pre-activation gradient into `gz`, through the pool and the ELU
+                        // (`in_gz`), then through the affine epilogue.
+                        let in_gz = if self.pool2 {
                             // `gy` and `y` are pooled; `y` is the activation before pooling.
                             let (ph, pw) = (d.oh / 2, d.ow / 2);
                             let z = &y[s * o * p..(s + 1) * o * p];
@@ -361,17 +396,27 @@ impl FusedLayer {
                             {
                                 pool2_plane_grad(z, g, d.ow, ph, pw, self.act, gz);
                             }
-                            gz
+                            true
+                        } else if let Some(alpha) = self.act {
+                            let ys = &y[s * o * p..(s + 1) * o * p];
+                            elu::elu_grad_slice(ys, gys, alpha, gz);
+                            true
                         } else {
-                            let gys = &gy[s * o * p..(s + 1) * o * p];
-                            match self.act {
-                                Some(alpha) => {
-                                    let ys = &y[s * o * p..(s + 1) * o * p];
-                                    elu::elu_grad_slice(ys, gys, alpha, gz);
-                                    gz
+                            false
+                        };
+                        let gys: &[f32] = match &self.affine {
+                            Some((scale, _)) => {
+                                if !in_gz {
+                                    gz.copy_from_slice(gys);
                                 }
-                                None => gys,
+                                // As the stand-alone channel-affine op's backward: `g * scale`.
+                                for (plane, &a) in gz.chunks_exact_mut(p).zip(scale) {
+                                    plane.iter_mut().for_each(|g| *g *= a);
+                                }
+                                gz
                             }
+                            None if in_gz => gz,
+                            None => gys,
                         };
                         let cols: &[f32] = if d.pointwise() {
                             xs
@@ -432,49 +477,6 @@ impl FusedLayer {
             with_f32(param, |m| gw.iter_mut().zip(m).for_each(flip)).map_err(to_candle)?;
         }
         Ok(gw)
-    }
-}
-
-/// 2x2 stride-2 max-pool of one `h x w` plane (`w` columns) into `ph x pw`.
-fn pool2_plane(z: &[f32], w: usize, ph: usize, pw: usize, out: &mut [f32]) {
-    for i in 0..ph {
-        let (r0, r1) = (&z[2 * i * w..], &z[(2 * i + 1) * w..]);
-        for j in 0..pw {
-            let c = 2 * j;
-            out[i * pw + j] = r0[c].max(r0[c + 1]).max(r1[c]).max(r1[c + 1]);
-        }
-    }
-}
-
-/// The gradient of [`pool2_plane`] (and of the ELU before it, from its output `z`): each
-/// window's gradient goes to its first maximum in row-major order, as the stand-alone pool's.
-fn pool2_plane_grad(
-    z: &[f32],
-    g: &[f32],
-    w: usize,
-    ph: usize,
-    pw: usize,
-    act: Option<f32>,
-    gz: &mut [f32],
-) {
-    gz.fill(0.0);
-    for i in 0..ph {
-        for j in 0..pw {
-            let at = [
-                2 * i * w + 2 * j,
-                2 * i * w + 2 * j + 1,
-                (2 * i + 1) * w + 2 * j,
-                (2 * i + 1) * w + 2 * j + 1,
-            ];
-            let m = at.iter().fold(f32::NEG_INFINITY, |m, &k| m.max(z[k]));
-            if let Some(&k) = at.iter().find(|&&k| z[k] == m) {
-                let d = match act {
-                    Some(alpha) if z[k] <= 0.0 => z[k] + alpha,
-                    _ => 1.0,
-                };
-                gz[k] = g[i * pw + j] * d;
-            }
-        }
     }
 }
 

@@ -128,3 +128,46 @@ impl CustomOp1 for MaxPool {
         Ok(Some(Tensor::from_vec(gx, arg.shape(), arg.device())?))
     }
 }
+
+/// 2x2 stride-2 max-pool of one `h x w` plane (`w` columns) into `ph x pw`.
+pub(crate) fn pool2_plane(z: &[f32], w: usize, ph: usize, pw: usize, out: &mut [f32]) {
+    for i in 0..ph {
+        let (r0, r1) = (&z[2 * i * w..], &z[(2 * i + 1) * w..]);
+        for j in 0..pw {
+            let c = 2 * j;
+            out[i * pw + j] = r0[c].max(r0[c + 1]).max(r1[c]).max(r1[c + 1]);
+        }
+    }
+}
+
+/// The gradient of [`pool2_plane`] (and of the ELU before it, from its output `z`): each
+/// window's gradient goes to its first maximum in row-major order, as the stand-alone pool's.
+pub(crate) fn pool2_plane_grad(
+    z: &[f32],
+    g: &[f32],
+    w: usize,
+    ph: usize,
+    pw: usize,
+    act: Option<f32>,
+    gz: &mut [f32],
+) {
+    gz.fill(0.0);
+    for i in 0..ph {
+        for j in 0..pw {
+            let at = [
+                2 * i * w + 2 * j,
+                2 * i * w + 2 * j + 1,
+                (2 * i + 1) * w + 2 * j,
+                (2 * i + 1) * w + 2 * j + 1,
+            ];
+            let m = at.iter().fold(f32::NEG_INFINITY, |m, &k| m.max(z[k]));
+            if let Some(&k) = at.iter().find(|&&k| z[k] == m) {
+                let d = match act {
+                    Some(alpha) if z[k] <= 0.0 => z[k] + alpha,
+                    _ => 1.0,
+                };
+                gz[k] = g[i * pw + j] * d;
+            }
+        }
+    }
+}

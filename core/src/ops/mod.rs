@@ -239,20 +239,22 @@ pub fn masked_linear(
     ctx: &ForwardCtx,
     elu: Option<f64>,
 ) -> Result<Tensor> {
-    masked(x, m, None, ctx, elu, false)
+    let epilogue = Epilogue {
+        elu,
+        ..Epilogue::default()
+    };
+    masked(x, m, None, ctx, &epilogue)
 }
 
-/// A masked convolution with `W * g(M)`, then `elu` with `Some(alpha)`, then (`pool2`) a 2x2
-/// stride-2 max-pool.
+/// A masked convolution with `W * g(M)`, then the `epilogue`.
 pub fn masked_conv(
     x: &Tensor,
     m: &MaskedArgs,
     conv: Conv,
     ctx: &ForwardCtx,
-    elu: Option<f64>,
-    pool2: bool,
+    epilogue: &Epilogue,
 ) -> Result<Tensor> {
-    masked(x, m, Some(conv), ctx, elu, pool2)
+    masked(x, m, Some(conv), ctx, epilogue)
 }
 
 /// A dense linear layer `y = x W^T` with trainable `w`, then `elu` with `Some(alpha)`.
@@ -263,21 +265,63 @@ pub fn dense_linear(
     ctx: &ForwardCtx,
     elu: Option<f64>,
 ) -> Result<Tensor> {
-    dense(x, name, w, None, ctx, elu, false)
+    let epilogue = Epilogue {
+        elu,
+        ..Epilogue::default()
+    };
+    dense(x, name, w, None, ctx, &epilogue)
 }
 
-/// A dense convolution with trainable `w`, then `elu` with `Some(alpha)`, then (`pool2`) a 2x2
-/// stride-2 max-pool.
+/// A dense convolution with trainable `w`, then the `epilogue`.
 pub fn dense_conv(
     x: &Tensor,
     name: &str,
     w: &Tensor,
     conv: Conv,
     ctx: &ForwardCtx,
-    elu: Option<f64>,
-    pool2: bool,
+    epilogue: &Epilogue,
 ) -> Result<Tensor> {
-    dense(x, name, w, Some(conv), ctx, elu, pool2)
+    dense(x, name, w, Some(conv), ctx, epilogue)
+}
+
+/// What a weight layer's op applies to the layer's output, in this order. On the fused path
+/// it runs inside the layer's op, so no intermediate becomes a graph node; the values and
+/// gradients are those of the separate ops, bit for bit.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Epilogue {
+    /// Convolutions: `y * scale`, the parameter-free batch norm `x / sqrt(1 + eps)` (mode
+    /// `none`, the authors' frozen BN of the signed ResNets) folded into the layer.
+    pub scale: Option<f64>,
+    /// An ELU with this alpha.
+    pub elu: Option<f64>,
+    /// Convolutions: a 2x2 stride-2 max-pool (odd sizes floored).
+    pub pool2: bool,
+}
+
+impl Epilogue {
+    /// The fused layer op of `eff` with this epilogue.
+    fn fused(
+        &self,
+        eff: Effective,
+        geometry: Geometry,
+        weight: Option<Tensor>,
+    ) -> Result<FusedLayer> {
+        let op = FusedLayer::new(
+            eff,
+            geometry,
+            weight,
+            self.elu.map(|a| a as f32),
+            self.pool2,
+        );
+        match self.scale {
+            None => Ok(op),
+            Some(s) => {
+                let c = op.eff.dims().0;
+                // As the stand-alone op: `z * s + 0` with `s` rounded to f32 (candle's affine).
+                op.with_affine(vec![s as f32; c], vec![0.0; c])
+            }
+        }
+    }
 }
 
 /// The masked layer ops. Fused: one op computing the layer with its ELU and max-pool
@@ -288,8 +332,7 @@ fn masked(
     m: &MaskedArgs,
     conv: Option<Conv>,
     ctx: &ForwardCtx,
-    elu: Option<f64>,
-    pool2: bool,
+    epilogue: &Epilogue,
 ) -> Result<Tensor> {
     let path = ctx.kernels.path;
     let gradient = m.mask.gradient();
@@ -302,8 +345,8 @@ fn masked(
     {
         let eff = masked_effective(m, layout(&ctx.kernels))?;
         let geometry = geometry(m.weight, conv)?;
-        let act = elu.map(|a| a as f32);
-        let op = FusedLayer::new(eff, geometry, Some(m.weight.clone()), act, pool2)
+        let op = epilogue
+            .fused(eff, geometry, Some(m.weight.clone()))?
             .with_score_sign(gradient == MaskGradient::StraightThroughAbs);
         return op
             .apply(x, m.scores)
@@ -311,7 +354,7 @@ fn masked(
     }
     let w = reference::masked_weight(m)?;
     let y = reference::layer(x, &w, conv).with_context(|| format!("layer {}", m.name))?;
-    reference_epilogue(y, elu, pool2, &ctx.kernels)
+    reference_epilogue(y, epilogue, &ctx.kernels)
 }
 
 /// The dense layer ops: as [`masked`], with the trainable weight as the op's weight.
@@ -321,8 +364,7 @@ fn dense(
     w: &Tensor,
     conv: Option<Conv>,
     ctx: &ForwardCtx,
-    elu: Option<f64>,
-    pool2: bool,
+    epilogue: &Epilogue,
 ) -> Result<Tensor> {
     let path = ctx.kernels.path;
     if fused_for(path, x) && fused_for(path, w) {
@@ -330,11 +372,11 @@ fn dense(
         let cols = w.elem_count() / rows;
         let data = with_f32(w, |w| w.to_vec())?;
         let eff = Effective::Dense { rows, cols, data };
-        let op = FusedLayer::new(eff, geometry(w, conv)?, None, elu.map(|a| a as f32), pool2);
+        let op = epilogue.fused(eff, geometry(w, conv)?, None)?;
         return op.apply(x, w).with_context(|| format!("layer {name}"));
     }
     let y = reference::layer(x, w, conv).with_context(|| format!("layer {name}"))?;
-    reference_epilogue(y, elu, pool2, &ctx.kernels)
+    reference_epilogue(y, epilogue, &ctx.kernels)
 }
 
 /// The fused geometry of a layer with weight `w`: linear, or the convolution `conv`.
@@ -356,19 +398,22 @@ fn geometry(w: &Tensor, conv: Option<Conv>) -> Result<Geometry> {
     })
 }
 
-/// After a reference layer: candle's `elu`, then the 2x2 max-pool. The pool is its own op
-/// ([`max_pool2`]), so a layer the fused kernels do not take (a mask with a surrogate
-/// gradient) still pools with the fused kernel when the config asks for it.
+/// After a reference layer: the scale (as the reference batch norm of mode `none`), candle's
+/// `elu`, then the 2x2 max-pool. The pool is its own op ([`max_pool2`]), so a layer the fused
+/// kernels do not take (a mask with a surrogate gradient) still pools with the fused kernel
+/// when the config asks for it.
 fn reference_epilogue(
     mut y: Tensor,
-    elu: Option<f64>,
-    pool2: bool,
+    epilogue: &Epilogue,
     kernels: &KernelConfig,
 ) -> Result<Tensor> {
-    if let Some(alpha) = elu {
+    if let Some(s) = epilogue.scale {
+        y = y.affine(s, 0.0)?;
+    }
+    if let Some(alpha) = epilogue.elu {
         y = reference::elu(&y, alpha)?;
     }
-    if pool2 {
+    if epilogue.pool2 {
         y = max_pool2(&y, kernels)?;
     }
     Ok(y)
