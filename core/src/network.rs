@@ -6,7 +6,8 @@
 //! ([`Layer::forward_epilogue`]), as does a convolution followed by a parameter-free batch norm
 //! (mode `none`, the signed ResNets'; then the ELU may follow), so on the fused path neither
 //! the pre-activation nor the unpooled map becomes a graph node, with the values and gradients
-//! of the separate ops bit for bit; every other step is one op of [`crate::ops`].
+//! of the separate ops bit for bit; a residual sum followed by an ELU is one op
+//! ([`ops::add_elu`]); every other step is one op of [`crate::ops`].
 
 use crate::{
     arch::{Architecture, Step},
@@ -154,10 +155,17 @@ impl Network {
                 Node::GlobalAvgPool => global_avg_pool(&x)?,
                 Node::Residual { main, shortcut } => {
                     let m = self.run(main, &x, ctx)?;
-                    if shortcut.is_empty() {
-                        (m + &x)?
+                    let s = if shortcut.is_empty() {
+                        x.clone()
                     } else {
-                        (m + self.run(shortcut, &x, ctx)?)?
+                        self.run(shortcut, &x, ctx)?
+                    };
+                    // The ELU after a residual sum joins it in one op.
+                    if matches!(nodes.get(i + 1), Some(Node::Elu)) {
+                        used += 1;
+                        ops::add_elu(&m, &s, alpha, &ctx.kernels)?
+                    } else {
+                        (m + s)?
                     }
                 }
             };

@@ -4,7 +4,7 @@
 //! a second `exp`. The same code is the epilogue of fused layers (`FusedLayer::act`).
 
 use super::{cpu_slice, vectorized, with_f32};
-use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 /// Elements per parallel task.
@@ -128,6 +128,63 @@ impl CustomOp1 for Elu {
     }
 }
 
+/// `elu(a + b)` as one op (a residual block's sum and the ELU after it): the sum as candle's
+/// `add` computes it, then the stand-alone ELU's forward, so the values are those of the two
+/// ops; the backward passes the ELU's gradient to both inputs.
+pub(crate) struct AddElu(pub f32);
+
+impl CustomOp2 for AddElu {
+    fn name(&self) -> &'static str {
+        "supermask-add-elu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        if l1.dims() != l2.dims() {
+            return Err(candle_core::Error::Msg(format!(
+                "add-elu: shapes {:?} and {:?} differ",
+                l1.dims(),
+                l2.dims()
+            )));
+        }
+        let (a, b) = (cpu_slice(s1, l1)?, cpu_slice(s2, l2)?);
+        let mut y = vec![0.0f32; a.len()];
+        let alpha = self.0;
+        y.par_chunks_mut(CHUNK)
+            .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
+            .for_each(|(y, (a, b))| {
+                vectorized(
+                    #[inline(always)]
+                    || {
+                        for ((y, a), b) in y.iter_mut().zip(a).zip(b) {
+                            *y = elu1(a + b, alpha);
+                        }
+                    },
+                )
+            });
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        a: &Tensor,
+        _b: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let gx = with_f32(res, |y| with_f32(grad, |g| elu_grad(y, g, self.0)))
+            .and_then(|r| r)
+            .map_err(|e| candle_core::Error::Msg(format!("{e:#}")))?;
+        let gx = Tensor::from_vec(gx, a.shape(), a.device())?;
+        Ok((Some(gx.clone()), Some(gx)))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -157,5 +214,32 @@ mod tests {
         assert_eq!(elu1(-100.0, 1.0), -1.0);
         assert!(elu1(f32::NAN, 1.0).is_nan());
         assert!(elu1(-f32::NAN, 1.0).is_nan());
+    }
+
+    /// `elu(a + b)` as one op gives the output and both gradients of candle's sum followed by
+    /// the stand-alone ELU, bit for bit (a residual block's end in `Network`).
+    #[test]
+    fn add_elu_equals_sum_then_elu_bitwise() {
+        use candle_core::{Device, Var};
+        let n = 3 * 5 * 7 * 7;
+        let v = |seed| crate::rng::spread_values(n, seed, -2.0, 2.0);
+        let a = Var::from_vec(v(1), (3, 5, 7, 7), &Device::Cpu).unwrap();
+        let b = Var::from_vec(v(2), (3, 5, 7, 7), &Device::Cpu).unwrap();
+        let r = Tensor::from_vec(v(3), (3, 5, 7, 7), &Device::Cpu).unwrap();
+        let run = |y: Tensor| {
+            let g = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            let bits = |t: &Tensor| -> Vec<u32> {
+                let v = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                v.iter().map(|x| x.to_bits()).collect()
+            };
+            [bits(&y), bits(g.get(&a).unwrap()), bits(g.get(&b).unwrap())]
+        };
+        let fused = run(super::super::add_elu(&a, &b, 0.7).unwrap());
+        let sum = (a.as_tensor() + b.as_tensor()).unwrap();
+        let separate = run(super::super::elu(&sum, 0.7).unwrap());
+        assert_eq!(fused, separate);
+        // Both signs occur, so both branches of the ELU and its gradient are compared.
+        let y = f32::from_bits;
+        assert!(fused[0].iter().any(|&v| y(v) < 0.0) && fused[0].iter().any(|&v| y(v) > 0.0));
     }
 }

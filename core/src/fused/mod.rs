@@ -54,6 +54,13 @@ pub fn elu(x: &Tensor, alpha: f64) -> Result<Tensor> {
     Ok(x.contiguous()?.apply_op1(elu::Elu(alpha as f32))?)
 }
 
+/// `elu(a + b)` as one op (the values and gradients of `a + b` then [`elu`]), for CPU f32
+/// tensors of one shape.
+pub fn add_elu(a: &Tensor, b: &Tensor, alpha: f64) -> Result<Tensor> {
+    Ok(a.contiguous()?
+        .apply_op2(&b.contiguous()?, elu::AddElu(alpha as f32))?)
+}
+
 /// ELU in place on this thread (vectorized), as the fused layers compute it.
 pub fn elu_in_place(v: &mut [f32], alpha: f32) {
     elu::elu_slice(v, alpha)

@@ -55,6 +55,16 @@ pub fn elu(x: &Tensor, alpha: f64, kernels: &KernelConfig) -> Result<Tensor> {
     }
 }
 
+/// `elu(a + b)`: a residual block's sum and the ELU after it, one op on the fused path (the
+/// same values and gradients as the sum and [`elu`]).
+pub fn add_elu(a: &Tensor, b: &Tensor, alpha: f64, kernels: &KernelConfig) -> Result<Tensor> {
+    if fused_for(kernels.path, a) && fused_for(kernels.path, b) {
+        fused::add_elu(a, b, alpha)
+    } else {
+        reference::elu(&(a + b)?, alpha)
+    }
+}
+
 /// Max-pooling `2 x 2`, stride 2, of `[n, c, h, w]` (odd sizes are floored).
 pub fn max_pool2(x: &Tensor, kernels: &KernelConfig) -> Result<Tensor> {
     if fused_for(kernels.path, x) {
