@@ -145,8 +145,30 @@ pub fn unit_values(n: usize, seed: u64) -> Vec<f32> {
     supermask_core::rng::spread_values(n, seed, 0.0, 1.0)
 }
 
-/// Runs `python3 <script> <args>` if `torch` imports; returns its JSON line.
+/// Runs `python3 <script> <args>` if `torch` imports; returns its last line parsed as JSON.
 pub fn run_torch(script: &str, args: &[&str]) -> Option<serde_json::Value> {
+    let text = torch_stdout(script, args)?;
+    serde_json::from_str(text.lines().last()?).ok()
+}
+
+/// Runs `python3 <script> <args>` if `torch` imports; returns every non-empty line of its
+/// standard output parsed as JSON (the training scripts print one line an epoch). `None`,
+/// with the reason on standard error, when torch does not import, the script fails, or a line
+/// is not JSON.
+pub fn run_torch_lines(script: &str, args: &[&str]) -> Option<Vec<serde_json::Value>> {
+    let text = torch_stdout(script, args)?;
+    let parsed: Result<Vec<_>, _> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(serde_json::from_str)
+        .collect();
+    parsed
+        .map_err(|e| eprintln!("{script} printed a line that is not JSON ({e})"))
+        .ok()
+}
+
+/// The standard output of `python3 <script> <args>`, if `torch` imports and the script succeeds.
+fn torch_stdout(script: &str, args: &[&str]) -> Option<String> {
     let probe = Command::new("python3")
         .args(["-c", "import torch"])
         .output()
@@ -164,8 +186,7 @@ pub fn run_torch(script: &str, args: &[&str]) -> Option<serde_json::Value> {
         eprintln!("{script} failed: {}", String::from_utf8_lossy(&out.stderr));
         return None;
     }
-    let line = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(line.lines().last()?).ok()
+    Some(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// A ternary layer with `density` of its entries kept at random positions with random signs,
