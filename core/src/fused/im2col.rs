@@ -149,8 +149,42 @@ impl ConvDims {
         }
     }
 
+    /// The adjoint of [`ConvDims::shifted_copy`]: one kernel offset's rows of `g` added to
+    /// `plane` as one shifted, contiguous sum. The entries of the columns outside `cols_ok`
+    /// would land on the neighbouring row's edge, so they are set to `+0.0` first; adding
+    /// `+0.0` changes no sum (a sum started at `+0.0` is never `-0.0` in round-to-nearest),
+    /// so the result is bit-identical to adding row by row.
+    #[inline(always)]
+    fn shifted_add(
+        &self,
+        g: &mut [f32],
+        ki: usize,
+        kj: usize,
+        rows: std::ops::Range<usize>,
+        cols_ok: std::ops::Range<usize>,
+        plane: &mut [f32],
+    ) {
+        let w = self.w;
+        for row in g[rows.start * w..rows.end * w].chunks_exact_mut(w) {
+            for v in &mut row[..cols_ok.start] {
+                *v = 0.0;
+            }
+            for v in &mut row[cols_ok.end..] {
+                *v = 0.0;
+            }
+        }
+        let a = rows.start * w + cols_ok.start;
+        let b = (rows.end - 1) * w + cols_ok.end;
+        let dst = (rows.start + ki - self.pad) * w + cols_ok.start + kj - self.pad;
+        for (d, g) in plane[dst..dst + (b - a)].iter_mut().zip(&g[a..b]) {
+            *d += g;
+        }
+    }
+
     /// The adjoint of [`ConvDims::im2col`]: `gx = sum over patches of gcols` (overwrites `gx`).
-    pub(super) fn col2im(&self, gcols: &[f32], gx: &mut [f32]) {
+    /// The entries of `gcols` that padding covers are ignored; they may be overwritten with
+    /// zeros (scratch).
+    pub(super) fn col2im(&self, gcols: &mut [f32], gx: &mut [f32]) {
         vectorized(
             #[inline(always)]
             || self.col2im_impl(gcols, gx),
@@ -158,8 +192,9 @@ impl ConvDims {
     }
 
     #[inline(always)]
-    fn col2im_impl(&self, gcols: &[f32], gx: &mut [f32]) {
+    fn col2im_impl(&self, gcols: &mut [f32], gx: &mut [f32]) {
         let p = self.positions();
+        let same = self.stride == 1 && self.ow == self.w;
         gx.fill(0.0);
         for c in 0..self.c {
             let plane = &mut gx[c * self.h * self.w..(c + 1) * self.h * self.w];
@@ -168,7 +203,11 @@ impl ConvDims {
                 for kj in 0..self.k {
                     let cols_ok = self.valid(kj, self.w, self.ow);
                     let r = (c * self.k + ki) * self.k + kj;
-                    let src = &gcols[r * p..(r + 1) * p];
+                    let src = &mut gcols[r * p..(r + 1) * p];
+                    if same && !rows.is_empty() && !cols_ok.is_empty() {
+                        self.shifted_add(src, ki, kj, rows.clone(), cols_ok.clone(), plane);
+                        continue;
+                    }
                     for oh in rows.clone() {
                         let ih = oh * self.stride + ki - self.pad;
                         let dst = &mut plane[ih * self.w..(ih + 1) * self.w];
@@ -222,6 +261,31 @@ mod tests {
         cols
     }
 
+    /// `gx` by the definition of [`ConvDims::col2im`]: every valid entry of `gcols` added to
+    /// its input position, in the order of the rows of `gcols`.
+    fn naive_col2im(d: &ConvDims, gcols: &[f32]) -> Vec<f32> {
+        let p = d.positions();
+        let mut gx = vec![0.0f32; d.input()];
+        for c in 0..d.c {
+            for ki in 0..d.k {
+                for kj in 0..d.k {
+                    let r = (c * d.k + ki) * d.k + kj;
+                    for oh in 0..d.oh {
+                        for ow in 0..d.ow {
+                            let ih = (oh * d.stride + ki) as isize - d.pad as isize;
+                            let iw = (ow * d.stride + kj) as isize - d.pad as isize;
+                            if (0..d.h as isize).contains(&ih) && (0..d.w as isize).contains(&iw) {
+                                gx[(c * d.h + ih as usize) * d.w + iw as usize] +=
+                                    gcols[r * p + oh * d.ow + ow];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        gx
+    }
+
     /// The fast paths (the shifted copy of stride-1 "same" convolutions, the row copies of the
     /// others) give the definition's matrix exactly, over the geometries the models use and
     /// odd ones; the output buffer starts as NaN so an entry left unwritten shows.
@@ -248,6 +312,56 @@ mod tests {
             d.im2col(&x, &mut cols);
             let want = naive(&d, &x);
             for (i, (a, b)) in cols.iter().zip(&want).enumerate() {
+                assert!(
+                    a.to_bits() == b.to_bits(),
+                    "{:?}: entry {i}: {a} vs {b}",
+                    (c, h, w, k, stride, pad)
+                );
+            }
+        }
+    }
+
+    /// col2im's fast path (the shifted sum of stride-1 "same" convolutions) gives the
+    /// definition's sums bit for bit, with values whose sums round (so a changed order of
+    /// additions shows) and NaN in the entries padding covers (which must be ignored).
+    #[test]
+    fn col2im_equals_its_definition() {
+        let cases = [
+            (3, 8, 8, 3, 1, 1),
+            (2, 5, 7, 3, 1, 1),
+            (2, 1, 1, 3, 1, 1),
+            (2, 9, 6, 5, 1, 2),
+            (2, 8, 8, 3, 1, 0),
+            (2, 7, 9, 3, 2, 1),
+            (1, 4, 4, 2, 1, 1),
+        ];
+        for (c, h, w, k, stride, pad) in cases {
+            let d = ConvDims::new(&[1, c, h, w], c, k, stride, pad).expect("geometry");
+            // im2col of NaNs marks which entries padding covers (they stay 0 there).
+            let mut mask = vec![0.0f32; d.patch() * d.positions()];
+            d.im2col(&vec![f32::NAN; d.input()], &mut mask);
+            let gcols: Vec<f32> = mask
+                .iter()
+                .enumerate()
+                .map(|(i, m)| {
+                    if m.is_nan() {
+                        // 1/3, 1/7, ... in alternating signs: sums that round.
+                        let v = 1.0 / (3 + 4 * (i % 5)) as f32;
+                        if i % 2 == 0 {
+                            v
+                        } else {
+                            -v * 1.1
+                        }
+                    } else {
+                        f32::NAN
+                    }
+                })
+                .collect();
+            let want = naive_col2im(&d, &gcols);
+            let mut scratch = gcols.clone();
+            let mut gx = vec![f32::NAN; d.input()];
+            d.col2im(&mut scratch, &mut gx);
+            for (i, (a, b)) in gx.iter().zip(&want).enumerate() {
                 assert!(
                     a.to_bits() == b.to_bits(),
                     "{:?}: entry {i}: {a} vs {b}",
