@@ -18,19 +18,13 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use candle_core::Device;
 use std::time::Instant;
-use supermask_benches::{run_torch, set_threads, synthetic_learnable, unhealthy};
+use supermask_benches::{
+    run_torch, set_threads, synthetic_learnable, unhealthy, Workload, LOSS_BOUND,
+};
 use supermask_train::{config::RunConfig, Trainer};
 
 const STEPS: usize = 5;
 const WARMUP: usize = 2;
-/// Largest loss of a healthy run (see the module docs).
-const LOSS_BOUND: f64 = 10.0;
-
-struct Workload {
-    name: &'static str,
-    preset: &'static str,
-    torch: &'static [&'static str],
-}
 
 const WORKLOADS: &[Workload] = &[
     Workload {

@@ -25,21 +25,12 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use candle_core::Device;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
-use supermask_benches::{run_torch_lines, set_threads, unhealthy};
+use supermask_benches::{run_torch_lines, set_threads, unhealthy, Workload, LOSS_BOUND};
 use supermask_train::config::RunConfig;
 use supermask_train::run::{self, Start, TrainRequest};
 
-/// Largest per-epoch training loss of a healthy run.
-const LOSS_BOUND: f64 = 10.0;
-
-struct Workload {
-    name: &'static str,
-    preset: &'static str,
-    /// `torch_train.py` arguments of the same recipe (the commands in
-    /// docs/results/conv-real-data.md that reproduced our 15-epoch runs).
-    torch: &'static [&'static str],
-}
-
+/// The `torch_train.py` arguments are the commands in docs/results/conv-real-data.md that
+/// reproduced our 15-epoch runs.
 const WORKLOADS: &[Workload] = &[
     Workload {
         name: "conv4",

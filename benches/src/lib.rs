@@ -52,6 +52,21 @@ fn set_ftz_daz() {
 #[cfg(not(target_arch = "x86_64"))]
 fn set_ftz_daz() {}
 
+/// Largest loss of a healthy training run in the conv benchmarks (chance level for 10 classes
+/// is 2.3; the clipped loss cannot exceed 16.1): see [`unhealthy`].
+pub const LOSS_BOUND: f64 = 10.0;
+
+/// A conv benchmark's workload: a preset (its TOML text) and the arguments that make the
+/// PyTorch script run the same recipe.
+pub struct Workload {
+    /// Row label.
+    pub name: &'static str,
+    /// The preset's TOML text (`include_str!` of a file under `configs/`).
+    pub preset: &'static str,
+    /// The PyTorch script's arguments for the same net and recipe.
+    pub torch: &'static [&'static str],
+}
+
 /// Why a benchmark run's losses do not show a healthy training run, if they do not: a
 /// non-finite loss, one above `bound` (chance level for 10 classes is 2.3; the clipped loss
 /// cannot exceed 16.1), or a last loss more than twice the first. A ratio is only reported

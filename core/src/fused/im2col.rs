@@ -2,6 +2,7 @@
 //! lowering of a convolution to a GEMM).
 
 use super::vectorized;
+use std::ops::Range;
 
 /// Convolution geometry of one sample.
 #[derive(Clone, Copy, Debug)]
@@ -56,7 +57,7 @@ impl ConvDims {
     #[inline(always)]
     /// For kernel offset `kk` along one axis: the output range whose input index
     /// `o * stride + kk - pad` lies inside `0..size`.
-    fn valid(&self, kk: usize, size: usize, outs: usize) -> std::ops::Range<usize> {
+    fn valid(&self, kk: usize, size: usize, outs: usize) -> Range<usize> {
         let lo = self.pad.saturating_sub(kk).div_ceil(self.stride);
         let hi = if size + self.pad > kk {
             ((size + self.pad - kk - 1) / self.stride + 1).min(outs)
@@ -119,64 +120,72 @@ impl ConvDims {
         }
     }
 
-    /// One kernel offset `(ki, kj)` of a stride-1 "same" convolution's im2col: output
-    /// `(oh, ow)` reads `plane[(oh + ki - pad) * w + ow + kj - pad]`, a constant shift of the
-    /// flat index, so the rows in `rows` are one copy; the entries of the columns outside
-    /// `cols_ok` (which that copy fills from the neighbouring row) are zeroed after it.
+    /// One kernel offset `(ki, kj)` of a stride-1 "same" convolution: output `(oh, ow)` reads
+    /// `plane[(oh + ki - pad) * w + ow + kj - pad]`, a constant shift of the flat index. So
+    /// the entries `a..b` of the offset's column row (from the first valid entry of the first
+    /// valid row to the last of the last, both inside the plane) pair with the plane's entries
+    /// from the returned start on; in between, the columns outside `cols_ok` pair with the
+    /// neighbouring row's edge ([`zero_margins`] handles them).
+    #[inline(always)]
+    fn shifted_block(
+        &self,
+        ki: usize,
+        kj: usize,
+        rows: &Range<usize>,
+        cols_ok: &Range<usize>,
+    ) -> (Range<usize>, usize) {
+        let w = self.w;
+        let a = rows.start * w + cols_ok.start;
+        let b = (rows.end - 1) * w + cols_ok.end;
+        (
+            a..b,
+            (rows.start + ki - self.pad) * w + cols_ok.start + kj - self.pad,
+        )
+    }
+
+    /// im2col of one kernel offset of a stride-1 "same" convolution ([`Self::shifted_block`]):
+    /// one copy, then the column margins zeroed.
     #[inline(always)]
     fn shifted_copy(
         &self,
         plane: &[f32],
         ki: usize,
         kj: usize,
-        rows: std::ops::Range<usize>,
-        cols_ok: std::ops::Range<usize>,
+        rows: Range<usize>,
+        cols_ok: Range<usize>,
         out: &mut [f32],
     ) {
-        let w = self.w;
-        // First and last in-range entries of the block; both read inside the plane.
-        let a = rows.start * w + cols_ok.start;
-        let b = (rows.end - 1) * w + cols_ok.end;
-        let src = (rows.start + ki - self.pad) * w + cols_ok.start + kj - self.pad;
-        out[a..b].copy_from_slice(&plane[src..src + (b - a)]);
-        for row in out[rows.start * w..rows.end * w].chunks_exact_mut(w) {
-            for v in &mut row[..cols_ok.start] {
-                *v = 0.0;
-            }
-            for v in &mut row[cols_ok.end..] {
-                *v = 0.0;
-            }
-        }
+        let (block, src) = self.shifted_block(ki, kj, &rows, &cols_ok);
+        out[block.clone()].copy_from_slice(&plane[src..src + block.len()]);
+        zero_margins(
+            &mut out[rows.start * self.w..rows.end * self.w],
+            self.w,
+            &cols_ok,
+        );
     }
 
     /// The adjoint of [`ConvDims::shifted_copy`]: one kernel offset's rows of `g` added to
-    /// `plane` as one shifted, contiguous sum. The entries of the columns outside `cols_ok`
-    /// would land on the neighbouring row's edge, so they are set to `+0.0` first; adding
-    /// `+0.0` changes no sum (a sum started at `+0.0` is never `-0.0` in round-to-nearest),
-    /// so the result is bit-identical to adding row by row.
+    /// `plane` as one shifted, contiguous sum. The margin entries would land on the
+    /// neighbouring row's edge, so they are set to `+0.0` first; adding `+0.0` changes no sum
+    /// (a sum started at `+0.0` is never `-0.0` in round-to-nearest), so the result is
+    /// bit-identical to adding row by row.
     #[inline(always)]
     fn shifted_add(
         &self,
         g: &mut [f32],
         ki: usize,
         kj: usize,
-        rows: std::ops::Range<usize>,
-        cols_ok: std::ops::Range<usize>,
+        rows: Range<usize>,
+        cols_ok: Range<usize>,
         plane: &mut [f32],
     ) {
-        let w = self.w;
-        for row in g[rows.start * w..rows.end * w].chunks_exact_mut(w) {
-            for v in &mut row[..cols_ok.start] {
-                *v = 0.0;
-            }
-            for v in &mut row[cols_ok.end..] {
-                *v = 0.0;
-            }
-        }
-        let a = rows.start * w + cols_ok.start;
-        let b = (rows.end - 1) * w + cols_ok.end;
-        let dst = (rows.start + ki - self.pad) * w + cols_ok.start + kj - self.pad;
-        for (d, g) in plane[dst..dst + (b - a)].iter_mut().zip(&g[a..b]) {
+        zero_margins(
+            &mut g[rows.start * self.w..rows.end * self.w],
+            self.w,
+            &cols_ok,
+        );
+        let (block, dst) = self.shifted_block(ki, kj, &rows, &cols_ok);
+        for (d, g) in plane[dst..dst + block.len()].iter_mut().zip(&g[block]) {
             *d += g;
         }
     }
@@ -230,14 +239,28 @@ impl ConvDims {
     }
 }
 
+/// Zeroes the entries outside `cols_ok` of every `w`-wide row of `rows`.
+#[inline(always)]
+fn zero_margins(rows: &mut [f32], w: usize, cols_ok: &Range<usize>) {
+    for row in rows.chunks_exact_mut(w) {
+        for v in &mut row[..cols_ok.start] {
+            *v = 0.0;
+        }
+        for v in &mut row[cols_ok.end..] {
+            *v = 0.0;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::ConvDims;
 
-    /// `cols` by the definition in [`ConvDims::im2col`]'s doc, one entry at a time.
-    fn naive(d: &ConvDims, x: &[f32]) -> Vec<f32> {
+    /// Calls `f(cols index, input index)` for every entry of the column matrix in the order
+    /// of its rows, with `None` where padding covers the entry: the definition of
+    /// [`ConvDims::im2col`]'s doc, one entry at a time.
+    fn for_each_entry(d: &ConvDims, mut f: impl FnMut(usize, Option<usize>)) {
         let p = d.positions();
-        let mut cols = vec![0.0f32; d.patch() * p];
         for c in 0..d.c {
             for ki in 0..d.k {
                 for kj in 0..d.k {
@@ -248,76 +271,71 @@ mod tests {
                             let iw = (ow * d.stride + kj) as isize - d.pad as isize;
                             let inside =
                                 (0..d.h as isize).contains(&ih) && (0..d.w as isize).contains(&iw);
-                            cols[r * p + oh * d.ow + ow] = if inside {
-                                x[(c * d.h + ih as usize) * d.w + iw as usize]
-                            } else {
-                                0.0
-                            };
+                            let src = inside.then(|| (c * d.h + ih as usize) * d.w + iw as usize);
+                            f(r * p + oh * d.ow + ow, src);
                         }
                     }
                 }
             }
         }
+    }
+
+    /// `cols` by the definition.
+    fn naive(d: &ConvDims, x: &[f32]) -> Vec<f32> {
+        let mut cols = vec![0.0f32; d.patch() * d.positions()];
+        for_each_entry(d, |i, src| cols[i] = src.map_or(0.0, |j| x[j]));
         cols
     }
 
     /// `gx` by the definition of [`ConvDims::col2im`]: every valid entry of `gcols` added to
     /// its input position, in the order of the rows of `gcols`.
     fn naive_col2im(d: &ConvDims, gcols: &[f32]) -> Vec<f32> {
-        let p = d.positions();
         let mut gx = vec![0.0f32; d.input()];
-        for c in 0..d.c {
-            for ki in 0..d.k {
-                for kj in 0..d.k {
-                    let r = (c * d.k + ki) * d.k + kj;
-                    for oh in 0..d.oh {
-                        for ow in 0..d.ow {
-                            let ih = (oh * d.stride + ki) as isize - d.pad as isize;
-                            let iw = (ow * d.stride + kj) as isize - d.pad as isize;
-                            if (0..d.h as isize).contains(&ih) && (0..d.w as isize).contains(&iw) {
-                                gx[(c * d.h + ih as usize) * d.w + iw as usize] +=
-                                    gcols[r * p + oh * d.ow + ow];
-                            }
-                        }
-                    }
-                }
+        for_each_entry(d, |i, src| {
+            if let Some(j) = src {
+                gx[j] += gcols[i];
             }
-        }
+        });
         gx
     }
+
+    fn assert_bitwise(got: &[f32], want: &[f32], case: (usize, usize, usize, usize, usize, usize)) {
+        assert_eq!(got.len(), want.len(), "{case:?}");
+        for (i, (a, b)) in got.iter().zip(want).enumerate() {
+            assert!(
+                a.to_bits() == b.to_bits(),
+                "{case:?}: entry {i}: {a} vs {b}"
+            );
+        }
+    }
+
+    /// `(c, h, w, k, stride, pad)`: the same-padded 3x3 convolutions of the models (square,
+    /// non-square, 1x1 maps), 5x5 "same", unpadded, strided, pointwise, 2x2 and over-padded.
+    const CASES: [(usize, usize, usize, usize, usize, usize); 11] = [
+        (3, 8, 8, 3, 1, 1),
+        (2, 5, 7, 3, 1, 1),
+        (2, 1, 1, 3, 1, 1),
+        (1, 2, 3, 3, 1, 1),
+        (2, 9, 6, 5, 1, 2),
+        (2, 8, 8, 3, 1, 0),
+        (2, 8, 8, 3, 2, 1),
+        (2, 7, 9, 3, 2, 1),
+        (3, 6, 6, 1, 2, 0),
+        (1, 4, 4, 2, 1, 1),
+        (2, 3, 3, 3, 1, 2),
+    ];
 
     /// The fast paths (the shifted copy of stride-1 "same" convolutions, the row copies of the
     /// others) give the definition's matrix exactly, over the geometries the models use and
     /// odd ones; the output buffer starts as NaN so an entry left unwritten shows.
     #[test]
     fn im2col_equals_its_definition() {
-        // (c, h, w, k, stride, pad)
-        let cases = [
-            (3, 8, 8, 3, 1, 1),
-            (2, 5, 7, 3, 1, 1),
-            (2, 1, 1, 3, 1, 1),
-            (1, 2, 3, 3, 1, 1),
-            (2, 9, 6, 5, 1, 2),
-            (2, 8, 8, 3, 1, 0),
-            (2, 8, 8, 3, 2, 1),
-            (2, 7, 9, 3, 2, 1),
-            (3, 6, 6, 1, 2, 0),
-            (1, 4, 4, 2, 1, 1),
-            (2, 3, 3, 3, 1, 2),
-        ];
-        for (c, h, w, k, stride, pad) in cases {
+        for (c, h, w, k, stride, pad) in CASES {
             let d = ConvDims::new(&[1, c, h, w], c, k, stride, pad).expect("geometry");
             let x: Vec<f32> = (0..d.input()).map(|i| i as f32 + 1.0).collect();
             let mut cols = vec![f32::NAN; d.patch() * d.positions()];
             d.im2col(&x, &mut cols);
-            let want = naive(&d, &x);
-            for (i, (a, b)) in cols.iter().zip(&want).enumerate() {
-                assert!(
-                    a.to_bits() == b.to_bits(),
-                    "{:?}: entry {i}: {a} vs {b}",
-                    (c, h, w, k, stride, pad)
-                );
-            }
+            assert_bitwise(&cols, &naive(&d, &x), (c, h, w, k, stride, pad));
         }
     }
 
@@ -326,16 +344,7 @@ mod tests {
     /// additions shows) and NaN in the entries padding covers (which must be ignored).
     #[test]
     fn col2im_equals_its_definition() {
-        let cases = [
-            (3, 8, 8, 3, 1, 1),
-            (2, 5, 7, 3, 1, 1),
-            (2, 1, 1, 3, 1, 1),
-            (2, 9, 6, 5, 1, 2),
-            (2, 8, 8, 3, 1, 0),
-            (2, 7, 9, 3, 2, 1),
-            (1, 4, 4, 2, 1, 1),
-        ];
-        for (c, h, w, k, stride, pad) in cases {
+        for (c, h, w, k, stride, pad) in CASES {
             let d = ConvDims::new(&[1, c, h, w], c, k, stride, pad).expect("geometry");
             // im2col of NaNs marks which entries padding covers (they stay 0 there).
             let mut mask = vec![0.0f32; d.patch() * d.positions()];
@@ -361,13 +370,7 @@ mod tests {
             let mut scratch = gcols.clone();
             let mut gx = vec![f32::NAN; d.input()];
             d.col2im(&mut scratch, &mut gx);
-            for (i, (a, b)) in gx.iter().zip(&want).enumerate() {
-                assert!(
-                    a.to_bits() == b.to_bits(),
-                    "{:?}: entry {i}: {a} vs {b}",
-                    (c, h, w, k, stride, pad)
-                );
-            }
+            assert_bitwise(&gx, &want, (c, h, w, k, stride, pad));
         }
     }
 }
