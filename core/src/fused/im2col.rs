@@ -190,9 +190,10 @@ impl ConvDims {
         }
     }
 
-    /// The adjoint of [`ConvDims::im2col`]: `gx = sum over patches of gcols` (overwrites `gx`).
-    /// The entries of `gcols` that padding covers are ignored; they may be overwritten with
-    /// zeros (scratch).
+    /// The adjoint of [`ConvDims::im2col`]: adds the sum over patches of `gcols` into `gx`,
+    /// which must hold `+0.0` on entry (a freshly zeroed buffer; zeroing it here again cost a
+    /// second pass over every input gradient). The entries of `gcols` that padding covers are
+    /// ignored; they may be overwritten with zeros (scratch).
     pub(super) fn col2im(&self, gcols: &mut [f32], gx: &mut [f32]) {
         vectorized(
             #[inline(always)]
@@ -204,7 +205,10 @@ impl ConvDims {
     fn col2im_impl(&self, gcols: &mut [f32], gx: &mut [f32]) {
         let p = self.positions();
         let same = self.stride == 1 && self.ow == self.w;
-        gx.fill(0.0);
+        debug_assert!(
+            gx.iter().all(|v| v.to_bits() == 0),
+            "col2im needs a +0.0 gx"
+        );
         for c in 0..self.c {
             let plane = &mut gx[c * self.h * self.w..(c + 1) * self.h * self.w];
             for ki in 0..self.k {
@@ -368,7 +372,7 @@ mod tests {
                 .collect();
             let want = naive_col2im(&d, &gcols);
             let mut scratch = gcols.clone();
-            let mut gx = vec![f32::NAN; d.input()];
+            let mut gx = vec![0.0f32; d.input()];
             d.col2im(&mut scratch, &mut gx);
             assert_bitwise(&gx, &want, (c, h, w, k, stride, pad));
         }
