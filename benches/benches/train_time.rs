@@ -89,25 +89,33 @@ const WORKLOADS: &[Workload] = &[
     },
 ];
 
-/// One side's run: per-epoch (training loss, test accuracy, remaining, seconds of training
-/// plus evaluation) and the wall-clock seconds of the whole run.
+/// One epoch as either side reports it.
+struct Epoch {
+    train_loss: f64,
+    test_acc: f64,
+    remaining: f64,
+    /// Training plus the test evaluation after it.
+    seconds: f64,
+}
+
+/// One side's run: its epochs and the wall-clock seconds of the whole run.
 struct Side {
-    epochs: Vec<[f64; 4]>,
+    epochs: Vec<Epoch>,
     wall: f64,
 }
 
 impl Side {
     fn seconds(&self) -> f64 {
-        self.epochs.iter().map(|e| e[3]).sum()
+        self.epochs.iter().map(|e| e.seconds).sum()
     }
 
     fn losses(&self) -> Vec<f64> {
-        self.epochs.iter().map(|e| e[0]).collect()
+        self.epochs.iter().map(|e| e.train_loss).collect()
     }
 
     fn last(&self) -> String {
         match self.epochs.last() {
-            Some(e) => format!("{:.2}% at {:.2}%", 100.0 * e[1], 100.0 * e[2]),
+            Some(e) => format!("{:.2}% at {:.2}%", 100.0 * e.test_acc, 100.0 * e.remaining),
             None => "n/a".into(),
         }
     }
@@ -139,13 +147,11 @@ fn ours(w: &Workload, sets: &[String], data: &Path) -> anyhow::Result<Side> {
     let _ = std::fs::remove_dir_all(&out);
     let epochs = history?
         .iter()
-        .map(|m| {
-            [
-                m.train_loss,
-                m.test_acc,
-                m.remaining,
-                m.seconds + m.eval_seconds,
-            ]
+        .map(|m| Epoch {
+            train_loss: m.train_loss,
+            test_acc: m.test_acc,
+            remaining: m.remaining,
+            seconds: m.seconds + m.eval_seconds,
         })
         .collect();
     Ok(Side { epochs, wall })
@@ -162,7 +168,12 @@ fn torch(w: &Workload, common: &[String]) -> Option<Side> {
         .iter()
         .map(|v| {
             let f = |k: &str| v[k].as_f64().unwrap_or(f64::NAN);
-            [f("train_loss"), f("test_acc"), f("remaining"), f("seconds")]
+            Epoch {
+                train_loss: f("train_loss"),
+                test_acc: f("test_acc"),
+                remaining: f("remaining"),
+                seconds: f("seconds"),
+            }
         })
         .collect();
     Some(Side { epochs, wall })
