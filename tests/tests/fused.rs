@@ -609,3 +609,33 @@ fn folded_batch_norm_equals_the_separate_ops_bitwise() {
         }
     }
 }
+
+/// The direct 3x3 kernel's regime (stride 1, pad 1, rows of 6 or more, dense effective
+/// weight): wider layers, maps large enough for its weight gradient (16x16 and up), and
+/// batches over the 16-sample gradient chunk, with each epilogue, against the reference.
+#[test]
+fn fused_direct_conv_matches_reference() {
+    let cases = [
+        (20, 8, 8, 32, false, None, Some(1.0)),
+        (18, 16, 8, 16, false, Some(0.7), Some(1.0)),
+        (3, 8, 16, 8, true, None, Some(1.0)),
+        (2, 3, 16, 28, false, Some(1.3), None),
+        (17, 4, 5, 7, true, None, None),
+    ];
+    for (n, &(batch, c_in, c_out, h, pool2, scale, act)) in cases.iter().enumerate() {
+        let seed = 40 + n as u64;
+        let mut f = LayerFactory::new(masking("signed"), Device::Cpu, seed);
+        let mut layer = f.conv2d("conv", c_in, c_out, 3, 1, 1).unwrap();
+        prepare(&mut layer, n % 2 == 0, 0.3, seed);
+        let case = Case {
+            layer,
+            x: vec![batch, c_in, h, h],
+            scale,
+            act,
+            pool2,
+        };
+        if !pool2 || pool_windows_tie_free(&case, seed) {
+            check(&case, true, seed).unwrap_or_else(|e| panic!("case {n}: {e}"));
+        }
+    }
+}

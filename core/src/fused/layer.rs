@@ -4,12 +4,14 @@
 
 use super::gemm::{self, Mat};
 use super::im2col::ConvDims;
-use super::pool::{pool2_plane, pool2_plane_grad};
+use super::pool::pool2_plane;
 use super::{cpu_slice, elu, vectorized, with_f32, Effective};
 use crate::Result;
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 use std::cell::RefCell;
+
+mod conv;
 
 /// One sample of a convolution: `x` is `[c_in, h, w]`, the result `[c_out, oh, ow]` with
 /// `(oh, ow)`, computed with `eff` (`[c_out, c_in k k]`) by im2col and the dense or sparse
@@ -287,171 +289,6 @@ impl FusedLayer {
             Effective::Sparse(_) => self.sparse_rows(gy, batch, out_f, in_f, true, &mut gx),
         }
         gx
-    }
-
-    fn conv_fwd(&self, x: &[f32], d: ConvDims, batch: usize) -> Vec<f32> {
-        let o = self.eff.dims().0;
-        let p = d.positions();
-        // One sample: the convolution into `z`, then the ELU while it is in cache.
-        let sample = |z: &mut [f32], x: &[f32]| {
-            if d.pointwise() {
-                self.eff.matmul(x, p, z);
-            } else {
-                with_scratch([d.patch() * p, 0, 0], |cols, _, _| {
-                    d.im2col(x, cols);
-                    self.eff.matmul(cols, p, z);
-                })
-            }
-            if let Some((scale, shift)) = &self.affine {
-                super::channel_affine_sample(z, scale, shift);
-            }
-            if let Some(alpha) = self.act {
-                elu::elu_slice(z, alpha);
-            }
-        };
-        if !self.pool2 {
-            let mut y = vec![0.0f32; batch * o * p];
-            y.par_chunks_mut(o * p)
-                .zip(x.par_chunks(d.input()))
-                .for_each(|(y, x)| sample(y, x));
-            return y;
-        }
-        let (ph, pw) = (d.oh / 2, d.ow / 2);
-        let mut z = vec![0.0f32; batch * o * p];
-        let mut y = vec![0.0f32; batch * o * ph * pw];
-        y.par_chunks_mut(o * ph * pw)
-            .zip(z.par_chunks_mut(o * p))
-            .zip(x.par_chunks(d.input()))
-            .for_each(|((y, z), x)| {
-                sample(z, x);
-                for (plane, out) in z.chunks_exact(p).zip(y.chunks_exact_mut(ph * pw)) {
-                    pool2_plane(plane, d.ow, ph, pw, out);
-                }
-            });
-        *self.saved.lock().expect("saved activation lock") = z;
-        y
-    }
-
-    /// Input gradient (when `want_gx`) and `gWeff = sum_b gy_b cols_b^T` of a convolution.
-    ///
-    /// With the ELU epilogue, `gy` is the gradient of the activation and `y` its value; each
-    /// sample's pre-activation gradient is formed in a reused scratch buffer.
-    fn conv_bwd(
-        &self,
-        x: &[f32],
-        gy: &[f32],
-        y: &[f32],
-        d: ConvDims,
-        batch: usize,
-        want_gx: bool,
-    ) -> (Option<Vec<f32>>, Vec<f32>) {
-        let (o, patch) = self.eff.dims();
-        let p = d.positions();
-        let mut gx = vec![0.0f32; if want_gx { batch * d.input() } else { 0 }];
-        let chunks = batch.div_ceil(GRAD_CHUNK);
-        let mut gx_chunks: Vec<&mut [f32]> = if want_gx {
-            gx.chunks_mut(GRAD_CHUNK * d.input()).collect()
-        } else {
-            (0..chunks).map(|_| <&mut [f32]>::default()).collect()
-        };
-        let partial: Vec<Vec<f32>> = gx_chunks
-            .par_iter_mut()
-            .zip(x.par_chunks(GRAD_CHUNK * d.input()))
-            .zip(gy.par_chunks(GRAD_CHUNK * gy.len() / batch))
-            .zip(y.par_chunks(GRAD_CHUNK * o * p))
-            .map(|(((gx, x), gy), y)| {
-                let mut gw = vec![0.0f32; o * patch];
-                let samples = x.len() / d.input();
-                let cols_len = if d.pointwise() { 0 } else { patch * p };
-                let gcols_len = if want_gx && !d.pointwise() {
-                    patch * p
-                } else {
-                    0
-                };
-                let gz_len = if self.act.is_some() || self.pool2 || self.affine.is_some() {
-                    o * p
-                } else {
-                    0
-                };
-                for s in 0..samples {
-                    let xs = &x[s * d.input()..(s + 1) * d.input()];
-                    with_scratch([cols_len, gcols_len, gz_len], |cols, gcols, gz| {
-                        // Unpooled `gy` of this sample (with `pool2`, `gy` is pooled).
-                        let gys = if self.pool2 {
-                            &[][..]
-                        } else {
-                            &gy[s * o * p..(s + 1) * o * p]
-                        };
-                        // The pre-activation gradient into `gz`, through the pool and the ELU
-                        // (`in_gz`), then through the affine epilogue.
-                        let in_gz = if self.pool2 {
-                            // `gy` and `y` are pooled; `y` is the activation before pooling.
-                            let (ph, pw) = (d.oh / 2, d.ow / 2);
-                            let z = &y[s * o * p..(s + 1) * o * p];
-                            let g = &gy[s * o * ph * pw..(s + 1) * o * ph * pw];
-                            for ((gz, z), g) in gz
-                                .chunks_exact_mut(p)
-                                .zip(z.chunks_exact(p))
-                                .zip(g.chunks_exact(ph * pw))
-                            {
-                                pool2_plane_grad(z, g, d.ow, ph, pw, self.act, gz);
-                            }
-                            true
-                        } else if let Some(alpha) = self.act {
-                            let ys = &y[s * o * p..(s + 1) * o * p];
-                            elu::elu_grad_slice(ys, gys, alpha, gz);
-                            true
-                        } else {
-                            false
-                        };
-                        let gys: &[f32] = match &self.affine {
-                            Some((scale, _)) => {
-                                if !in_gz {
-                                    gz.copy_from_slice(gys);
-                                }
-                                // As the stand-alone channel-affine op's backward: `g * scale`.
-                                for (plane, &a) in gz.chunks_exact_mut(p).zip(scale) {
-                                    plane.iter_mut().for_each(|g| *g *= a);
-                                }
-                                gz
-                            }
-                            None if in_gz => gz,
-                            None => gys,
-                        };
-                        let cols: &[f32] = if d.pointwise() {
-                            xs
-                        } else {
-                            d.im2col(xs, cols);
-                            cols
-                        };
-                        gemm::matmul(
-                            &mut gw,
-                            Mat::rows(gys, o, p),
-                            Mat::rows(cols, patch, p).t(),
-                            s > 0,
-                            false,
-                        );
-                        if want_gx {
-                            let gxs = &mut gx[s * d.input()..(s + 1) * d.input()];
-                            if d.pointwise() {
-                                self.eff.matmul_t(gys, p, gxs);
-                            } else {
-                                self.eff.matmul_t(gys, p, gcols);
-                                d.col2im(gcols, gxs);
-                            }
-                        }
-                    });
-                }
-                gw
-            })
-            .collect();
-        let mut gw = vec![0.0f32; o * patch];
-        for part in &partial {
-            for (a, b) in gw.iter_mut().zip(part) {
-                *a += b;
-            }
-        }
-        (want_gx.then_some(gx), gw)
     }
 
     /// Turns `gWeff` into the trainable tensor's gradient: `* W` for scores (the STE), and

@@ -22,6 +22,8 @@
 //! "reference"`, the path on CUDA, and what the tests compare the fused path against).
 
 mod bn;
+#[cfg_attr(not(target_arch = "x86_64"), path = "direct_unsupported.rs")]
+mod direct;
 mod effective;
 mod elu;
 pub mod gemm;

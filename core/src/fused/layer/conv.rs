@@ -1,0 +1,287 @@
+//! The fused layer's convolution, forward and backward over a batch, one sample at a time: by
+//! im2col and a GEMM (or the sparse ternary kernel), or, for a 3x3 stride-1 "same" convolution
+//! with a dense effective weight, by the direct kernel ([`Direct3`]), which reads the padded
+//! input in place instead of writing a 9x larger column matrix.
+
+use super::super::direct::Direct3;
+use super::super::gemm::{self, Mat};
+use super::super::im2col::ConvDims;
+use super::super::pool::{pool2_plane, pool2_plane_grad};
+use super::super::{elu, Effective};
+use super::{with_scratch, FusedLayer, GRAD_CHUNK};
+use rayon::prelude::*;
+
+/// Output positions from which the direct kernel also computes the weight gradient. It sums
+/// each tap over all positions in vector lanes and then across the lanes, so short maps spend
+/// much of it on the final sums: on 8x8 maps it ran at about half the im2col GEMM's speed, on
+/// 16x16 even, on 32x32 three times faster (Zen 1, one thread; docs/results/bench.md).
+const DIRECT_WEIGHT_GRAD_MIN_POSITIONS: usize = 256;
+
+/// Largest working set (padded input plus output tiles of one sample, in floats: 192 KiB) for
+/// which the direct kernel runs. In isolation it beat im2col and the GEMM on every 3x3 layer
+/// of the Conv nets and ResNets, but in a whole signed Conv4 step, whose 64-128-channel layers
+/// at 16x16-32x32 need 230-580 KiB, it was slower (2.72 s against 2.58 s a step, one thread,
+/// Zen 1 with 512 KiB of L2 per core); the ResNet20 layers need at most 144 KiB and gain.
+const DIRECT_MAX_WORKING_SET: usize = 48 * 1024;
+
+/// How one convolution runs: the one place that picks the kernels.
+struct Plan {
+    /// The direct kernel for the forward pass and the input gradient, when it applies.
+    direct: Option<Direct3>,
+    /// The direct kernel also for the weight gradient (else im2col and a GEMM).
+    direct_weight_grad: bool,
+}
+
+impl FusedLayer {
+    fn conv_plan(&self, d: ConvDims) -> Plan {
+        let direct = match &self.eff {
+            Effective::Dense { rows, .. } => {
+                Direct3::new(d.c, *rows, d.h, d.w, d.k, d.stride, d.pad)
+                    .filter(|dc| dc.working_set() <= DIRECT_MAX_WORKING_SET)
+            }
+            Effective::Sparse(_) => None,
+        };
+        Plan {
+            direct,
+            direct_weight_grad: direct.is_some()
+                && d.positions() >= DIRECT_WEIGHT_GRAD_MIN_POSITIONS,
+        }
+    }
+
+    /// The dense effective weight's values (`[c_out, c_in * k * k]`).
+    fn dense(&self) -> &[f32] {
+        match &self.eff {
+            Effective::Dense { data, .. } => data,
+            Effective::Sparse(_) => unreachable!("the direct kernel runs dense weights only"),
+        }
+    }
+
+    pub(super) fn conv_fwd(&self, x: &[f32], d: ConvDims, batch: usize) -> Vec<f32> {
+        let o = self.eff.dims().0;
+        let p = d.positions();
+        let plan = self.conv_plan(d);
+        let packed = plan.direct.map(|dc| dc.pack_forward(self.dense()));
+        // One sample: the convolution into `z`, then the ELU while it is in cache.
+        let sample = |z: &mut [f32], x: &[f32]| {
+            if let (Some(dc), Some(packed)) = (&plan.direct, &packed) {
+                with_scratch(
+                    [dc.padded_len(d.c), dc.scratch_len(o), 0],
+                    |xp, scratch, _| {
+                        dc.pad(x, d.c, xp);
+                        dc.conv(packed, d.c, o, xp, scratch, z);
+                    },
+                )
+            } else if d.pointwise() {
+                self.eff.matmul(x, p, z);
+            } else {
+                with_scratch([d.patch() * p, 0, 0], |cols, _, _| {
+                    d.im2col(x, cols);
+                    self.eff.matmul(cols, p, z);
+                })
+            }
+            if let Some((scale, shift)) = &self.affine {
+                super::super::channel_affine_sample(z, scale, shift);
+            }
+            if let Some(alpha) = self.act {
+                elu::elu_slice(z, alpha);
+            }
+        };
+        if !self.pool2 {
+            let mut y = vec![0.0f32; batch * o * p];
+            y.par_chunks_mut(o * p)
+                .zip(x.par_chunks(d.input()))
+                .for_each(|(y, x)| sample(y, x));
+            return y;
+        }
+        let (ph, pw) = (d.oh / 2, d.ow / 2);
+        let mut z = vec![0.0f32; batch * o * p];
+        let mut y = vec![0.0f32; batch * o * ph * pw];
+        y.par_chunks_mut(o * ph * pw)
+            .zip(z.par_chunks_mut(o * p))
+            .zip(x.par_chunks(d.input()))
+            .for_each(|((y, z), x)| {
+                sample(z, x);
+                for (plane, out) in z.chunks_exact(p).zip(y.chunks_exact_mut(ph * pw)) {
+                    pool2_plane(plane, d.ow, ph, pw, out);
+                }
+            });
+        *self.saved.lock().expect("saved activation lock") = z;
+        y
+    }
+
+    /// Input gradient (when `want_gx`) and `gWeff = sum_b gy_b cols_b^T` of a convolution.
+    ///
+    /// With the ELU epilogue, `gy` is the gradient of the activation and `y` its value; each
+    /// sample's pre-activation gradient is formed in a reused scratch buffer.
+    pub(super) fn conv_bwd(
+        &self,
+        x: &[f32],
+        gy: &[f32],
+        y: &[f32],
+        d: ConvDims,
+        batch: usize,
+        want_gx: bool,
+    ) -> (Option<Vec<f32>>, Vec<f32>) {
+        let (o, patch) = self.eff.dims();
+        let p = d.positions();
+        let plan = self.conv_plan(d);
+        let packed_t = match plan.direct {
+            Some(dc) if want_gx => Some(dc.pack_input_grad(self.dense())),
+            _ => None,
+        };
+        let mut gx = vec![0.0f32; if want_gx { batch * d.input() } else { 0 }];
+        let chunks = batch.div_ceil(GRAD_CHUNK);
+        let mut gx_chunks: Vec<&mut [f32]> = if want_gx {
+            gx.chunks_mut(GRAD_CHUNK * d.input()).collect()
+        } else {
+            (0..chunks).map(|_| <&mut [f32]>::default()).collect()
+        };
+        // Scratch per sample: [cols | padded x | padded gy], the input gradient's columns (or
+        // the direct kernel's output tiles), and the pre-activation gradient.
+        let cols_len = if d.pointwise() || plan.direct_weight_grad {
+            0
+        } else {
+            patch * p
+        };
+        let (xp_len, gp_len) = match plan.direct {
+            Some(dc) => (
+                if plan.direct_weight_grad {
+                    dc.padded_len(d.c)
+                } else {
+                    0
+                },
+                dc.padded_len(o),
+            ),
+            None => (0, 0),
+        };
+        let gcols_len = match plan.direct {
+            _ if !want_gx => 0,
+            Some(dc) => dc.scratch_len(d.c),
+            None if d.pointwise() => 0,
+            None => patch * p,
+        };
+        let gz_len = if self.act.is_some() || self.pool2 || self.affine.is_some() {
+            o * p
+        } else {
+            0
+        };
+        let partial: Vec<Vec<f32>> = gx_chunks
+            .par_iter_mut()
+            .zip(x.par_chunks(GRAD_CHUNK * d.input()))
+            .zip(gy.par_chunks(GRAD_CHUNK * gy.len() / batch))
+            .zip(y.par_chunks(GRAD_CHUNK * o * p))
+            .map(|(((gx, x), gy), y)| {
+                let mut gw = vec![0.0f32; o * patch];
+                let samples = x.len() / d.input();
+                for s in 0..samples {
+                    let xs = &x[s * d.input()..(s + 1) * d.input()];
+                    let sizes = [cols_len + xp_len + gp_len, gcols_len, gz_len];
+                    with_scratch(sizes, |buf, gcols, gz| {
+                        let gys = self.pre_activation_grad(gy, y, d, s, gz);
+                        let (cols, rest) = buf.split_at_mut(cols_len);
+                        let (xp, gp) = rest.split_at_mut(xp_len);
+                        if let Some(dc) = &plan.direct {
+                            dc.pad(gys, o, gp);
+                        }
+                        match &plan.direct {
+                            Some(dc) if plan.direct_weight_grad => {
+                                dc.pad(xs, d.c, xp);
+                                dc.weight_grad(gp, xp, &mut gw);
+                            }
+                            _ => {
+                                let cols: &[f32] = if d.pointwise() {
+                                    xs
+                                } else {
+                                    d.im2col(xs, cols);
+                                    cols
+                                };
+                                gemm::matmul(
+                                    &mut gw,
+                                    Mat::rows(gys, o, p),
+                                    Mat::rows(cols, patch, p).t(),
+                                    s > 0,
+                                    false,
+                                );
+                            }
+                        }
+                        if want_gx {
+                            let gxs = &mut gx[s * d.input()..(s + 1) * d.input()];
+                            if let (Some(dc), Some(packed_t)) = (&plan.direct, &packed_t) {
+                                dc.conv(packed_t, o, d.c, gp, gcols, gxs);
+                            } else if d.pointwise() {
+                                self.eff.matmul_t(gys, p, gxs);
+                            } else {
+                                self.eff.matmul_t(gys, p, gcols);
+                                d.col2im(gcols, gxs);
+                            }
+                        }
+                    });
+                }
+                gw
+            })
+            .collect();
+        let mut gw = vec![0.0f32; o * patch];
+        for part in &partial {
+            for (a, b) in gw.iter_mut().zip(part) {
+                *a += b;
+            }
+        }
+        (want_gx.then_some(gx), gw)
+    }
+
+    /// Sample `s`'s gradient before the epilogue: through the pool, the ELU and the affine
+    /// scale into `gz` (which it returns), or `gy`'s own slice when there is no epilogue.
+    fn pre_activation_grad<'a>(
+        &self,
+        gy: &'a [f32],
+        y: &[f32],
+        d: ConvDims,
+        s: usize,
+        gz: &'a mut [f32],
+    ) -> &'a [f32] {
+        let o = self.eff.dims().0;
+        let p = d.positions();
+        // Unpooled `gy` of this sample (with `pool2`, `gy` is pooled).
+        let gys = if self.pool2 {
+            &[][..]
+        } else {
+            &gy[s * o * p..(s + 1) * o * p]
+        };
+        // The pre-activation gradient into `gz`, through the pool and the ELU (`in_gz`), then
+        // through the affine epilogue.
+        let in_gz = if self.pool2 {
+            // `gy` and `y` are pooled; `y` is the activation before pooling.
+            let (ph, pw) = (d.oh / 2, d.ow / 2);
+            let z = &y[s * o * p..(s + 1) * o * p];
+            let g = &gy[s * o * ph * pw..(s + 1) * o * ph * pw];
+            for ((gz, z), g) in gz
+                .chunks_exact_mut(p)
+                .zip(z.chunks_exact(p))
+                .zip(g.chunks_exact(ph * pw))
+            {
+                pool2_plane_grad(z, g, d.ow, ph, pw, self.act, gz);
+            }
+            true
+        } else if let Some(alpha) = self.act {
+            let ys = &y[s * o * p..(s + 1) * o * p];
+            elu::elu_grad_slice(ys, gys, alpha, gz);
+            true
+        } else {
+            false
+        };
+        match &self.affine {
+            Some((scale, _)) => {
+                if !in_gz {
+                    gz.copy_from_slice(gys);
+                }
+                // As the stand-alone channel-affine op's backward: `g * scale`.
+                for (plane, &a) in gz.chunks_exact_mut(p).zip(scale) {
+                    plane.iter_mut().for_each(|g| *g *= a);
+                }
+                gz
+            }
+            None if in_gz => gz,
+            None => gys,
+        }
+    }
+}
