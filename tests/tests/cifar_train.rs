@@ -110,21 +110,29 @@ fn conv2_signed_preset_learns_the_task() {
     assert!(o.remaining < 0.7, "remaining {}", o.remaining);
 }
 
+/// The narrow signed ResNet20 at batch 32 needs a smaller step than the preset's lr 0.1 (set
+/// for batch 128): at 0.1, the run diverged (training loss above 14, test accuracy 0.09) for
+/// seed 1 with either conv kernel, and for seed 0 once the direct kernel changed the rounding,
+/// so the seed-0 pass was luck. At lr 0.05 for 8 epochs, seeds 0-3 reached test accuracies
+/// at least 0.9 / 0.735 / 0.79 / 0.735 (direct kernel) and 0.825 / 0.75 for seeds 0-1 with
+/// im2col, with the last epoch's loss 0.47-0.73 against 2.27-2.34 in the first: this task is
+/// learnable, not always to 0.9 in 8 epochs at this width. A diverged run stays at chance
+/// (0.1) with an exploding loss, which both assertions reject.
 #[test]
 fn narrow_resnet20_signed_preset_with_augmentation_and_plateau_learns_the_task() {
     let o = train(
         "table4-resnet20-x1-signed-elus",
-        &["model.width=0.5"],
+        &["model.width=0.5", "optimizer.lr=0.05"],
         160,
-        6,
+        8,
     );
     assert!(
-        o.test_acc >= HIGH,
+        o.test_acc >= 0.5,
         "test accuracy {} (losses {:?})",
         o.test_acc,
         o.losses
     );
-    assert!(o.losses[5] < o.losses[0], "losses {:?}", o.losses);
+    assert!(o.losses[7] < 0.5 * o.losses[0], "losses {:?}", o.losses);
 }
 
 /// The dense baseline's learnable batch norms evaluate with running statistics (Keras'
