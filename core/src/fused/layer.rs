@@ -14,8 +14,9 @@ use std::cell::RefCell;
 mod conv;
 
 /// One sample of a convolution: `x` is `[c_in, h, w]`, the result `[c_out, oh, ow]` with
-/// `(oh, ow)`, computed with `eff` (`[c_out, c_in k k]`) by im2col and the dense or sparse
-/// kernel, on this thread. For inference engines that run samples in parallel themselves.
+/// `(oh, ow)`, computed with `eff` (`[c_out, c_in k k]`) by the direct 3x3 kernel or by
+/// im2col and the dense or sparse kernel (as training picks them), on this thread. For
+/// inference engines that run samples in parallel themselves.
 #[allow(clippy::too_many_arguments)]
 pub fn conv_sample(
     eff: &Effective,
@@ -37,8 +38,18 @@ pub fn conv_sample(
         eff.dims().1
     );
     let p = d.positions();
-    let mut y = vec![0.0f32; eff.dims().0 * p];
-    if d.pointwise() {
+    let o = eff.dims().0;
+    let mut y = vec![0.0f32; o * p];
+    if let Some(dc) = conv::direct_plan(eff, d) {
+        let packed = dc.pack_forward(conv::dense_values(eff));
+        with_scratch(
+            [dc.padded_len(c_in), dc.scratch_len(o), 0],
+            |xp, scratch, _| {
+                dc.pad(x, c_in, xp);
+                dc.conv(&packed, c_in, o, xp, scratch, &mut y);
+            },
+        );
+    } else if d.pointwise() {
         eff.matmul(x, p, &mut y);
     } else {
         with_scratch([d.patch() * p, 0, 0], |cols, _, _| {

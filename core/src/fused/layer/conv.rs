@@ -32,15 +32,29 @@ struct Plan {
     direct_weight_grad: bool,
 }
 
+/// The direct kernel for a convolution of geometry `d` with `eff`, when it runs: dense
+/// effective weights, a geometry [`Direct3::new`] takes, and a working set of at most
+/// [`DIRECT_MAX_WORKING_SET`]. Training ([`FusedLayer`]) and inference ([`super::conv_sample`])
+/// both ask here.
+pub(in crate::fused) fn direct_plan(eff: &Effective, d: ConvDims) -> Option<Direct3> {
+    match eff {
+        Effective::Dense { rows, .. } => Direct3::new(d.c, *rows, d.h, d.w, d.k, d.stride, d.pad)
+            .filter(|dc| dc.working_set() <= DIRECT_MAX_WORKING_SET),
+        Effective::Sparse(_) => None,
+    }
+}
+
+/// The dense effective weight's values (`[c_out, c_in * k * k]`).
+pub(in crate::fused) fn dense_values(eff: &Effective) -> &[f32] {
+    match eff {
+        Effective::Dense { data, .. } => data,
+        Effective::Sparse(_) => unreachable!("the direct kernel runs dense weights only"),
+    }
+}
+
 impl FusedLayer {
     fn conv_plan(&self, d: ConvDims) -> Plan {
-        let direct = match &self.eff {
-            Effective::Dense { rows, .. } => {
-                Direct3::new(d.c, *rows, d.h, d.w, d.k, d.stride, d.pad)
-                    .filter(|dc| dc.working_set() <= DIRECT_MAX_WORKING_SET)
-            }
-            Effective::Sparse(_) => None,
-        };
+        let direct = direct_plan(&self.eff, d);
         Plan {
             direct,
             direct_weight_grad: direct.is_some()
@@ -48,12 +62,8 @@ impl FusedLayer {
         }
     }
 
-    /// The dense effective weight's values (`[c_out, c_in * k * k]`).
     fn dense(&self) -> &[f32] {
-        match &self.eff {
-            Effective::Dense { data, .. } => data,
-            Effective::Sparse(_) => unreachable!("the direct kernel runs dense weights only"),
-        }
+        dense_values(&self.eff)
     }
 
     pub(super) fn conv_fwd(&self, x: &[f32], d: ConvDims, batch: usize) -> Vec<f32> {
