@@ -16,15 +16,7 @@ const CASES: [(usize, usize, usize, usize); 8] = [
 ];
 
 fn values(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-        })
-        .collect()
+    crate::rng::spread_values(n, seed, -0.5, 0.5)
 }
 
 /// `x[c, r, col]` with zero outside the map.
