@@ -13,6 +13,11 @@ use supermask_train::{config::RunConfig, Trainer};
 fn main() -> anyhow::Result<()> {
     set_threads();
     supermask_train::link_plugins();
+    // The method crates' masks and thresholds (edge-popup, biprop, global top-k), as the
+    // `supermask` binary links them, so their presets profile too.
+    supermask_edge_popup::link();
+    supermask_biprop::link();
+    supermask_global_topk::link();
     let args: Vec<String> = std::env::args().skip(1).collect();
     anyhow::ensure!(
         args.len() >= 2,
