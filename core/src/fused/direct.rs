@@ -74,9 +74,10 @@ impl Direct3 {
         self.q().div_ceil(L) * L
     }
 
-    /// Length of a padded buffer of `c` channels ([`Direct3::pad`]).
+    /// Length of a padded buffer of `c` channels ([`Direct3::pad`]): the planes and a tail that
+    /// the last tile's dropped positions read past the last plane.
     pub(super) fn padded_len(&self, c: usize) -> usize {
-        c.div_ceil(OB) * OB * self.plane() + L + 2
+        c * self.plane() + L + 2
     }
     /// Length of the scratch a [`Direct3::conv`] to `c` channels needs.
     pub(super) fn scratch_len(&self, c: usize) -> usize {
@@ -92,13 +93,20 @@ impl Direct3 {
     /// [`Direct3::padded_len`]`(c)` entries, all written.
     pub(super) fn pad(&self, x: &[f32], c: usize, xp: &mut [f32]) {
         let (h, w, wp) = (self.h, self.w, self.wp());
-        xp.fill(0.0);
+        let (planes, tail) = xp[..self.padded_len(c)].split_at_mut(c * self.plane());
+        tail.fill(0.0);
+        // Each entry written once: the top and bottom padding rows, each row's two padding
+        // columns, and the values.
         for (src, dst) in x[..c * h * w]
             .chunks_exact(h * w)
-            .zip(xp.chunks_exact_mut(self.plane()))
+            .zip(planes.chunks_exact_mut(self.plane()))
         {
+            dst[..wp].fill(0.0);
+            dst[(h + 1) * wp..].fill(0.0);
             for (row, out) in src.chunks_exact(w).zip(dst[wp..].chunks_exact_mut(wp)) {
+                out[0] = 0.0;
                 out[1..=w].copy_from_slice(row);
+                out[w + 1] = 0.0;
             }
         }
     }

@@ -40,8 +40,8 @@ pub fn conv_sample(
     let p = d.positions();
     let o = eff.dims().0;
     let mut y = vec![0.0f32; o * p];
-    if let Some(dc) = conv::direct_plan(eff, d) {
-        let packed = dc.pack_forward(conv::dense_values(eff));
+    if let Some((dc, weights)) = conv::direct_plan(eff, d) {
+        let packed = dc.pack_forward(weights);
         with_scratch(
             [dc.padded_len(c_in), dc.scratch_len(o), 0],
             |xp, scratch, _| {

@@ -25,35 +25,31 @@ const DIRECT_WEIGHT_GRAD_MIN_POSITIONS: usize = 256;
 const DIRECT_MAX_WORKING_SET: usize = 48 * 1024;
 
 /// How one convolution runs: the one place that picks the kernels.
-struct Plan {
-    /// The direct kernel for the forward pass and the input gradient, when it applies.
-    direct: Option<Direct3>,
+struct Plan<'a> {
+    /// The direct kernel, with the dense effective weight it packs, for the forward pass and
+    /// the input gradient, when it applies.
+    direct: Option<(Direct3, &'a [f32])>,
     /// The direct kernel also for the weight gradient (else im2col and a GEMM).
     direct_weight_grad: bool,
 }
 
-/// The direct kernel for a convolution of geometry `d` with `eff`, when it runs: dense
-/// effective weights, a geometry [`Direct3::new`] takes, and a working set of at most
-/// [`DIRECT_MAX_WORKING_SET`]. Training ([`FusedLayer`]) and inference ([`super::conv_sample`])
-/// both ask here.
-pub(in crate::fused) fn direct_plan(eff: &Effective, d: ConvDims) -> Option<Direct3> {
+/// The direct kernel for a convolution of geometry `d` with `eff`, and the dense effective
+/// weight (`[c_out, c_in * 9]`) it runs, when it runs: dense effective weights, a geometry
+/// [`Direct3::new`] takes, and a working set of at most [`DIRECT_MAX_WORKING_SET`]. Training
+/// ([`FusedLayer`]) and inference ([`super::conv_sample`]) both ask here.
+pub(in crate::fused) fn direct_plan(eff: &Effective, d: ConvDims) -> Option<(Direct3, &[f32])> {
     match eff {
-        Effective::Dense { rows, .. } => Direct3::new(d.c, *rows, d.h, d.w, d.k, d.stride, d.pad)
-            .filter(|dc| dc.working_set() <= DIRECT_MAX_WORKING_SET),
+        Effective::Dense { rows, data, .. } => {
+            Direct3::new(d.c, *rows, d.h, d.w, d.k, d.stride, d.pad)
+                .filter(|dc| dc.working_set() <= DIRECT_MAX_WORKING_SET)
+                .map(|dc| (dc, &data[..]))
+        }
         Effective::Sparse(_) => None,
     }
 }
 
-/// The dense effective weight's values (`[c_out, c_in * k * k]`).
-pub(in crate::fused) fn dense_values(eff: &Effective) -> &[f32] {
-    match eff {
-        Effective::Dense { data, .. } => data,
-        Effective::Sparse(_) => unreachable!("the direct kernel runs dense weights only"),
-    }
-}
-
 impl FusedLayer {
-    fn conv_plan(&self, d: ConvDims) -> Plan {
+    fn conv_plan(&self, d: ConvDims) -> Plan<'_> {
         let direct = direct_plan(&self.eff, d);
         Plan {
             direct,
@@ -62,18 +58,14 @@ impl FusedLayer {
         }
     }
 
-    fn dense(&self) -> &[f32] {
-        dense_values(&self.eff)
-    }
-
     pub(super) fn conv_fwd(&self, x: &[f32], d: ConvDims, batch: usize) -> Vec<f32> {
         let o = self.eff.dims().0;
         let p = d.positions();
         let plan = self.conv_plan(d);
-        let packed = plan.direct.map(|dc| dc.pack_forward(self.dense()));
+        let direct = plan.direct.map(|(dc, w)| (dc, dc.pack_forward(w)));
         // One sample: the convolution into `z`, then the ELU while it is in cache.
         let sample = |z: &mut [f32], x: &[f32]| {
-            if let (Some(dc), Some(packed)) = (&plan.direct, &packed) {
+            if let Some((dc, packed)) = &direct {
                 with_scratch(
                     [dc.padded_len(d.c), dc.scratch_len(o), 0],
                     |xp, scratch, _| {
@@ -136,9 +128,10 @@ impl FusedLayer {
         let p = d.positions();
         let plan = self.conv_plan(d);
         let packed_t = match plan.direct {
-            Some(dc) if want_gx => Some(dc.pack_input_grad(self.dense())),
+            Some((dc, w)) if want_gx => Some(dc.pack_input_grad(w)),
             _ => None,
         };
+        let direct = plan.direct.map(|(dc, _)| dc);
         let mut gx = vec![0.0f32; if want_gx { batch * d.input() } else { 0 }];
         let chunks = batch.div_ceil(GRAD_CHUNK);
         let mut gx_chunks: Vec<&mut [f32]> = if want_gx {
@@ -153,7 +146,7 @@ impl FusedLayer {
         } else {
             patch * p
         };
-        let (xp_len, gp_len) = match plan.direct {
+        let (xp_len, gp_len) = match direct {
             Some(dc) => (
                 if plan.direct_weight_grad {
                     dc.padded_len(d.c)
@@ -164,7 +157,7 @@ impl FusedLayer {
             ),
             None => (0, 0),
         };
-        let gcols_len = match plan.direct {
+        let gcols_len = match direct {
             _ if !want_gx => 0,
             Some(dc) => dc.scratch_len(d.c),
             None if d.pointwise() => 0,
@@ -190,10 +183,10 @@ impl FusedLayer {
                         let gys = self.pre_activation_grad(gy, y, d, s, gz);
                         let (cols, rest) = buf.split_at_mut(cols_len);
                         let (xp, gp) = rest.split_at_mut(xp_len);
-                        if let Some(dc) = &plan.direct {
+                        if let Some(dc) = &direct {
                             dc.pad(gys, o, gp);
                         }
-                        match &plan.direct {
+                        match &direct {
                             Some(dc) if plan.direct_weight_grad => {
                                 dc.pad(xs, d.c, xp);
                                 dc.weight_grad(gp, xp, &mut gw);
@@ -216,7 +209,7 @@ impl FusedLayer {
                         }
                         if want_gx {
                             let gxs = &mut gx[s * d.input()..(s + 1) * d.input()];
-                            if let (Some(dc), Some(packed_t)) = (&plan.direct, &packed_t) {
+                            if let (Some(dc), Some(packed_t)) = (&direct, &packed_t) {
                                 dc.conv(packed_t, o, d.c, gp, gcols, gxs);
                             } else if d.pointwise() {
                                 self.eff.matmul_t(gys, p, gxs);
