@@ -14,7 +14,7 @@ use rayon::prelude::*;
 /// Output positions from which the direct kernel also computes the weight gradient. It sums
 /// each tap over all positions in vector lanes and then across the lanes, so short maps spend
 /// much of it on the final sums: on 8x8 maps it ran at about half the im2col GEMM's speed, on
-/// 16x16 even, on 32x32 three times faster (Zen 1, one thread; docs/results/bench.md).
+/// 16x16 even, on 32x32 three times faster (Zen 1, one thread; docs/results/conv-speed.md).
 const DIRECT_WEIGHT_GRAD_MIN_POSITIONS: usize = 256;
 
 /// Largest working set (padded input plus output tiles of one sample, in floats: 192 KiB) for
