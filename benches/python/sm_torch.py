@@ -59,6 +59,9 @@ Data
       float32 [n, 1, h, w], each standardized as TF's per_image_standardization on the raw
       0..255 pixel values: (x - mean) / max(std, 1/sqrt(N)), population std, N = pixels per
       image (computed in float64); labels int64.
+  load_cifar10(dir, split): the CIFAR-10 binary files in dir/cifar-10-batches-bin, images
+      float32 [n, 3, 32, 32], each image's 3072 values standardized the same way;
+      load_images picks it where that folder exists, else load_idx.
   augment_pad_crop_flip: per image, pad 4 zero pixels on each side (after standardization),
       take a random h x w crop (offsets uniform in 0..8 each), then flip horizontally with
       probability 1/2; all channels share an image's crop and flip.
@@ -393,6 +396,33 @@ def load_idx(directory, split):
     x = torch.from_numpy(per_image_standardization(images).reshape(n, 1, h, w))
     y = torch.from_numpy(labels.astype(np.int64))
     return x, y
+
+
+def load_cifar10(directory, split):
+    """(images float32 [n, 3, 32, 32] standardized per image, labels int64 [n]) of the CIFAR-10
+    binary files in `directory`/cifar-10-batches-bin (data_batch_1..5 or test_batch), each
+    record a label byte and 3072 pixel bytes, as supermask's reader takes them."""
+    root = os.path.join(directory, "cifar-10-batches-bin")
+    names = ([f"data_batch_{i}.bin" for i in range(1, 6)] if split == "train"
+             else ["test_batch.bin"])
+    recs = []
+    for name in names:
+        with open(os.path.join(root, name), "rb") as f:
+            data = np.frombuffer(f.read(), dtype=np.uint8)
+        if data.size % 3073:
+            raise ValueError(f"{root}/{name}: {data.size} bytes is not whole 3073-byte records")
+        recs.append(data.reshape(-1, 3073))
+    recs = np.concatenate(recs)
+    n = recs.shape[0]
+    x = torch.from_numpy(per_image_standardization(recs[:, 1:]).reshape(n, 3, 32, 32))
+    return x, torch.from_numpy(recs[:, 0].astype(np.int64))
+
+
+def load_images(directory, split):
+    """`load_cifar10` where `directory` holds cifar-10-batches-bin, else `load_idx`."""
+    if os.path.isdir(os.path.join(directory, "cifar-10-batches-bin")):
+        return load_cifar10(directory, split)
+    return load_idx(directory, split)
 
 
 def augment_pad_crop_flip(x, gen, pad=4):

@@ -4,7 +4,8 @@
 Models, masks, thresholds, losses, data, augmentation, optimizer and schedules are defined
 in sm_torch.py (see its docstring for the exact computations).
 
-Training: MNIST-style IDX data from --data (images [1, 28, 28], per-image standardized),
+Training: MNIST-style IDX data from --data (images [1, 28, 28], per-image standardized), or
+CIFAR-10 binary files where --data holds cifar-10-batches-bin (images [3, 32, 32]),
 optionally a seeded random subset of --train-subset training images; every epoch a seeded
 reshuffle, batches of --batch including the last partial one, model.train(); per step the
 configured loss (clipped: Keras' clipped cross-entropy on probabilities, eps 1e-7; logits:
@@ -218,8 +219,8 @@ def main():
         sys.exit(self_test())
     sm.configure(args.threads)
 
-    x_train, y_train = sm.load_idx(args.data, "train")
-    x_test, y_test = sm.load_idx(args.data, "test")
+    x_train, y_train = sm.load_images(args.data, "train")
+    x_test, y_test = sm.load_images(args.data, "test")
     if args.train_subset is not None:
         if not 0 < args.train_subset <= x_train.shape[0]:
             sys.exit(f"--train-subset must be in 1..{x_train.shape[0]}")

@@ -1,7 +1,8 @@
 //! The Conv2 and ResNet20 paper presets learn a generated CIFAR-format task with learnable
-//! class structure to high test accuracy in a few epochs (CI's guard against a recipe or kernel
-//! change that makes them diverge); the ResNet presets' augmentation and reduce-on-plateau run
-//! through the same trainer.
+//! class structure in a few epochs, Conv2 to 0.9 test accuracy and the narrow signed ResNet20
+//! to 0.65, the level PyTorch's run of the same recipe reaches on the same bytes (CI's guard
+//! against a recipe or kernel change that makes them diverge, where accuracy stays at 0.1); the
+//! ResNet presets' augmentation and reduce-on-plateau run through the same trainer.
 
 use candle_core::Device;
 use std::path::Path;
@@ -9,7 +10,8 @@ use supermask_datasets::{load_by_name, write_cifar_file, CifarDataset, Split};
 use supermask_train::{config::RunConfig, Trainer};
 
 /// Writes a learnable CIFAR-10 set: class c has a bright 8x8 square at a class-specific place
-/// in one class-specific channel, on uniform noise.
+/// in one class-specific channel, on uniform noise (`benches/python/gen_squares.py` writes the
+/// same bytes for the PyTorch referee).
 fn make_cifar10(root: &Path, per_file: usize, test: usize) {
     let dir = root.join("cifar-10-batches-bin");
     let mut s = 7u64;
@@ -54,10 +56,17 @@ fn preset(name: &str) -> String {
 struct Outcome {
     /// Mean training loss per epoch.
     losses: Vec<f64>,
-    /// Test accuracy after the last epoch.
-    test_acc: f64,
+    /// Test accuracy after each epoch.
+    test_accs: Vec<f64>,
     /// Remaining weights after the last epoch.
     remaining: f64,
+}
+
+impl Outcome {
+    /// Test accuracy after the last epoch.
+    fn test_acc(&self) -> f64 {
+        *self.test_accs.last().unwrap()
+    }
 }
 
 /// Trains a paper preset (with `sets` overrides) for `epochs` epochs on the generated task:
@@ -77,50 +86,54 @@ fn train(preset_name: &str, sets: &[&str], per_file: usize, epochs: usize) -> Ou
     assert_eq!((data.n, data.dim, data.classes), (5 * per_file, 3072, 10));
     let mut t = Trainer::new(&cfg, &data.shape, &Device::Cpu).unwrap();
     t.check_data(&data).unwrap();
-    let losses = (0..epochs)
-        .map(|e| {
-            let s = t.train_epoch(&data, e).unwrap();
-            t.end_epoch(s.loss);
-            s.loss
-        })
-        .collect();
+    let (mut losses, mut test_accs) = (Vec::new(), Vec::new());
+    for e in 0..epochs {
+        let s = t.train_epoch(&data, e).unwrap();
+        t.end_epoch(s.loss);
+        losses.push(s.loss);
+        test_accs.push(t.evaluate(&test).unwrap().acc);
+    }
     Outcome {
         losses,
-        test_acc: t.evaluate(&test).unwrap().acc,
+        test_accs,
         remaining: t.layer_metrics().unwrap().0,
     }
 }
 
-/// Each class is one bright square on noise, so a net that trains gets nearly every test
-/// image right within a few epochs; one that diverges stays near chance (0.1). These are the
-/// paper presets unchanged but for the batch size and epochs, so a recipe or kernel change
-/// that makes the Conv nets or ResNets diverge fails here.
+/// Each class is one bright square on noise, so Conv2, whose fully connected head sees where
+/// the square lies, gets nearly every test image right within a few epochs; a net that
+/// diverges stays near chance (0.1). These are the paper presets unchanged but for the batch
+/// size and epochs, so a recipe or kernel change that makes the Conv nets diverge fails here.
 const HIGH: f64 = 0.9;
 
 #[test]
 fn conv2_signed_preset_learns_the_task() {
     let o = train("table2-conv2-signed-elus", &[], 80, 4);
     assert!(
-        o.test_acc >= HIGH,
+        o.test_acc() >= HIGH,
         "test accuracy {} (losses {:?})",
-        o.test_acc,
+        o.test_acc(),
         o.losses
     );
     assert!(o.losses[3] < o.losses[0], "losses {:?}", o.losses);
     assert!(o.remaining < 0.7, "remaining {}", o.remaining);
 }
 
-/// The narrow signed ResNet20 at batch 32 needs a smaller step than the preset's lr 0.1 (set
-/// for batch 128): at 0.1, the run diverged (training loss above 14, test accuracy 0.09) for
-/// seed 1 with either conv kernel, and for seed 0 once the direct kernel changed the rounding,
-/// so the seed-0 pass was luck. At lr 0.05 for 8 epochs, seeds 0-3 reached test accuracies
-/// at least 0.9 / 0.735 / 0.79 / 0.735 (direct kernel) and 0.825 / 0.75 for seeds 0-1 with
-/// im2col, with the last epoch's loss 0.47-0.73 against 2.27-2.34 in the first: this task is
-/// learnable, not always to 0.9 in 8 epochs at this width (seed 1 stayed near 0.72 over 14
-/// epochs; with twice the images for 6 epochs it reached 0.4; without augmentation seeds 0-3
-/// gave 1.0 / 1.0 / 0.735 / 0.825, so some seeds get stuck near a loss of 0.6 whatever the
-/// augmentation; at full width 1.0 / 0.735 / 1.0 / 1.0). A diverged run stays at chance
-/// (0.1) with an exploding loss, which both assertions reject.
+/// The narrow signed ResNet20 at batch 32 runs at lr 0.05, not the preset's 0.1 (set for batch
+/// 128): at 0.1 it diverged (training loss above 14, test accuracy 0.09) on seed 1, and on
+/// seed 0 once the direct kernel changed the rounding.
+///
+/// At lr 0.05 this recipe does not reach 0.9 on every seed, in our implementation or in
+/// PyTorch's (`benches/python/torch_train.py`, the same recipe on the same bytes written by
+/// `benches/python/gen_squares.py`; docs/results/conv-real-data.md, "CI's generated task"):
+/// final test accuracies for seeds 0-3 were 1.0 / 0.735 / 0.79 / 0.735 here and 0.685 / 0.755
+/// / 0.755 / 1.0 in PyTorch. The runs that stop near 0.75 merge the classes drawn in the same
+/// channel, which differ only by position: a net that averages over the whole map sees
+/// position only through the borders, and the flips move it. Both implementations also show
+/// one-epoch loss spikes (PyTorch seed 1: 0.90 -> 1.87, test accuracy 0.2, then back to 0.755).
+/// So the bounds take the best of the last three epochs: test accuracy at least 0.65 (every
+/// run above reached 0.735 or more by that rule; chance is 0.1, where a diverged run stays)
+/// and a training loss below half the first epoch's.
 #[test]
 fn narrow_resnet20_signed_preset_with_augmentation_and_plateau_learns_the_task() {
     let o = train(
@@ -129,13 +142,15 @@ fn narrow_resnet20_signed_preset_with_augmentation_and_plateau_learns_the_task()
         160,
         8,
     );
+    let best_acc = o.test_accs[5..].iter().copied().fold(0.0, f64::max);
+    let best_loss = o.losses[5..].iter().copied().fold(f64::INFINITY, f64::min);
     assert!(
-        o.test_acc >= 0.5,
-        "test accuracy {} (losses {:?})",
-        o.test_acc,
+        best_acc >= 0.65,
+        "test accuracies {:?} (losses {:?})",
+        o.test_accs,
         o.losses
     );
-    assert!(o.losses[7] < 0.5 * o.losses[0], "losses {:?}", o.losses);
+    assert!(best_loss < 0.5 * o.losses[0], "losses {:?}", o.losses);
 }
 
 /// The dense baseline's learnable batch norms evaluate with running statistics (Keras'
