@@ -67,7 +67,7 @@ impl Direct3 {
         (self.h + 2) * self.wp()
     }
     /// Flattened output positions, with the two dropped ones per row.
-    fn q(&self) -> usize {
+    pub(super) fn q(&self) -> usize {
         self.h * self.wp()
     }
     fn q_tiles(&self) -> usize {
@@ -107,6 +107,29 @@ impl Direct3 {
                 out[0] = 0.0;
                 out[1..=w].copy_from_slice(row);
                 out[w + 1] = 0.0;
+            }
+        }
+    }
+
+    /// The inputs of tap `i = (ci, ky, kx)` (an im2col row index, `ci * 9 + ky * 3 + kx`) for
+    /// all [`Direct3::q`] flattened output positions: one contiguous run of the padded `xp`.
+    /// Ternary kernels sum these runs as they sum im2col rows, without writing the columns.
+    #[inline(always)]
+    pub(super) fn tap<'a>(&self, xp: &'a [f32], i: u32) -> &'a [f32] {
+        let i = i as usize;
+        let (ci, ky, kx) = (i / 9, i / 3 % 3, i % 3);
+        let start = ci * self.plane() + ky * self.wp() + kx;
+        &xp[start..start + self.q()]
+    }
+
+    /// Copies `c` channels of flattened outputs (channel `co` at `src[co * stride..]`, rows of
+    /// `w + 2` of which the last two are dropped) into `y` (`[c, h, w]`).
+    pub(super) fn compact(&self, src: &[f32], stride: usize, c: usize, y: &mut [f32]) {
+        let (h, w, wp) = (self.h, self.w, self.wp());
+        for (co, plane_y) in y[..c * h * w].chunks_exact_mut(h * w).enumerate() {
+            let src = &src[co * stride..];
+            for (r, row) in plane_y.chunks_exact_mut(w).enumerate() {
+                row.copy_from_slice(&src[r * wp..r * wp + w]);
             }
         }
     }
@@ -182,13 +205,7 @@ impl Direct3 {
                 }
             },
         );
-        let (h, w) = (self.h, self.w);
-        for (co, plane_y) in y[..co_n * h * w].chunks_exact_mut(h * w).enumerate() {
-            let src = &scratch[co * qt..];
-            for (r, row) in plane_y.chunks_exact_mut(w).enumerate() {
-                row.copy_from_slice(&src[r * wp..r * wp + w]);
-            }
-        }
+        self.compact(scratch, qt, co_n, y);
     }
 
     /// `gw[o][(c, ky, kx)] += sum_{oh, ow} gp[o, oh + 1, ow + 1] * xp[c, oh + ky, ow + kx]`:

@@ -21,6 +21,15 @@ impl Direct3 {
     ) -> Option<Self> {
         None
     }
+    pub(super) fn q(&self) -> usize {
+        match *self {}
+    }
+    pub(super) fn tap<'a>(&self, _: &'a [f32], _: u32) -> &'a [f32] {
+        match *self {}
+    }
+    pub(super) fn compact(&self, _: &[f32], _: usize, _: usize, _: &mut [f32]) {
+        match *self {}
+    }
     pub(super) fn padded_len(&self, _: usize) -> usize {
         match *self {}
     }

@@ -287,22 +287,35 @@ impl Ternary {
         if n == 1 {
             return self.matvec(xt, out);
         }
+        self.matmul_rows(n, |i| Self::row(xt, i, n), out);
+    }
+
+    /// `out[rows x n] = Weff * X` where `row(i)` is row `i` of `X` (`n` values): every output
+    /// row sums (adds or subtracts) the kept rows, in the order of `idx`. Call inside
+    /// [`vectorized`].
+    #[inline(always)]
+    pub(crate) fn matmul_rows<'a>(
+        &self,
+        n: usize,
+        row: impl Fn(u32) -> &'a [f32],
+        out: &mut [f32],
+    ) {
         for (r, acc) in out.chunks_exact_mut(n).take(self.rows).enumerate() {
             acc.fill(0.0);
             let (start, end) = (self.ptr[r], self.ptr[r + 1]);
             match &self.values {
                 Values::Signs { split, magnitude } => {
                     for &i in &self.idx[start..split[r]] {
-                        add_to(acc, Self::row(xt, i, n));
+                        add_to(acc, row(i));
                     }
                     for &i in &self.idx[split[r]..end] {
-                        sub_from(acc, Self::row(xt, i, n));
+                        sub_from(acc, row(i));
                     }
                     scale(acc, *magnitude);
                 }
                 Values::Weights(v) => {
                     for (&i, &w) in self.idx[start..end].iter().zip(&v[start..end]) {
-                        axpy(acc, w, Self::row(xt, i, n));
+                        axpy(acc, w, row(i));
                     }
                 }
             }

@@ -14,9 +14,9 @@ use std::cell::RefCell;
 mod conv;
 
 /// One sample of a convolution: `x` is `[c_in, h, w]`, the result `[c_out, oh, ow]` with
-/// `(oh, ow)`, computed with `eff` (`[c_out, c_in k k]`) by the direct 3x3 kernel or by
-/// im2col and the dense or sparse kernel (as training picks them), on this thread. For
-/// inference engines that run samples in parallel themselves.
+/// `(oh, ow)`, computed with `eff` (`[c_out, c_in k k]`) by the direct 3x3 kernel, the sparse
+/// kernel over the padded input's taps (3x3 "same" layers), or im2col and the dense or sparse
+/// kernel, on this thread. For inference engines that run samples in parallel themselves.
 #[allow(clippy::too_many_arguments)]
 pub fn conv_sample(
     eff: &Effective,
@@ -49,6 +49,8 @@ pub fn conv_sample(
                 dc.conv(&packed, c_in, o, xp, scratch, &mut y);
             },
         );
+    } else if let Some((dc, t)) = conv::sparse_direct_plan(eff, d) {
+        conv::sparse_taps_sample(dc, t, c_in, x, &mut y);
     } else if d.pointwise() {
         eff.matmul(x, p, &mut y);
     } else {

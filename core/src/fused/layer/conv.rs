@@ -7,7 +7,7 @@ use super::super::direct::Direct3;
 use super::super::gemm::{self, Mat};
 use super::super::im2col::ConvDims;
 use super::super::pool::{pool2_plane, pool2_plane_grad};
-use super::super::{elu, Effective};
+use super::super::{elu, vectorized, Effective, Ternary};
 use super::{with_scratch, FusedLayer, GRAD_CHUNK};
 use rayon::prelude::*;
 
@@ -31,6 +31,8 @@ struct Plan<'a> {
     direct: Option<(Direct3, &'a [f32])>,
     /// The direct kernel also for the weight gradient (else im2col and a GEMM).
     direct_weight_grad: bool,
+    /// The sparse kernel over the padded input's taps for the forward pass, when it applies.
+    sparse_taps: Option<(Direct3, &'a Ternary)>,
 }
 
 /// The direct kernel for a convolution of geometry `d` with `eff`, and the dense effective
@@ -48,6 +50,50 @@ pub(in crate::fused) fn direct_plan(eff: &Effective, d: ConvDims) -> Option<(Dir
     }
 }
 
+/// The sparse ternary kernel over the padded input's tap runs ([`Direct3::tap`]) instead of
+/// im2col rows, for the forward pass of training and inference, when it applies: a sparse
+/// effective weight, a geometry [`Direct3::new`] takes, and few enough kept entries that it
+/// pays. Each valid output sums the same values in the same order as through im2col (the
+/// padding zeros are im2col's margins), so the results are the same bits.
+///
+/// The cost model: a tap run has `h (w + 2)` entries where an im2col row has `h w`, so each
+/// kept entry adds `2 h` to the sums, and the column matrix it saves writes `c_in 9 h w`. The
+/// taps run when `2 h kept < c_in 9 h w`, that is below `w / (2 c_out)` of the weights kept:
+/// a quarter for Conv2's 64-channel 32x32 layer (measured there at 2% and 10% kept:
+/// docs/results/conv-speed.md), 1.6% for a 256-channel layer on 8x8 maps.
+pub(in crate::fused) fn sparse_direct_plan(
+    eff: &Effective,
+    d: ConvDims,
+) -> Option<(Direct3, &Ternary)> {
+    match eff {
+        Effective::Sparse(t) if 2 * t.idx.len() < d.patch() * d.w => {
+            Direct3::new(d.c, t.rows, d.h, d.w, d.k, d.stride, d.pad).map(|dc| (dc, t))
+        }
+        _ => None,
+    }
+}
+
+/// One sample `x` (`[c_in, h, w]`) into `y` (`[c_out, h, w]`) by the sparse kernel over the
+/// padded input's taps, with a plan from [`sparse_direct_plan`].
+pub(in crate::fused) fn sparse_taps_sample(
+    dc: Direct3,
+    t: &Ternary,
+    c_in: usize,
+    x: &[f32],
+    y: &mut [f32],
+) {
+    let q = dc.q();
+    with_scratch([dc.padded_len(c_in), t.rows * q, 0], |xp, wide, _| {
+        dc.pad(x, c_in, xp);
+        let xp = &*xp;
+        vectorized(
+            #[inline(always)]
+            || t.matmul_rows(q, |i| dc.tap(xp, i), wide),
+        );
+        dc.compact(wide, q, t.rows, y);
+    });
+}
+
 impl FusedLayer {
     fn conv_plan(&self, d: ConvDims) -> Plan<'_> {
         let direct = direct_plan(&self.eff, d);
@@ -55,6 +101,7 @@ impl FusedLayer {
             direct,
             direct_weight_grad: direct.is_some()
                 && d.positions() >= DIRECT_WEIGHT_GRAD_MIN_POSITIONS,
+            sparse_taps: sparse_direct_plan(&self.eff, d),
         }
     }
 
@@ -73,6 +120,8 @@ impl FusedLayer {
                         dc.conv(packed, d.c, o, xp, scratch, z);
                     },
                 )
+            } else if let Some((dc, t)) = plan.sparse_taps {
+                sparse_taps_sample(dc, t, d.c, x, z);
             } else if d.pointwise() {
                 self.eff.matmul(x, p, z);
             } else {

@@ -1,0 +1,85 @@
+//! The inference engine's sparse convolution over the padded input's taps
+//! (`fused::conv_sample` with a sparse effective weight on a 3x3 "same" layer) gives the same
+//! bits as the sparse kernel over an im2col column matrix, which it replaces: each output sums
+//! the same kept inputs in the same order, and the padding zeros are im2col's margins.
+
+use supermask_core::fused::{conv_sample, EffLayout, Effective};
+use supermask_core::rng::spread_values;
+
+/// `[c * 9, h * w]` columns of a 3x3, stride-1, pad-1 convolution of `x` (`[c, h, w]`), by
+/// the definition (zero outside the image).
+fn im2col(x: &[f32], c: usize, h: usize, w: usize) -> Vec<f32> {
+    let mut cols = vec![0.0f32; c * 9 * h * w];
+    for ci in 0..c {
+        for ky in 0..3 {
+            for kx in 0..3 {
+                let row = (ci * 9 + ky * 3 + kx) * h * w;
+                for oy in 0..h {
+                    for ox in 0..w {
+                        let (iy, ix) = (oy + ky, ox + kx);
+                        if (1..=h).contains(&iy) && (1..=w).contains(&ix) {
+                            cols[row + oy * w + ox] = x[ci * h * w + (iy - 1) * w + ix - 1];
+                        }
+                    }
+                }
+            }
+        }
+    }
+    cols
+}
+
+#[test]
+fn sparse_taps_conv_equals_the_im2col_sparse_kernel_bitwise() {
+    // (c_in, c_out, h, w, kept share): Conv2's first layer, a 64-channel layer at 2%, maps
+    // down to the narrowest row the tap geometry takes (w = 6), non-square, and an odd
+    // channel count.
+    let cases = [
+        (3, 64, 32, 32, 0.02),
+        (64, 64, 32, 32, 0.02),
+        (16, 8, 7, 6, 0.1),
+        (5, 3, 9, 13, 0.3),
+        (1, 1, 6, 6, 0.5),
+    ];
+    for (n, &(c_in, c_out, h, w, share)) in cases.iter().enumerate() {
+        let seed = 70 + n as u64;
+        let cols_n = c_in * 9;
+        let x = spread_values(c_in * h * w, seed, -2.0, 2.0);
+        let r = spread_values(c_out * cols_n, seed + 1, 0.0, 1.0);
+        // A ternary mask keeping `share` of the entries with random signs.
+        let mask: Vec<f32> = r
+            .iter()
+            .map(|&u| match u {
+                u if u < share / 2.0 => -1.0,
+                u if u < share => 1.0,
+                _ => 0.0,
+            })
+            .collect();
+        let varied = spread_values(c_out * cols_n, seed + 2, 0.1, 1.0);
+        let constant = vec![0.37f32; c_out * cols_n];
+        // Signed-constant weights (kept entries stored as signs) and varied ones.
+        for (weight, magnitude) in [(&constant, Some(0.37f32)), (&varied, None)] {
+            let eff = Effective::build(weight, &mask, c_out, cols_n, magnitude, EffLayout::Sparse);
+            assert!(
+                eff.is_sparse(),
+                "case {n}: the layout was asked to be sparse"
+            );
+            let (y, oh, ow) = conv_sample(&eff, c_in, h, w, 3, 1, 1, &x).unwrap();
+            assert_eq!((oh, ow), (h, w));
+            let mut want = vec![0.0f32; c_out * h * w];
+            eff.matmul(&im2col(&x, c_in, h, w), h * w, &mut want);
+            let differ = y
+                .iter()
+                .zip(&want)
+                .position(|(a, b)| a.to_bits() != b.to_bits());
+            assert!(
+                differ.is_none(),
+                "case {n} ({c_in}->{c_out}, {h}x{w}, magnitude {magnitude:?}): output {} is {} \
+                 by taps, {} by im2col",
+                differ.unwrap(),
+                y[differ.unwrap()],
+                want[differ.unwrap()]
+            );
+            assert!(want.iter().any(|&v| v != 0.0), "case {n}: all outputs zero");
+        }
+    }
+}
