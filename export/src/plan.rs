@@ -209,14 +209,11 @@ fn ops<'a>(
             }
             continue;
         }
-        if let (Step::MaxPool { .. }, Some(Op::Elu)) = (step, out.last()) {
+        if let (Step::MaxPool { k, stride, padding }, Some(Op::Elu)) = (step, out.last()) {
             // The ELU increases monotonically, so pooling first (padding is -inf, below every
             // input) and applying it to the maxima gives the same values with a quarter of the
             // exponentials after a 2x2 pool.
             out.pop();
-            let Step::MaxPool { k, stride, padding } = step else {
-                unreachable!("matched above")
-            };
             out.push(Op::MaxPool {
                 k: *k,
                 stride: *stride,
