@@ -199,6 +199,16 @@ impl Effective {
     }
 }
 
+/// Columns of one register block of [`Ternary::matmul_rows`]: four AVX2 vectors of
+/// accumulators, enough independent adds to cover the add latency.
+const ROW_BLOCK: usize = 32;
+
+/// `x[c..c + ROW_BLOCK]` as an array, so the block's loops have a fixed length.
+#[inline(always)]
+fn block_at(x: &[f32], c: usize) -> &[f32; ROW_BLOCK] {
+    x[c..c + ROW_BLOCK].try_into().expect("a whole block")
+}
+
 /// `acc += x` element-wise (a loop the compiler vectorizes).
 #[inline(always)]
 fn add_to(acc: &mut [f32], x: &[f32]) {
@@ -293,6 +303,12 @@ impl Ternary {
     /// `out[rows x n] = Weff * X` where `row(i)` is row `i` of `X` (`n` values): every output
     /// row sums (adds or subtracts) the kept rows, in the order of `idx`. Call inside
     /// [`vectorized`].
+    ///
+    /// The columns run in blocks of [`ROW_BLOCK`] held in registers over all of a row's kept
+    /// entries, so each entry costs loads and adds but no store; the tail columns accumulate
+    /// in `out`. Every output value takes the same operations in the same order either way
+    /// (from `0.0`, the positive rows, then the negative ones, then the magnitude), so the
+    /// blocking changes no bit.
     #[inline(always)]
     pub(crate) fn matmul_rows<'a>(
         &self,
@@ -300,22 +316,58 @@ impl Ternary {
         row: impl Fn(u32) -> &'a [f32],
         out: &mut [f32],
     ) {
+        let rows: Vec<&[f32]> = self.idx.iter().map(|&i| &row(i)[..n]).collect();
+        let full = n - n % ROW_BLOCK;
         for (r, acc) in out.chunks_exact_mut(n).take(self.rows).enumerate() {
-            acc.fill(0.0);
             let (start, end) = (self.ptr[r], self.ptr[r + 1]);
+            let (head, tail) = acc.split_at_mut(full);
             match &self.values {
                 Values::Signs { split, magnitude } => {
-                    for &i in &self.idx[start..split[r]] {
-                        add_to(acc, row(i));
+                    let (plus, minus) = (&rows[start..split[r]], &rows[split[r]..end]);
+                    for (c, block) in head.chunks_exact_mut(ROW_BLOCK).enumerate() {
+                        let c = c * ROW_BLOCK;
+                        let mut a = [0.0f32; ROW_BLOCK];
+                        for x in plus {
+                            let x = block_at(x, c);
+                            for k in 0..ROW_BLOCK {
+                                a[k] += x[k];
+                            }
+                        }
+                        for x in minus {
+                            let x = block_at(x, c);
+                            for k in 0..ROW_BLOCK {
+                                a[k] -= x[k];
+                            }
+                        }
+                        for (o, a) in block.iter_mut().zip(a) {
+                            *o = a * magnitude;
+                        }
                     }
-                    for &i in &self.idx[split[r]..end] {
-                        sub_from(acc, row(i));
+                    tail.fill(0.0);
+                    for x in plus {
+                        add_to(tail, &x[full..]);
                     }
-                    scale(acc, *magnitude);
+                    for x in minus {
+                        sub_from(tail, &x[full..]);
+                    }
+                    scale(tail, *magnitude);
                 }
                 Values::Weights(v) => {
-                    for (&i, &w) in self.idx[start..end].iter().zip(&v[start..end]) {
-                        axpy(acc, w, row(i));
+                    let (kept, w) = (&rows[start..end], &v[start..end]);
+                    for (c, block) in head.chunks_exact_mut(ROW_BLOCK).enumerate() {
+                        let c = c * ROW_BLOCK;
+                        let mut a = [0.0f32; ROW_BLOCK];
+                        for (x, &w) in kept.iter().zip(w) {
+                            let x = block_at(x, c);
+                            for k in 0..ROW_BLOCK {
+                                a[k] += w * x[k];
+                            }
+                        }
+                        block.copy_from_slice(&a);
+                    }
+                    tail.fill(0.0);
+                    for (x, &w) in kept.iter().zip(w) {
+                        axpy(tail, w, &x[full..]);
                     }
                 }
             }
@@ -411,6 +463,91 @@ impl Ternary {
         }
         if let Values::Signs { magnitude, .. } = self.values {
             scale(out, magnitude);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Effective, Layout, Ternary};
+
+    /// Values in [-1, 1) from a fixed linear congruential sequence, with full mantissas, so
+    /// that any change in the order of a sum changes its bits.
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (0..n)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+            })
+            .collect()
+    }
+
+    /// Output `(r, j)` of [`Ternary::matmul_rows`] by its definition, one value at a time:
+    /// from `0.0`, add the positive rows' entries in `idx` order, subtract the negative ones,
+    /// then scale; or add `w x` per kept entry.
+    fn by_definition(t: &Ternary, xt: &[f32], n: usize, r: usize, j: usize) -> f32 {
+        let (start, end) = (t.ptr[r], t.ptr[r + 1]);
+        let x = |i: u32| xt[i as usize * n + j];
+        match &t.values {
+            super::Values::Signs { split, magnitude } => {
+                let mut a = 0.0f32;
+                for &i in &t.idx[start..split[r]] {
+                    a += x(i);
+                }
+                for &i in &t.idx[split[r]..end] {
+                    a -= x(i);
+                }
+                a * magnitude
+            }
+            super::Values::Weights(v) => {
+                let mut a = 0.0f32;
+                for (&i, &w) in t.idx[start..end].iter().zip(&v[start..end]) {
+                    a += w * x(i);
+                }
+                a
+            }
+        }
+    }
+
+    /// The register-blocked rows give every output the bits of its definition, for widths
+    /// below, at and between whole blocks (so both the blocks and the tail are covered).
+    #[test]
+    fn matmul_rows_equals_its_definition_bit_for_bit() {
+        let (rows, cols) = (7, 40);
+        let w: Vec<f32> = values(rows * cols, 1)
+            .iter()
+            .map(|v| 0.3f32.copysign(*v))
+            .collect();
+        let mask: Vec<f32> = values(rows * cols, 2)
+            .iter()
+            .map(|v| if v.abs() < 0.5 { 0.0 } else { v.signum() })
+            .collect();
+        for magnitude in [Some(0.3), None] {
+            let Effective::Sparse(t) =
+                Effective::build(&w, &mask, rows, cols, magnitude, Layout::Sparse)
+            else {
+                panic!("the sparse layout was asked for");
+            };
+            for n in [1, 5, 31, 32, 33, 64, 77] {
+                let xt = values(cols * n, n as u64);
+                let mut out = vec![f32::NAN; rows * n];
+                t.matmul_rows(n, |i| &xt[i as usize * n..(i as usize + 1) * n], &mut out);
+                for r in 0..rows {
+                    for j in 0..n {
+                        let want = by_definition(&t, &xt, n, r, j);
+                        assert_eq!(
+                            out[r * n + j].to_bits(),
+                            want.to_bits(),
+                            "row {r}, column {j} of {n}, magnitude {magnitude:?}"
+                        );
+                    }
+                }
+            }
         }
     }
 }
