@@ -29,8 +29,9 @@ struct Plan<'a> {
     /// The direct kernel, with the dense effective weight it packs, for the forward pass and
     /// the input gradient, when it applies.
     direct: Option<(Direct3, &'a [f32])>,
-    /// The direct kernel also for the weight gradient (else im2col and a GEMM).
-    direct_weight_grad: bool,
+    /// The direct kernel for the weight gradient (else im2col and a GEMM). The weight
+    /// gradient does not read the weights, so this holds for sparse effective weights too.
+    weight_grad: Option<Direct3>,
     /// The sparse kernel over the padded input's taps for the forward pass, when it applies.
     sparse_taps: Option<(Direct3, &'a Ternary)>,
 }
@@ -41,13 +42,16 @@ struct Plan<'a> {
 /// ([`FusedLayer`]) and inference ([`super::conv_sample`]) both ask here.
 pub(in crate::fused) fn direct_plan(eff: &Effective, d: ConvDims) -> Option<(Direct3, &[f32])> {
     match eff {
-        Effective::Dense { rows, data, .. } => {
-            Direct3::new(d.c, *rows, d.h, d.w, d.k, d.stride, d.pad)
-                .filter(|dc| dc.working_set() <= DIRECT_MAX_WORKING_SET)
-                .map(|dc| (dc, &data[..]))
-        }
+        Effective::Dense { rows, data, .. } => direct_geometry(d, *rows).map(|dc| (dc, &data[..])),
         Effective::Sparse(_) => None,
     }
+}
+
+/// The direct kernel's geometry for a convolution of geometry `d` to `c_out` channels, when
+/// [`Direct3::new`] takes it and its working set is at most [`DIRECT_MAX_WORKING_SET`].
+fn direct_geometry(d: ConvDims, c_out: usize) -> Option<Direct3> {
+    Direct3::new(d.c, c_out, d.h, d.w, d.k, d.stride, d.pad)
+        .filter(|dc| dc.working_set() <= DIRECT_MAX_WORKING_SET)
 }
 
 /// The sparse ternary kernel over the padded input's tap runs ([`Direct3::tap`]) instead of
@@ -96,11 +100,10 @@ pub(in crate::fused) fn sparse_taps_sample(
 
 impl FusedLayer {
     fn conv_plan(&self, d: ConvDims) -> Plan<'_> {
-        let direct = direct_plan(&self.eff, d);
         Plan {
-            direct,
-            direct_weight_grad: direct.is_some()
-                && d.positions() >= DIRECT_WEIGHT_GRAD_MIN_POSITIONS,
+            direct: direct_plan(&self.eff, d),
+            weight_grad: direct_geometry(d, self.eff.dims().0)
+                .filter(|_| d.positions() >= DIRECT_WEIGHT_GRAD_MIN_POSITIONS),
             sparse_taps: sparse_direct_plan(&self.eff, d),
         }
     }
@@ -181,6 +184,9 @@ impl FusedLayer {
             _ => None,
         };
         let direct = plan.direct.map(|(dc, _)| dc);
+        // The padded output gradient serves the direct input gradient and weight gradient
+        // alike (one geometry).
+        let padded_gy = direct.or(plan.weight_grad);
         let mut gx = vec![0.0f32; if want_gx { batch * d.input() } else { 0 }];
         let chunks = batch.div_ceil(GRAD_CHUNK);
         let mut gx_chunks: Vec<&mut [f32]> = if want_gx {
@@ -190,22 +196,13 @@ impl FusedLayer {
         };
         // Scratch per sample: [cols | padded x | padded gy], the input gradient's columns (or
         // the direct kernel's output tiles), and the pre-activation gradient.
-        let cols_len = if d.pointwise() || plan.direct_weight_grad {
+        let cols_len = if d.pointwise() || plan.weight_grad.is_some() {
             0
         } else {
             patch * p
         };
-        let (xp_len, gp_len) = match direct {
-            Some(dc) => (
-                if plan.direct_weight_grad {
-                    dc.padded_len(d.c)
-                } else {
-                    0
-                },
-                dc.padded_len(o),
-            ),
-            None => (0, 0),
-        };
+        let xp_len = plan.weight_grad.map_or(0, |dc| dc.padded_len(d.c));
+        let gp_len = padded_gy.map_or(0, |dc| dc.padded_len(o));
         let gcols_len = match direct {
             _ if !want_gx => 0,
             Some(dc) => dc.scratch_len(d.c),
@@ -232,15 +229,15 @@ impl FusedLayer {
                         let gys = self.pre_activation_grad(gy, y, d, s, gz);
                         let (cols, rest) = buf.split_at_mut(cols_len);
                         let (xp, gp) = rest.split_at_mut(xp_len);
-                        if let Some(dc) = &direct {
+                        if let Some(dc) = &padded_gy {
                             dc.pad(gys, o, gp);
                         }
-                        match &direct {
-                            Some(dc) if plan.direct_weight_grad => {
+                        match &plan.weight_grad {
+                            Some(dc) => {
                                 dc.pad(xs, d.c, xp);
                                 dc.weight_grad(gp, xp, &mut gw);
                             }
-                            _ => {
+                            None => {
                                 let cols: &[f32] = if d.pointwise() {
                                     xs
                                 } else {
