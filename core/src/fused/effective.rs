@@ -471,20 +471,10 @@ impl Ternary {
 mod tests {
     use super::{Effective, Layout, Ternary};
 
-    /// Values in [-1, 1) from a fixed linear congruential sequence, with full mantissas, so
-    /// that any change in the order of a sum changes its bits.
+    /// Values in [-1, 1) with 24-bit fractions, so that any change in the order of a sum
+    /// changes its bits.
     fn values(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (0..n)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-            })
-            .collect()
+        crate::rng::spread_values(n, seed, -1.0, 1.0)
     }
 
     /// Output `(r, j)` of [`Ternary::matmul_rows`] by its definition, one value at a time:

@@ -1,7 +1,8 @@
 //! The fused layer's convolution, forward and backward over a batch, one sample at a time: by
-//! im2col and a GEMM (or the sparse ternary kernel), or, for a 3x3 stride-1 "same" convolution
-//! with a dense effective weight, by the direct kernel ([`Direct3`]), which reads the padded
-//! input in place instead of writing a 9x larger column matrix.
+//! im2col and a GEMM (or the sparse ternary kernel), or, for a 3x3 stride-1 "same" convolution,
+//! by the direct kernel ([`Direct3`]), which reads the padded input in place instead of writing
+//! a 9x larger column matrix: for the forward pass and input gradient with a dense effective
+//! weight, for the weight gradient with either form (it does not read the weights).
 
 use super::super::direct::Direct3;
 use super::super::gemm::{self, Mat};
