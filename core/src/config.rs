@@ -29,7 +29,9 @@ pub struct KernelConfig {
     pub path: KernelPath,
     /// A masked layer whose share of non-zero mask entries is below this uses the sparse
     /// ternary kernels, else dense GEMM (0 = always dense, 1 = always sparse). The default is
-    /// the crossover measured by `cargo bench --bench kernels` on the development machine.
+    /// the crossover measured by `cargo bench --bench kernels` on the development machine; 3x3
+    /// "same" convolutions whose kept entries the tap kernels take switch higher, up to 0.3
+    /// (`fused::conv_layout`).
     #[serde(default = "default_sparse_below")]
     pub sparse_below: f64,
 }

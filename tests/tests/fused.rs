@@ -612,7 +612,10 @@ fn folded_batch_norm_equals_the_separate_ops_bitwise() {
 
 /// The direct 3x3 kernel's regime (stride 1, pad 1, rows of 6 or more, dense effective
 /// weight): wider layers, maps large enough for its weight gradient (16x16 and up), and
-/// batches over the 16-sample gradient chunk, with each epilogue, against the reference.
+/// batches over the 16-sample gradient chunk, with each epilogue, against the reference. With
+/// the sparse layout (`check` runs both), the shapes that keep few enough entries take the
+/// sparse kernel over the taps of the padded input (forward) and of the padded output gradient
+/// (input gradient) instead.
 #[test]
 fn fused_direct_conv_matches_reference() {
     let cases = [

@@ -2,8 +2,9 @@
 //! (`fused::conv_sample` with a sparse effective weight on a 3x3 "same" layer) gives the same
 //! bits as the sparse kernel over an im2col column matrix, which it replaces: each output sums
 //! the same kept inputs in the same order, and the padding zeros are im2col's margins.
+//! Also where the automatic layout switch sends such a layer to the sparse kernels.
 
-use supermask_core::fused::{conv_sample, EffLayout, Effective};
+use supermask_core::fused::{conv_layout, conv_sample, EffLayout, Effective};
 use supermask_core::rng::spread_values;
 
 /// `[c * 9, h * w]` columns of a 3x3, stride-1, pad-1 convolution of `x` (`[c, h, w]`), by
@@ -81,5 +82,31 @@ fn sparse_taps_conv_equals_the_im2col_sparse_kernel_bitwise() {
             );
             assert!(want.iter().any(|&v| v != 0.0), "case {n}: all outputs zero");
         }
+    }
+}
+
+/// The automatic layout switch of a 3x3 "same" layer is raised to where the tap kernels apply
+/// (a kept share below `w / (2 c_out)`, the plan's `2 kept < c_in 9 w`), at most 0.3 (the
+/// dense/sparse crossover `cargo bench --bench kernels` measured for such layers); other
+/// geometries and the always-dense and always-sparse layouts keep the configured switch.
+#[test]
+fn conv_layout_raises_the_sparse_switch_where_the_tap_kernels_apply() {
+    let direct = cfg!(target_arch = "x86_64")
+        && std::arch::is_x86_feature_detected!("avx2")
+        && std::arch::is_x86_feature_detected!("fma");
+    let auto =
+        |c_out, x, k, stride, pad| conv_layout(EffLayout::Auto(0.2), c_out, x, k, stride, pad);
+    let raised = |to: f64| EffLayout::Auto(if direct { to } else { 0.2 });
+    // ResNet20's layers: 16 channels on 32x32 (32 / 32 = 1, capped at 0.3), 32 on 16x16
+    // (16 / 64), 64 on 8x8 (8 / 128, below the configured 0.2).
+    assert_eq!(auto(16, [128, 16, 32, 32], 3, 1, 1), raised(0.3));
+    assert_eq!(auto(32, [128, 32, 16, 16], 3, 1, 1), raised(0.25));
+    assert_eq!(auto(64, [128, 64, 8, 8], 3, 1, 1), EffLayout::Auto(0.2));
+    // Strided, 1x1 and unpadded convolutions have no tap kernel.
+    assert_eq!(auto(16, [128, 16, 32, 32], 3, 2, 1), EffLayout::Auto(0.2));
+    assert_eq!(auto(16, [128, 16, 32, 32], 1, 1, 0), EffLayout::Auto(0.2));
+    assert_eq!(auto(16, [128, 16, 32, 32], 3, 1, 0), EffLayout::Auto(0.2));
+    for fixed in [EffLayout::Dense, EffLayout::Sparse] {
+        assert_eq!(conv_layout(fixed, 16, [128, 16, 32, 32], 3, 1, 1), fixed);
     }
 }

@@ -12,6 +12,7 @@ use rayon::prelude::*;
 use std::cell::RefCell;
 
 mod conv;
+pub use conv::conv_layout;
 
 /// One sample of a convolution: `x` is `[c_in, h, w]`, the result `[c_out, oh, ow]` with
 /// `(oh, ow)`, computed with `eff` (`[c_out, c_in k k]`) by the direct 3x3 kernel, the sparse

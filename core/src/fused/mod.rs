@@ -34,7 +34,7 @@ mod pool;
 mod transpose;
 
 pub use effective::{Effective, Layout as EffLayout, Ternary, Values};
-pub use layer::{conv_sample, max_pool2_sample, FusedLayer, Geometry};
+pub use layer::{conv_layout, conv_sample, max_pool2_sample, FusedLayer, Geometry};
 pub use optim::{sgdw_step, StepParams};
 
 use crate::Result;

@@ -353,8 +353,24 @@ fn masked(
         )
         && fused_for(path, m.weight)
     {
-        let eff = masked_effective(m, layout(&ctx.kernels))?;
         let geometry = geometry(m.weight, conv)?;
+        let eff_layout = match (geometry, x.dims()) {
+            (
+                Geometry::Conv {
+                    k, stride, padding, ..
+                },
+                &[b, c, h, w],
+            ) => fused::conv_layout(
+                layout(&ctx.kernels),
+                m.weight.dims()[0],
+                [b, c, h, w],
+                k,
+                stride,
+                padding,
+            ),
+            _ => layout(&ctx.kernels),
+        };
+        let eff = masked_effective(m, eff_layout)?;
         let op = epilogue
             .fused(eff, geometry, Some(m.weight.clone()))?
             .with_score_sign(gradient == MaskGradient::StraightThroughAbs);

@@ -2,13 +2,15 @@
 //! im2col and a GEMM (or the sparse ternary kernel), or, for a 3x3 stride-1 "same" convolution,
 //! by the direct kernel ([`Direct3`]), which reads the padded input in place instead of writing
 //! a 9x larger column matrix: for the forward pass and input gradient with a dense effective
-//! weight, for the weight gradient with either form (it does not read the weights).
+//! weight, for the weight gradient with either form (it does not read the weights). A sparse
+//! effective weight with few enough kept entries runs the ternary kernel over the padded
+//! input's taps (forward) and the padded output gradient's (input gradient) instead.
 
 use super::super::direct::Direct3;
 use super::super::gemm::{self, Mat};
 use super::super::im2col::ConvDims;
 use super::super::pool::{pool2_plane, pool2_plane_grad};
-use super::super::{elu, vectorized, Effective, Ternary};
+use super::super::{elu, vectorized, EffLayout as Layout, Effective, Ternary, Values};
 use super::{with_scratch, FusedLayer, GRAD_CHUNK};
 use rayon::prelude::*;
 
@@ -33,7 +35,9 @@ struct Plan<'a> {
     /// The direct kernel for the weight gradient (else im2col and a GEMM). The weight
     /// gradient does not read the weights, so this holds for sparse effective weights too.
     weight_grad: Option<Direct3>,
-    /// The sparse kernel over the padded input's taps for the forward pass, when it applies.
+    /// The sparse kernel over the padded input's taps for the forward pass, when it applies;
+    /// the input gradient then runs the same kernel over the padded output gradient's taps
+    /// with the pattern transposed and flipped ([`transpose_flipped`]).
     sparse_taps: Option<(Direct3, &'a Ternary)>,
 }
 
@@ -56,10 +60,13 @@ fn direct_geometry(d: ConvDims, c_out: usize) -> Option<Direct3> {
 }
 
 /// The sparse ternary kernel over the padded input's tap runs ([`Direct3::tap`]) instead of
-/// im2col rows, for the forward pass of training and inference, when it applies: a sparse
+/// im2col rows, for the forward pass of training and inference (and, in training, over the
+/// padded output gradient's taps for the input gradient), when it applies: a sparse
 /// effective weight, a geometry [`Direct3::new`] takes, and few enough kept entries that it
 /// pays. Each valid output sums the same values in the same order as through im2col (the
-/// padding zeros are im2col's margins), so the results are the same bits.
+/// padding zeros are im2col's margins), so the results are the same bits. The input gradient
+/// sums each input's terms kept entry by kept entry, where `Weff^T gy` and col2im summed them
+/// tap by tap, so it agrees with that path to rounding.
 ///
 /// The cost model: a tap run has `h (w + 2)` entries where an im2col row has `h w`, so each
 /// kept entry adds `2 h` to the sums, and the column matrix it saves writes `c_in 9 h w`. The
@@ -75,6 +82,38 @@ pub(in crate::fused) fn sparse_direct_plan(
             Direct3::new(d.c, t.rows, d.h, d.w, d.k, d.stride, d.pad).map(|dc| (dc, t))
         }
         _ => None,
+    }
+}
+
+/// Kept share up to which a 3x3 "same" layer runs sparse, above `train.kernels.sparse_below`,
+/// when its kept entries are also few enough for the tap kernels ([`sparse_direct_plan`]).
+/// Measured by `cargo bench --bench kernels` (one thread, Zen 4, batch 128, a signed layer's
+/// forward and backward, dense against sparse): at 30% kept 26.0 against 30.7 ms for 16
+/// channels on 32x32, 26.6 against 27.6 ms for 32 on 16x16; at 50% the dense kernel was
+/// ahead or even. Where the taps do not apply the sparse kernels' crossover stays lower: for
+/// 64 channels on 32x32 at 30% kept (im2col rows), 529.6 against 415.8 ms.
+const TAPS_SPARSE_BELOW: f64 = 0.3;
+
+/// The effective-weight layout for a convolution of `c_out` filters of `k x k` over inputs
+/// `[batch, c_in, h, w]` with `stride` and `pad`, given the configured `layout`: an automatic
+/// switch at `below` is raised, for a geometry [`Direct3::new`] takes, up to the kept share
+/// where the tap kernels apply (`w / (2 c_out)`, see [`sparse_direct_plan`]) and at most
+/// [`TAPS_SPARSE_BELOW`]. Always-dense and always-sparse layouts stay as they are.
+pub fn conv_layout(
+    layout: Layout,
+    c_out: usize,
+    x: [usize; 4],
+    k: usize,
+    stride: usize,
+    pad: usize,
+) -> Layout {
+    let [_, c_in, h, w] = x;
+    match layout {
+        Layout::Auto(below) if Direct3::new(c_in, c_out, h, w, k, stride, pad).is_some() => {
+            let taps = TAPS_SPARSE_BELOW.min(w as f64 / (2 * c_out) as f64);
+            Layout::Auto(below.max(taps))
+        }
+        other => other,
     }
 }
 
@@ -97,6 +136,90 @@ pub(in crate::fused) fn sparse_taps_sample(
         );
         dc.compact(wide, q, t.rows, y);
     });
+}
+
+/// The input gradient's pattern of a 3x3 convolution's sparse effective weight `t`
+/// (`[c_out, c_in * 9]`): `[c_in, c_out * 9]` with entry `(ci, co * 9 + 8 - k)` for each kept
+/// `(co, ci * 9 + k)`, the transposed and flipped weights of [`Direct3::pack_input_grad`] as a
+/// ternary matrix. [`Ternary::matmul_rows`] over the padded output gradient's taps
+/// ([`Direct3::tap`]) with it is the input gradient, without `Weff^T gy` into a column matrix
+/// and col2im's scatter back. Each row keeps its entries in the order of `t`'s (by `co`, then
+/// by `k`), positive ones first for signs.
+///
+/// Measured (one thread, Zen 4, batch 128, a signed 3x3 layer with the ELU at 10% kept,
+/// forward and backward): 16 channels on 32x32 25.7 ms to 20.8 ms, 32 on 16x16 19.4 to
+/// 18.2 ms. For 64 channels on 8x8, where the forward pass keeps im2col, the taps were no
+/// faster for the input gradient either (18.6 against 18.1 ms), so they follow the forward
+/// plan.
+fn transpose_flipped(t: &Ternary, c_in: usize) -> Ternary {
+    debug_assert_eq!(t.cols, c_in * 9);
+    let (rows, cols) = (c_in, t.rows * 9);
+    // Entry `e` of `t` (row `co`) goes to row `idx[e] / 9`; negative entries count after the
+    // row's positive ones.
+    let negative = |co: usize, e: usize| match &t.values {
+        Values::Signs { split, .. } => e >= split[co],
+        Values::Weights(_) => false,
+    };
+    let mut plus = vec![0usize; rows];
+    let mut minus = vec![0usize; rows];
+    for co in 0..t.rows {
+        for e in t.ptr[co]..t.ptr[co + 1] {
+            let r = t.idx[e] as usize / 9;
+            if negative(co, e) {
+                minus[r] += 1;
+            } else {
+                plus[r] += 1;
+            }
+        }
+    }
+    let mut ptr = Vec::with_capacity(rows + 1);
+    ptr.push(0);
+    for r in 0..rows {
+        ptr.push(ptr[r] + plus[r] + minus[r]);
+    }
+    let split: Vec<usize> = (0..rows).map(|r| ptr[r] + plus[r]).collect();
+    // Next free slot of each row's positive and negative entries.
+    let mut next_plus: Vec<usize> = ptr[..rows].to_vec();
+    let mut next_minus = split.clone();
+    let mut idx = vec![0u32; t.idx.len()];
+    let mut vals = vec![
+        0.0f32;
+        if matches!(t.values, Values::Weights(_)) {
+            idx.len()
+        } else {
+            0
+        }
+    ];
+    for co in 0..t.rows {
+        for e in t.ptr[co]..t.ptr[co + 1] {
+            let i = t.idx[e] as usize;
+            let (r, k) = (i / 9, i % 9);
+            let slot = if negative(co, e) {
+                &mut next_minus[r]
+            } else {
+                &mut next_plus[r]
+            };
+            idx[*slot] = (co * 9 + 8 - k) as u32;
+            if let Values::Weights(v) = &t.values {
+                vals[*slot] = v[e];
+            }
+            *slot += 1;
+        }
+    }
+    let values = match &t.values {
+        Values::Signs { magnitude, .. } => Values::Signs {
+            split,
+            magnitude: *magnitude,
+        },
+        Values::Weights(_) => Values::Weights(vals),
+    };
+    Ternary {
+        rows,
+        cols,
+        ptr,
+        idx,
+        values,
+    }
 }
 
 impl FusedLayer {
@@ -185,9 +308,15 @@ impl FusedLayer {
             _ => None,
         };
         let direct = plan.direct.map(|(dc, _)| dc);
-        // The padded output gradient serves the direct input gradient and weight gradient
-        // alike (one geometry).
-        let padded_gy = direct.or(plan.weight_grad);
+        let grad_taps = match plan.sparse_taps {
+            Some((dc, t)) if want_gx => Some((dc, transpose_flipped(t, d.c))),
+            _ => None,
+        };
+        // The padded output gradient serves the direct and tap input gradients and the direct
+        // weight gradient alike (one geometry).
+        let padded_gy = direct
+            .or(plan.weight_grad)
+            .or(grad_taps.as_ref().map(|(dc, _)| *dc));
         let mut gx = vec![0.0f32; if want_gx { batch * d.input() } else { 0 }];
         let chunks = batch.div_ceil(GRAD_CHUNK);
         let mut gx_chunks: Vec<&mut [f32]> = if want_gx {
@@ -207,6 +336,7 @@ impl FusedLayer {
         let gcols_len = match direct {
             _ if !want_gx => 0,
             Some(dc) => dc.scratch_len(d.c),
+            None if grad_taps.is_some() => d.c * grad_taps.as_ref().map_or(0, |(dc, _)| dc.q()),
             None if d.pointwise() => 0,
             None => patch * p,
         };
@@ -258,6 +388,13 @@ impl FusedLayer {
                             let gxs = &mut gx[s * d.input()..(s + 1) * d.input()];
                             if let (Some(dc), Some(packed_t)) = (&direct, &packed_t) {
                                 dc.conv(packed_t, o, d.c, gp, gcols, gxs);
+                            } else if let Some((dc, tt)) = &grad_taps {
+                                let (q, gp) = (dc.q(), &*gp);
+                                vectorized(
+                                    #[inline(always)]
+                                    || tt.matmul_rows(q, |i| dc.tap(gp, i), gcols),
+                                );
+                                dc.compact(gcols, q, d.c, gxs);
                             } else if d.pointwise() {
                                 self.eff.matmul_t(gys, p, gxs);
                             } else {
