@@ -1,7 +1,8 @@
 //! Micro-benchmarks of the fused kernels: the FCN's first layer (300 x 784, batch 128) as dense
 //! GEMM vs sparse ternary at several mask densities (the crossover that sets the default of
 //! `train.kernels.sparse_below`), building the effective weight, the fused ELU against
-//! candle's, and the fused optimizer step.
+//! candle's, the fused optimizer step, and a signed ResNet20 3x3 layer's forward and backward
+//! with the dense and the sparse effective weight at several kept shares.
 //!
 //! `cargo bench -p supermask-benches --bench kernels`
 
@@ -9,9 +10,14 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use candle_core::{Device, Tensor};
+use candle_core::{Device, Tensor, Var};
 use supermask_benches::{median_time, set_threads, unit_values};
-use supermask_core::fused::{sgdw_step, EffLayout, Effective, StepParams};
+use supermask_core::fused::{
+    sgdw_step, EffLayout, Effective, KernelConfig, KernelPath, StepParams,
+};
+use supermask_core::ops::Epilogue;
+use supermask_core::registry::{init_from_table, mask_from_table, threshold_from_table};
+use supermask_core::{ForwardCtx, Layer, LayerFactory, MaskingConfig, Taus};
 
 /// Median seconds of `reps` calls after one warm-up call.
 fn time(reps: usize, f: impl FnMut()) -> f64 {
@@ -102,4 +108,80 @@ fn main() {
     );
     let step = time(50, || sgdw_step(&p, &g, &mut v, &h).unwrap());
     println!("fused SGDW step, {len} parameters: {:.1} us", step * 1e6);
+    conv_layers();
+}
+
+fn table(s: &str) -> toml::Table {
+    toml::from_str(s).expect("a TOML table")
+}
+
+/// Forward and backward (input and score gradients) of a signed 3x3 "same" layer with the ELU
+/// epilogue, at ResNet20's three widths and map sizes and Conv4's two, batch 128, for kept shares from 10% to
+/// 50%: the dense effective weight (`sparse_below` 0: the direct kernel) against the sparse one
+/// (`sparse_below` 1: the ternary kernel over taps or im2col rows, as the plan picks).
+fn conv_layers() {
+    supermask_plugins::link();
+    let masking = MaskingConfig::Masked {
+        mask: mask_from_table(table("type = \"signed\"")).unwrap(),
+        threshold: threshold_from_table(table("type = \"fixed\"")).unwrap(),
+        weight_init: init_from_table(table("type = \"elus\"\ndist = \"signed-constant\"")).unwrap(),
+        score_init: init_from_table(table("type = \"xavier-uniform\"")).unwrap(),
+    };
+    let dev = Device::Cpu;
+    println!("signed 3x3 layer + ELU, batch 128, forward and backward, milliseconds");
+    println!(
+        "{:>14} {:>6} {:>8} {:>8}",
+        "layer", "kept", "dense", "sparse"
+    );
+    for (ch, hw) in [(16usize, 32usize), (32, 16), (64, 8), (64, 32), (128, 16)] {
+        let n = ch * ch * 9;
+        let mut f = LayerFactory::new(masking.clone(), dev.clone(), 1);
+        let mut layer = f.conv2d("conv", ch, ch, 3, 1, 1).unwrap();
+        let Layer::Masked(l) = &mut layer else {
+            unreachable!("a masked factory gives masked layers")
+        };
+        let w: Vec<f32> = values(n, 7).iter().map(|v| 0.1f32.copysign(*v)).collect();
+        l.set_weight(Tensor::from_vec(w, (ch, ch, 3, 3), &dev).unwrap())
+            .unwrap();
+        // Scores uniform in [-1, 1): thresholds at +-tau keep a share 1 - tau.
+        l.scores()
+            .set(&Tensor::from_vec(values(n, 8), (ch, ch, 3, 3), &dev).unwrap())
+            .unwrap();
+        let shape = (128, ch, hw, hw);
+        let x = Var::from_vec(values(128 * ch * hw * hw, 9), shape, &dev).unwrap();
+        let r = Tensor::from_vec(values(128 * ch * hw * hw, 10), shape, &dev).unwrap();
+        let ep = Epilogue {
+            scale: None,
+            elu: Some(1.0),
+            pool2: false,
+        };
+        for kept in [0.1f32, 0.2, 0.3, 0.5] {
+            let Layer::Masked(l) = &mut layer else {
+                unreachable!()
+            };
+            l.set_taus(Taus {
+                neg: kept - 1.0,
+                pos: 1.0 - kept,
+            })
+            .unwrap();
+            let ms = |sparse_below: f64| {
+                let c = ForwardCtx {
+                    train: true,
+                    step: 0,
+                    seed: 1,
+                    kernels: KernelConfig {
+                        path: KernelPath::Fused,
+                        sparse_below,
+                    },
+                };
+                1e3 * time(10, || {
+                    let y = layer.forward_epilogue(x.as_tensor(), &c, &ep).unwrap();
+                    let loss = (&y * &r).unwrap().sum_all().unwrap();
+                    std::hint::black_box(loss.backward().unwrap());
+                })
+            };
+            let label = format!("{ch}ch {hw}x{hw}");
+            println!("{label:>14} {kept:>6.2} {:>8.1} {:>8.1}", ms(0.0), ms(1.0));
+        }
+    }
 }
