@@ -333,12 +333,12 @@ impl FusedLayer {
         };
         let xp_len = plan.weight_grad.map_or(0, |dc| dc.padded_len(d.c));
         let gp_len = padded_gy.map_or(0, |dc| dc.padded_len(o));
-        let gcols_len = match direct {
+        let gcols_len = match (direct, &grad_taps) {
             _ if !want_gx => 0,
-            Some(dc) => dc.scratch_len(d.c),
-            None if grad_taps.is_some() => d.c * grad_taps.as_ref().map_or(0, |(dc, _)| dc.q()),
-            None if d.pointwise() => 0,
-            None => patch * p,
+            (Some(dc), _) => dc.scratch_len(d.c),
+            (None, Some((dc, _))) => d.c * dc.q(),
+            (None, None) if d.pointwise() => 0,
+            (None, None) => patch * p,
         };
         let gz_len = if self.act.is_some() || self.pool2 || self.affine.is_some() {
             o * p
