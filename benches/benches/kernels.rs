@@ -2,9 +2,11 @@
 //! GEMM vs sparse ternary at several mask densities (the crossover that sets the default of
 //! `train.kernels.sparse_below`), building the effective weight, the fused ELU against
 //! candle's, the fused optimizer step, and a signed ResNet20 3x3 layer's forward and backward
-//! with the dense and the sparse effective weight at several kept shares.
+//! with the dense and the sparse effective weight at several kept shares, and the ResNet stem's
+//! 3x3 "same" max-pool.
 //!
-//! `cargo bench -p supermask-benches --bench kernels`
+//! `cargo bench -p supermask-benches --bench kernels [-- SECTION...]`, sections `fcn`, `conv`
+//! and `pool` (all when none is named).
 
 /// The allocator the CLI uses too (it reuses freed buffers instead of faulting in new pages).
 #[global_allocator]
@@ -35,6 +37,25 @@ fn values(n: usize, seed: u64) -> Vec<f32> {
 fn main() {
     let threads = set_threads();
     println!("threads: {threads}");
+    let named: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let run = |section: &str| named.is_empty() || named.iter().any(|n| n == section);
+    if run("fcn") {
+        fcn_layer();
+    }
+    if run("conv") {
+        conv_layers();
+    }
+    if run("pool") {
+        stem_pool();
+    }
+}
+
+/// The FCN's first layer (dense against sparse at several densities), building the effective
+/// weight, the ELU and the optimizer step.
+fn fcn_layer() {
     let (rows, cols, n) = (300, 784, 128);
     let w: Vec<f32> = values(rows * cols, 1)
         .iter()
@@ -108,7 +129,33 @@ fn main() {
     );
     let step = time(50, || sgdw_step(&p, &g, &mut v, &h).unwrap());
     println!("fused SGDW step, {len} parameters: {:.1} us", step * 1e6);
-    conv_layers();
+}
+
+/// The ResNet stem's 3x3 stride-1 "same" max-pool on a batch of 128 16-channel 32x32 maps,
+/// forward alone and forward with backward, fused against the reference path (candle ops).
+fn stem_pool() {
+    let dev = Device::Cpu;
+    let shape = (128, 16, 32, 32);
+    let x = Var::from_vec(values(128 * 16 * 32 * 32, 11), shape, &dev).unwrap();
+    println!("3x3 same max-pool, 128 x 16 x 32 x 32, milliseconds: forward, forward + backward");
+    for (name, path) in [
+        ("fused", KernelPath::Fused),
+        ("reference", KernelPath::Reference),
+    ] {
+        let kc = KernelConfig {
+            path,
+            ..KernelConfig::default()
+        };
+        let pool = || supermask_core::ops::max_pool_same_stride1(x.as_tensor(), 3, &kc).unwrap();
+        let fwd = time(10, || {
+            std::hint::black_box(pool());
+        });
+        let both = time(10, || {
+            // The sum's gradient is a broadcast one: the pool's backward is most of the rest.
+            std::hint::black_box(pool().sum_all().unwrap().backward().unwrap());
+        });
+        println!("{name:>10} {:>8.2} {:>8.2}", fwd * 1e3, both * 1e3);
+    }
 }
 
 fn table(s: &str) -> toml::Table {

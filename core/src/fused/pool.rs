@@ -2,11 +2,17 @@
 //! the backward routes each output's gradient to the first maximum of its window (row-major),
 //! found again from the input and the output instead of stored indices.
 //!
+//! A "same" pool (stride 1, odd `k`, `pad = (k - 1) / 2`: the ResNet stem's 3x3) runs
+//! separably, the maximum over each row's window and then over the window's rows, in
+//! vectorizable passes; its backward finds each output's first maximum tap by tap and adds in
+//! the generic backward's order, so both paths give the same bits (the unit tests compare
+//! them).
+//!
 //! (Candle's own `max_pool2d` backward scales gradients by `1 / k^2` — in candle 0.11.1 a
 //! 2x2 pool passes a quarter of the gradient — so the reference path pools with a reshape and
 //! `max`, see [`crate::ops::reference::max_pool2`].)
 
-use super::{cpu_slice, with_f32};
+use super::{cpu_slice, vectorized, with_f32};
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -39,6 +45,24 @@ impl MaxPool {
 
     /// Pools one `h x w` plane `x` into `y` (`oh x ow`).
     pub(crate) fn plane(&self, x: &[f32], h: usize, w: usize, y: &mut [f32]) {
+        if self.same() {
+            vectorized(
+                #[inline(always)]
+                || self.same_plane(x, h, w, y),
+            )
+        } else {
+            self.generic_plane(x, h, w, y)
+        }
+    }
+
+    /// Whether the pool keeps the size with stride 1 (odd `k`, `pad = (k - 1) / 2`), the case
+    /// [`Self::same_plane`] and [`Self::same_plane_grad`] run (tap indices exact in `f32`).
+    fn same(&self) -> bool {
+        self.stride == 1 && 2 * self.pad + 1 == self.k && self.k < 4096
+    }
+
+    /// The window's definition, output by output: the reference the fast paths are held to.
+    fn generic_plane(&self, x: &[f32], h: usize, w: usize, y: &mut [f32]) {
         let (oh, ow) = self.out_dims(h, w);
         for i in 0..oh {
             let rows = self.window(i, h);
@@ -51,6 +75,121 @@ impl MaxPool {
                     }
                 }
                 y[i * ow + j] = m;
+            }
+        }
+    }
+
+    /// A same pool, separably: each row's running maximum over the tap columns, then the
+    /// running maximum of those over the tap rows. Taken in the window's order from `-inf`,
+    /// the maxima equal [`Self::generic_plane`]'s (a maximum rounds nothing).
+    #[inline(always)]
+    fn same_plane(&self, x: &[f32], h: usize, w: usize, y: &mut [f32]) {
+        let mut rows = vec![f32::NEG_INFINITY; h * w];
+        for (src, dst) in x.chunks_exact(w).zip(rows.chunks_exact_mut(w)) {
+            for tap in 0..self.k {
+                let Some((lo, hi)) = self.span(tap, w) else {
+                    continue;
+                };
+                let shifted = &src[lo + tap - self.pad..hi + tap - self.pad];
+                for (o, v) in dst[lo..hi].iter_mut().zip(shifted) {
+                    *o = o.max(*v);
+                }
+            }
+        }
+        for (i, out) in y.chunks_exact_mut(w).enumerate().take(h) {
+            out.fill(f32::NEG_INFINITY);
+            for tap in 0..self.k {
+                let Some(r) = (i + tap).checked_sub(self.pad).filter(|&r| r < h) else {
+                    continue;
+                };
+                for (o, v) in out.iter_mut().zip(&rows[r * w..(r + 1) * w]) {
+                    *o = o.max(*v);
+                }
+            }
+        }
+    }
+
+    /// The outputs `lo..hi` of a same pool's row of `w` whose column tap `tap` (of `k`) lies
+    /// inside the row, input column `j + tap - pad`; `None` where no output's does.
+    #[inline(always)]
+    fn span(&self, tap: usize, w: usize) -> Option<(usize, usize)> {
+        let lo = self.pad.saturating_sub(tap);
+        let hi = (w + self.pad).saturating_sub(tap).min(w);
+        (lo < hi).then_some((lo, hi))
+    }
+
+    /// The backward of one plane, output by output: each output's gradient goes to the first
+    /// input of its window (row-major) equal to the output.
+    fn generic_plane_grad(
+        &self,
+        x: &[f32],
+        y: &[f32],
+        g: &[f32],
+        h: usize,
+        w: usize,
+        gx: &mut [f32],
+    ) {
+        let (oh, ow) = self.out_dims(h, w);
+        for i in 0..oh {
+            let rows = self.window(i, h);
+            for j in 0..ow {
+                let cols = self.window(j, w);
+                let m = y[i * ow + j];
+                'window: for r in rows.clone() {
+                    for c in cols.clone() {
+                        if x[r * w + c] == m {
+                            gx[r * w + c] += g[i * ow + j];
+                            break 'window;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// [`Self::generic_plane_grad`] for a same pool, tap by tap. First each output's first
+    /// tap (row-major) whose input equals it; then each tap adds its outputs' gradients into
+    /// the shifted inputs, taps in reverse, so every input receives its outputs' gradients in
+    /// row-major order of the outputs as the generic backward adds them (the other outputs
+    /// add `+0.0`, which changes no sum that starts at `+0.0`).
+    #[inline(always)]
+    fn same_plane_grad(&self, x: &[f32], y: &[f32], g: &[f32], h: usize, w: usize, gx: &mut [f32]) {
+        let (k, pad) = (self.k, self.pad);
+        let row = |i: usize, tap: usize| (i + tap).checked_sub(pad).filter(|&r| r < h);
+        // Tap indices as `f32` (exact below 2^24; -1 for none yet), so that both passes
+        // compare and select in one lane width and vectorize.
+        let mut first = vec![-1.0f32; h * w];
+        for i in 0..h {
+            let (ys, firsts) = (&y[i * w..(i + 1) * w], &mut first[i * w..(i + 1) * w]);
+            for ty in 0..k {
+                let Some(r) = row(i, ty) else { continue };
+                for tx in 0..k {
+                    let Some((lo, hi)) = self.span(tx, w) else {
+                        continue;
+                    };
+                    let xs = &x[r * w + lo + tx - pad..r * w + hi + tx - pad];
+                    let t = (ty * k + tx) as f32;
+                    for ((f, &xv), &yv) in firsts[lo..hi].iter_mut().zip(xs).zip(&ys[lo..hi]) {
+                        *f = if *f < 0.0 && xv == yv { t } else { *f };
+                    }
+                }
+            }
+        }
+        for ty in (0..k).rev() {
+            for tx in (0..k).rev() {
+                let Some((lo, hi)) = self.span(tx, w) else {
+                    continue;
+                };
+                let t = (ty * k + tx) as f32;
+                for i in 0..h {
+                    let Some(r) = row(i, ty) else { continue };
+                    let gs = &g[i * w + lo..i * w + hi];
+                    let fs = &first[i * w + lo..i * w + hi];
+                    let out = &mut gx[r * w + lo + tx - pad..r * w + hi + tx - pad];
+                    for ((o, &gv), &f) in out.iter_mut().zip(gs).zip(fs) {
+                        *o += if f == t { gv } else { 0.0 };
+                    }
+                }
             }
         }
     }
@@ -102,20 +241,13 @@ impl CustomOp1 for MaxPool {
                         .zip(x.par_chunks(h * w))
                         .zip(y.par_chunks(oh * ow).zip(g.par_chunks(oh * ow)))
                         .for_each(|((gx, x), (y, g))| {
-                            for i in 0..oh {
-                                let rows = self.window(i, h);
-                                for j in 0..ow {
-                                    let cols = self.window(j, w);
-                                    let m = y[i * ow + j];
-                                    'window: for r in rows.clone() {
-                                        for c in cols.clone() {
-                                            if x[r * w + c] == m {
-                                                gx[r * w + c] += g[i * ow + j];
-                                                break 'window;
-                                            }
-                                        }
-                                    }
-                                }
+                            if self.same() {
+                                vectorized(
+                                    #[inline(always)]
+                                    || self.same_plane_grad(x, y, g, h, w, gx),
+                                )
+                            } else {
+                                self.generic_plane_grad(x, y, g, h, w, gx)
                             }
                         });
                     gx
@@ -167,6 +299,58 @@ pub(crate) fn pool2_plane_grad(
                     _ => 1.0,
                 };
                 gz[k] = g[i * pw + j] * d;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MaxPool;
+    use crate::rng::spread_values;
+
+    /// Values on a grid of nine levels, so windows tie, with a NaN and a `-inf`; `+ 0.0`
+    /// turns `-0.0` into `+0.0` (the sign of a zero maximum is not specified by `max`).
+    fn tied_plane(n: usize, seed: u64) -> Vec<f32> {
+        let mut x: Vec<f32> = spread_values(n, seed, -1.0, 1.0)
+            .iter()
+            .map(|v| (v * 4.0).round() / 4.0 + 0.0)
+            .collect();
+        if n > 3 {
+            x[n / 2] = f32::NAN;
+            x[n / 3] = f32::NEG_INFINITY;
+        }
+        x
+    }
+
+    fn bits(v: &[f32]) -> Vec<u32> {
+        v.iter().map(|v| v.to_bits()).collect()
+    }
+
+    /// The separable same pool and its tap-by-tap backward give the generic window loop's
+    /// bits: the same maxima, the same first maximum on ties, and gradient sums added in the
+    /// same order (the gradients are not on a grid, so another order rounds differently).
+    #[test]
+    fn same_pool_matches_the_window_loop_bit_for_bit() {
+        for k in [3, 5] {
+            let pool = MaxPool {
+                k,
+                stride: 1,
+                pad: k / 2,
+            };
+            assert!(pool.same());
+            for (h, w) in [(1, 1), (1, 6), (6, 1), (2, 3), (7, 9), (32, 32)] {
+                let seed = (k * 1000 + h * 100 + w) as u64;
+                let x = tied_plane(h * w, seed);
+                let g = spread_values(h * w, seed + 1, -1.0, 1.0);
+                let (mut fast, mut slow) = (vec![0.0; h * w], vec![0.0; h * w]);
+                pool.same_plane(&x, h, w, &mut fast);
+                pool.generic_plane(&x, h, w, &mut slow);
+                assert_eq!(bits(&fast), bits(&slow), "forward k {k}, {h}x{w}");
+                let (mut gfast, mut gslow) = (vec![0.0; h * w], vec![0.0; h * w]);
+                pool.same_plane_grad(&x, &slow, &g, h, w, &mut gfast);
+                pool.generic_plane_grad(&x, &slow, &g, h, w, &mut gslow);
+                assert_eq!(bits(&gfast), bits(&gslow), "backward k {k}, {h}x{w}");
             }
         }
     }
