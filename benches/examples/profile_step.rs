@@ -23,7 +23,8 @@ fn main() -> anyhow::Result<()> {
         args.len() >= 2,
         "usage: profile_step PRESET.toml STEPS [--set k=v]..."
     );
-    let text = std::fs::read_to_string(&args[0])?;
+    let text = std::fs::read_to_string(&args[0])
+        .map_err(|e| anyhow::anyhow!("reading the preset {}: {e}", args[0]))?;
     let steps: usize = args[1].parse()?;
     let sets: Vec<String> = args[2..]
         .chunks(2)
