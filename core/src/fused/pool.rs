@@ -96,25 +96,25 @@ impl MaxPool {
                 }
             }
         }
-        for (i, out) in y.chunks_exact_mut(w).enumerate().take(h) {
-            out.fill(f32::NEG_INFINITY);
-            for tap in 0..self.k {
-                let Some(r) = (i + tap).checked_sub(self.pad).filter(|&r| r < h) else {
-                    continue;
-                };
-                for (o, v) in out.iter_mut().zip(&rows[r * w..(r + 1) * w]) {
-                    *o = o.max(*v);
-                }
+        let y = &mut y[..h * w];
+        y.fill(f32::NEG_INFINITY);
+        for tap in 0..self.k {
+            let Some((lo, hi)) = self.span(tap, h) else {
+                continue;
+            };
+            let shifted = &rows[(lo + tap - self.pad) * w..(hi + tap - self.pad) * w];
+            for (o, v) in y[lo * w..hi * w].iter_mut().zip(shifted) {
+                *o = o.max(*v);
             }
         }
     }
 
-    /// The outputs `lo..hi` of a same pool's row of `w` whose column tap `tap` (of `k`) lies
-    /// inside the row, input column `j + tap - pad`; `None` where no output's does.
+    /// The outputs `lo..hi` along an axis of `n` whose tap `tap` (of `k`) lies inside the
+    /// axis, input index `j + tap - pad`; `None` where no output's does. (Rows and columns.)
     #[inline(always)]
-    fn span(&self, tap: usize, w: usize) -> Option<(usize, usize)> {
+    fn span(&self, tap: usize, n: usize) -> Option<(usize, usize)> {
         let lo = self.pad.saturating_sub(tap);
-        let hi = (w + self.pad).saturating_sub(tap).min(w);
+        let hi = (n + self.pad).saturating_sub(tap).min(n);
         (lo < hi).then_some((lo, hi))
     }
 
@@ -155,40 +155,40 @@ impl MaxPool {
     #[inline(always)]
     fn same_plane_grad(&self, x: &[f32], y: &[f32], g: &[f32], h: usize, w: usize, gx: &mut [f32]) {
         let (k, pad) = (self.k, self.pad);
-        let row = |i: usize, tap: usize| (i + tap).checked_sub(pad).filter(|&r| r < h);
+        // Each output's taps in row-major order: (ty, tx) ascending, per output.
+        let taps = (0..k).flat_map(|ty| (0..k).map(move |tx| (ty, tx)));
         // Tap indices as `f32` (exact below 2^24; -1 for none yet), so that both passes
         // compare and select in one lane width and vectorize.
         let mut first = vec![-1.0f32; h * w];
-        for i in 0..h {
-            let (ys, firsts) = (&y[i * w..(i + 1) * w], &mut first[i * w..(i + 1) * w]);
-            for ty in 0..k {
-                let Some(r) = row(i, ty) else { continue };
-                for tx in 0..k {
-                    let Some((lo, hi)) = self.span(tx, w) else {
-                        continue;
-                    };
-                    let xs = &x[r * w + lo + tx - pad..r * w + hi + tx - pad];
-                    let t = (ty * k + tx) as f32;
-                    for ((f, &xv), &yv) in firsts[lo..hi].iter_mut().zip(xs).zip(&ys[lo..hi]) {
-                        *f = if *f < 0.0 && xv == yv { t } else { *f };
-                    }
+        for (ty, tx) in taps.clone() {
+            let (Some((rlo, rhi)), Some((lo, hi))) = (self.span(ty, h), self.span(tx, w)) else {
+                continue;
+            };
+            let t = (ty * k + tx) as f32;
+            for i in rlo..rhi {
+                let r = i + ty - pad;
+                let xs = &x[r * w + lo + tx - pad..r * w + hi + tx - pad];
+                let (ys, fs) = (
+                    &y[i * w + lo..i * w + hi],
+                    &mut first[i * w + lo..i * w + hi],
+                );
+                for ((f, &xv), &yv) in fs.iter_mut().zip(xs).zip(ys) {
+                    *f = if *f < 0.0 && xv == yv { t } else { *f };
                 }
             }
         }
-        for ty in (0..k).rev() {
-            for tx in (0..k).rev() {
-                let Some((lo, hi)) = self.span(tx, w) else {
-                    continue;
-                };
-                let t = (ty * k + tx) as f32;
-                for i in 0..h {
-                    let Some(r) = row(i, ty) else { continue };
-                    let gs = &g[i * w + lo..i * w + hi];
-                    let fs = &first[i * w + lo..i * w + hi];
-                    let out = &mut gx[r * w + lo + tx - pad..r * w + hi + tx - pad];
-                    for ((o, &gv), &f) in out.iter_mut().zip(gs).zip(fs) {
-                        *o += if f == t { gv } else { 0.0 };
-                    }
+        for (ty, tx) in taps.rev() {
+            let (Some((rlo, rhi)), Some((lo, hi))) = (self.span(ty, h), self.span(tx, w)) else {
+                continue;
+            };
+            let t = (ty * k + tx) as f32;
+            for i in rlo..rhi {
+                let r = i + ty - pad;
+                let gs = &g[i * w + lo..i * w + hi];
+                let fs = &first[i * w + lo..i * w + hi];
+                let out = &mut gx[r * w + lo + tx - pad..r * w + hi + tx - pad];
+                for ((o, &gv), &f) in out.iter_mut().zip(gs).zip(fs) {
+                    *o += if f == t { gv } else { 0.0 };
                 }
             }
         }
