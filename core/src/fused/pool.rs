@@ -155,15 +155,14 @@ impl MaxPool {
     #[inline(always)]
     fn same_plane_grad(&self, x: &[f32], y: &[f32], g: &[f32], h: usize, w: usize, gx: &mut [f32]) {
         let (k, pad) = (self.k, self.pad);
-        // Each output's taps in row-major order: (ty, tx) ascending, per output.
-        let taps = (0..k).flat_map(|ty| (0..k).map(move |tx| (ty, tx)));
+        // The taps in row-major order, each with the output rows and columns it reaches.
+        let taps = (0..k)
+            .flat_map(|ty| (0..k).map(move |tx| (ty, tx)))
+            .filter_map(|(ty, tx)| Some((ty, tx, self.span(ty, h)?, self.span(tx, w)?)));
         // Tap indices as `f32` (exact below 2^24; -1 for none yet), so that both passes
         // compare and select in one lane width and vectorize.
         let mut first = vec![-1.0f32; h * w];
-        for (ty, tx) in taps.clone() {
-            let (Some((rlo, rhi)), Some((lo, hi))) = (self.span(ty, h), self.span(tx, w)) else {
-                continue;
-            };
+        for (ty, tx, (rlo, rhi), (lo, hi)) in taps.clone() {
             let t = (ty * k + tx) as f32;
             for i in rlo..rhi {
                 let r = i + ty - pad;
@@ -177,10 +176,7 @@ impl MaxPool {
                 }
             }
         }
-        for (ty, tx) in taps.rev() {
-            let (Some((rlo, rhi)), Some((lo, hi))) = (self.span(ty, h), self.span(tx, w)) else {
-                continue;
-            };
+        for (ty, tx, (rlo, rhi), (lo, hi)) in taps.rev() {
             let t = (ty * k + tx) as f32;
             for i in rlo..rhi {
                 let r = i + ty - pad;
