@@ -28,6 +28,7 @@ pub mod ops;
 pub mod optim;
 pub mod registry;
 pub mod rng;
+pub mod tape;
 pub mod threshold;
 
 pub use arch::{Architecture, Step};

@@ -15,7 +15,7 @@ use crate::{
     layer::{Layer, LayerFactory},
     model::Model,
     norm::{global_avg_pool, BatchNorm},
-    ops, Result,
+    ops, tape, Result,
 };
 use anyhow::Context;
 use candle_core::Tensor;
@@ -183,7 +183,29 @@ impl Model for Network {
             xs.dims(),
             self.arch.input
         );
-        self.run(&self.nodes, xs, ctx).context("forward pass")
+        // The trunk: the leading layers, norms, ELUs, pools and residual blocks, whose fused
+        // ops the training step's tape can differentiate without candle (`crate::tape`).
+        let trunk = self
+            .nodes
+            .iter()
+            .position(|n| {
+                !matches!(
+                    n,
+                    Node::Layer(_)
+                        | Node::Norm(_)
+                        | Node::Elu
+                        | Node::MaxPool { .. }
+                        | Node::Residual { .. }
+                )
+            })
+            .unwrap_or(self.nodes.len());
+        let (trunk, head) = self.nodes.split_at(trunk);
+        let run = || {
+            let x = self.run(trunk, xs, ctx)?;
+            let x = tape::cut(&x)?;
+            self.run(head, &x, ctx)
+        };
+        run().context("forward pass")
     }
 
     fn layers(&self) -> Vec<&Layer> {

@@ -12,7 +12,7 @@ use std::{ops::Range, time::Instant};
 use supermask_core::{
     build_model, loss,
     optim::{Optimizer, PlateauState, Progress},
-    trainable_params, ForwardCtx, Layer, Model, Result,
+    tape, trainable_params, ForwardCtx, Layer, Model, Result,
 };
 use supermask_datasets::{augment_pad_crop_flip, epoch_order, Dataset};
 
@@ -228,7 +228,8 @@ impl Trainer {
             });
             let (x, y) = self.batch(data, idx, augment)?;
             let ctx = ForwardCtx::train(self.step, self.cfg.seed, self.cfg.train.kernels);
-            let logits = self.model.forward_t(&x, &ctx)?;
+            // The fused trunk's backward runs from the tape, without candle's bookkeeping.
+            let (logits, tape) = tape::record(|| self.model.forward_t(&x, &ctx))?;
             let loss = self.cfg.loss.loss(&logits, &y)?;
             let lv = loss.to_scalar::<f32>()? as f64;
             anyhow::ensure!(
@@ -238,7 +239,8 @@ impl Trainer {
                 epoch + 1,
                 self.step + 1
             );
-            let grads = loss.backward()?;
+            let mut grads = loss.backward()?;
+            tape.backward(&mut grads)?;
             let named = trainable_params(self.model.as_ref());
             let params: Vec<&Var> = named.iter().map(|(_, v)| *v).collect();
             let factor = self.cfg.schedule.factor(self.progress());

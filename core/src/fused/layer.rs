@@ -221,7 +221,7 @@ impl FusedLayer {
     /// Applies the layer to `x`, with `param` (scores or dense weight) as the tensor that
     /// receives the gradient.
     pub fn apply(self, x: &Tensor, param: &Tensor) -> Result<Tensor> {
-        Ok(x.contiguous()?.apply_op2(param, self)?)
+        crate::tape::apply2(&x.contiguous()?, param, self)
     }
 
     fn conv_dims(&self, x_dims: &[usize]) -> candle_core::Result<ConvDims> {

@@ -53,14 +53,17 @@ pub(crate) fn vectorized<R>(f: impl FnOnce() -> R) -> R {
 
 /// `elu(x)` with the fused kernel (CPU f32 tensors).
 pub fn elu(x: &Tensor, alpha: f64) -> Result<Tensor> {
-    Ok(x.contiguous()?.apply_op1(elu::Elu(alpha as f32))?)
+    crate::tape::apply1(&x.contiguous()?, elu::Elu(alpha as f32))
 }
 
 /// `elu(a + b)` as one op (the values and gradients of `a + b` then [`elu`]), for CPU f32
 /// tensors of one shape.
 pub fn add_elu(a: &Tensor, b: &Tensor, alpha: f64) -> Result<Tensor> {
-    Ok(a.contiguous()?
-        .apply_op2(&b.contiguous()?, elu::AddElu(alpha as f32))?)
+    crate::tape::apply2(
+        &a.contiguous()?,
+        &b.contiguous()?,
+        elu::AddElu(alpha as f32),
+    )
 }
 
 /// ELU in place on this thread (vectorized), as the fused layers compute it.
@@ -131,21 +134,23 @@ pub fn batch_norm_train(
 ) -> Result<Tensor> {
     let invstd = var.iter().map(|v| 1.0 / (v + eps as f32).sqrt()).collect();
     let op = bn::BnTrain { mean, invstd };
-    Ok(x.contiguous()?
-        .apply_op3(&gamma.contiguous()?, &beta.contiguous()?, op)?)
+    crate::tape::apply3(
+        &x.contiguous()?,
+        &gamma.contiguous()?,
+        &beta.contiguous()?,
+        op,
+    )
 }
 
 /// `x * scale[c] + shift[c]` per channel of an `[n, c, ...]` tensor (gradient to `x` only).
 pub fn channel_affine(x: &Tensor, scale: Vec<f32>, shift: Vec<f32>) -> Result<Tensor> {
-    Ok(x.contiguous()?
-        .apply_op1(bn::ChannelAffine { scale, shift })?)
+    crate::tape::apply1(&x.contiguous()?, bn::ChannelAffine { scale, shift })
 }
 
 /// Max-pooling of `[n, c, h, w]` with `k x k` windows, `stride` and `-inf` padding `pad`,
 /// with the fused kernel (CPU f32 tensors).
 pub fn max_pool(x: &Tensor, k: usize, stride: usize, pad: usize) -> Result<Tensor> {
-    Ok(x.contiguous()?
-        .apply_op1(pool::MaxPool { k, stride, pad })?)
+    crate::tape::apply1(&x.contiguous()?, pool::MaxPool { k, stride, pad })
 }
 
 /// Calls `f` with the contiguous f32 data of a CPU tensor.
