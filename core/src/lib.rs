@@ -12,6 +12,7 @@
 pub mod arch;
 pub mod build;
 pub mod config;
+mod cpu;
 pub mod fsio;
 pub mod fused;
 pub mod init;

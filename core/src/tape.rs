@@ -243,13 +243,13 @@ impl Tape {
                 let Some(grad) = grad else { continue };
                 if input.is_variable() {
                     let sum = match grads.remove(input) {
-                        Some(prev) => (prev + grad)?,
+                        Some(prev) => crate::cpu::add(&prev, &grad)?,
                         None => grad,
                     };
                     grads.insert(input, sum);
                 } else if input.track_op() {
                     let sum = match pending.remove(&input.id()) {
-                        Some(prev) => (prev + grad)?,
+                        Some(prev) => crate::cpu::add(&prev, &grad)?,
                         None => grad,
                     };
                     pending.insert(input.id(), sum);

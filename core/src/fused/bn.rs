@@ -62,7 +62,7 @@ impl CustomOp3 for BnTrain {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (x, gamma, beta) = (cpu_slice(s1, l1)?, cpu_slice(s2, l2)?, cpu_slice(s3, l3)?);
         let (_, c, hw) = geometry(l1.dims());
-        let mut y = vec![0.0f32; x.len()];
+        let mut y = super::zeros(x.len());
         y.par_chunks_mut(c * hw)
             .zip(x.par_chunks(c * hw))
             .for_each(|(y, x)| {
@@ -109,7 +109,7 @@ impl CustomOp3 for BnTrain {
                         })
                         .unzip();
                     // dx = gamma * invstd * (g - dbeta / N - xhat * dgamma / N).
-                    let mut gx = vec![0.0f32; x.len()];
+                    let mut gx = super::zeros(x.len());
                     gx.par_chunks_mut(c * hw)
                         .zip(x.par_chunks(c * hw).zip(g.par_chunks(c * hw)))
                         .for_each(|(gx, (x, g))| {
@@ -170,7 +170,7 @@ impl CustomOp1 for ChannelAffine {
     ) -> candle_core::Result<Option<Tensor>> {
         let (_, c, hw) = geometry(arg.dims());
         let gx = with_f32(grad, |g| {
-            let mut gx = vec![0.0f32; g.len()];
+            let mut gx = super::zeros(g.len());
             gx.par_chunks_mut(c * hw)
                 .zip(g.par_chunks(c * hw))
                 .for_each(|(gx, g)| {

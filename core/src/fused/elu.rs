@@ -94,7 +94,7 @@ pub(crate) fn elu_inplace(y: &mut [f32], alpha: f32) {
 
 /// `gx = g * elu'(x)` from the ELU's output `y`: `g` where `y > 0`, else `g (y + alpha)`.
 pub(crate) fn elu_grad(y: &[f32], g: &[f32], alpha: f32) -> Vec<f32> {
-    let mut gx = vec![0.0f32; g.len()];
+    let mut gx = super::zeros(g.len());
     gx.par_chunks_mut(CHUNK)
         .zip(y.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
         .for_each(|(gx, (y, g))| elu_grad_slice(y, g, alpha, gx));
@@ -153,7 +153,7 @@ impl CustomOp2 for AddElu {
             )));
         }
         let (a, b) = (cpu_slice(s1, l1)?, cpu_slice(s2, l2)?);
-        let mut y = vec![0.0f32; a.len()];
+        let mut y = super::zeros(a.len());
         let alpha = self.0;
         y.par_chunks_mut(CHUNK)
             .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))

@@ -244,7 +244,7 @@ impl FusedLayer {
 
     fn linear_fwd(&self, x: &[f32], batch: usize) -> Vec<f32> {
         let (out_f, in_f) = self.eff.dims();
-        let mut y = vec![0.0f32; batch * out_f];
+        let mut y = super::zeros(batch * out_f);
         match &self.eff {
             Effective::Dense { data, .. } => gemm::matmul(
                 &mut y,
@@ -291,7 +291,7 @@ impl FusedLayer {
     /// `gx = gy * Weff`.
     fn linear_bwd_input(&self, gy: &[f32], batch: usize) -> Vec<f32> {
         let (out_f, in_f) = self.eff.dims();
-        let mut gx = vec![0.0f32; batch * in_f];
+        let mut gx = super::zeros(batch * in_f);
         match &self.eff {
             Effective::Dense { data, .. } => gemm::matmul(
                 &mut gx,

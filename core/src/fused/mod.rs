@@ -37,8 +37,10 @@ pub use effective::{Effective, Layout as EffLayout, Ternary, Values};
 pub use layer::{conv_layout, conv_sample, max_pool2_sample, FusedLayer, Geometry};
 pub use optim::{sgdw_step, StepParams};
 
+pub use crate::cpu::with_f32;
+use crate::cpu::zeros;
 use crate::Result;
-use candle_core::{CpuStorage, Layout, Storage, Tensor};
+use candle_core::{CpuStorage, Layout, Tensor};
 
 // The kernel settings moved to `crate::config`; re-exported from their old path.
 pub use crate::config::{KernelConfig, KernelPath, DEFAULT_SPARSE_BELOW};
@@ -151,20 +153,6 @@ pub fn channel_affine(x: &Tensor, scale: Vec<f32>, shift: Vec<f32>) -> Result<Te
 /// with the fused kernel (CPU f32 tensors).
 pub fn max_pool(x: &Tensor, k: usize, stride: usize, pad: usize) -> Result<Tensor> {
     crate::tape::apply1(&x.contiguous()?, pool::MaxPool { k, stride, pad })
-}
-
-/// Calls `f` with the contiguous f32 data of a CPU tensor.
-pub fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
-    let t = t.contiguous()?;
-    let (storage, layout) = t.storage_and_layout();
-    let Storage::Cpu(cpu) = &*storage else {
-        anyhow::bail!("fused kernels need a CPU tensor");
-    };
-    let data = cpu.as_slice::<f32>()?;
-    let (a, b) = layout
-        .contiguous_offsets()
-        .ok_or_else(|| anyhow::anyhow!("fused kernels need a contiguous tensor"))?;
-    Ok(f(&data[a..b]))
 }
 
 fn cpu_slice<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {

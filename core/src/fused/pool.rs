@@ -213,7 +213,7 @@ impl CustomOp1 for MaxPool {
         let x = cpu_slice(s, l)?;
         let (planes, h, w, _) = self.dims(l)?;
         let (oh, ow) = (self.out(h), self.out(w));
-        let mut y = vec![0.0f32; planes * oh * ow];
+        let mut y = super::zeros(planes * oh * ow);
         y.par_chunks_mut(oh * ow)
             .zip(x.par_chunks(h * w))
             .for_each(|(y, x)| self.plane(x, h, w, y));
@@ -232,7 +232,7 @@ impl CustomOp1 for MaxPool {
         let gx = with_f32(arg, |x| {
             with_f32(res, |y| {
                 with_f32(grad, |g| {
-                    let mut gx = vec![0.0f32; planes * h * w];
+                    let mut gx = super::zeros(planes * h * w);
                     gx.par_chunks_mut(h * w)
                         .zip(x.par_chunks(h * w))
                         .zip(y.par_chunks(oh * ow).zip(g.par_chunks(oh * ow)))

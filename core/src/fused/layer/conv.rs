@@ -265,15 +265,15 @@ impl FusedLayer {
             }
         };
         if !self.pool2 {
-            let mut y = vec![0.0f32; batch * o * p];
+            let mut y = super::super::zeros(batch * o * p);
             y.par_chunks_mut(o * p)
                 .zip(x.par_chunks(d.input()))
                 .for_each(|(y, x)| sample(y, x));
             return y;
         }
         let (ph, pw) = (d.oh / 2, d.ow / 2);
-        let mut z = vec![0.0f32; batch * o * p];
-        let mut y = vec![0.0f32; batch * o * ph * pw];
+        let mut z = super::super::zeros(batch * o * p);
+        let mut y = super::super::zeros(batch * o * ph * pw);
         y.par_chunks_mut(o * ph * pw)
             .zip(z.par_chunks_mut(o * p))
             .zip(x.par_chunks(d.input()))
@@ -317,7 +317,7 @@ impl FusedLayer {
         let padded_gy = direct
             .or(plan.weight_grad)
             .or(grad_taps.as_ref().map(|(dc, _)| *dc));
-        let mut gx = vec![0.0f32; if want_gx { batch * d.input() } else { 0 }];
+        let mut gx = super::super::zeros(if want_gx { batch * d.input() } else { 0 });
         let chunks = batch.div_ceil(GRAD_CHUNK);
         let mut gx_chunks: Vec<&mut [f32]> = if want_gx {
             gx.chunks_mut(GRAD_CHUNK * d.input()).collect()
