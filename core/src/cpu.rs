@@ -8,13 +8,22 @@ use rayon::prelude::*;
 /// Below this many values [`zeros`] zeroes on the calling thread.
 const PAR_ZERO_MIN: usize = 1 << 16;
 
+/// Values per element of the parallel collects: a collect of single values stores them one by
+/// one, a collect of blocks with vector stores.
+const BLOCK: usize = 16;
+
 /// `n` zeros, written by the kernel threads for activation-sized buffers: `vec![0.0; n]`
 /// zeroes reused memory on the calling thread, which the other threads then wait for.
 pub(crate) fn zeros(n: usize) -> Vec<f32> {
     if n < PAR_ZERO_MIN {
         return vec![0.0; n];
     }
-    rayon::iter::repeat_n(0.0f32, n).collect()
+    // Blocks of values, so each write is a vector store, cast to one vector and cut to `n`.
+    let blocks: Vec<[f32; BLOCK]> =
+        rayon::iter::repeat_n([0.0f32; BLOCK], n.div_ceil(BLOCK)).collect();
+    let mut v: Vec<f32> = bytemuck::cast_vec(blocks);
+    v.truncate(n);
+    v
 }
 
 /// `a + b` for CPU f32 tensors of one shape, added by the kernel threads (candle's CPU add runs
@@ -26,11 +35,21 @@ pub(crate) fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     }
     let sum: Vec<f32> = with_f32(a, |a| {
         with_f32(b, |b| {
-            a.par_iter()
-                .zip(b.par_iter())
-                .with_min_len(PAR_ZERO_MIN)
-                .map(|(x, y)| x + y)
-                .collect()
+            let blocks: Vec<[f32; BLOCK]> = a
+                .par_chunks(BLOCK)
+                .zip(b.par_chunks(BLOCK))
+                .with_min_len(PAR_ZERO_MIN / BLOCK)
+                .map(|(a, b)| {
+                    let mut sum = [0.0f32; BLOCK];
+                    for ((s, x), y) in sum.iter_mut().zip(a).zip(b) {
+                        *s = x + y;
+                    }
+                    sum
+                })
+                .collect();
+            let mut sum: Vec<f32> = bytemuck::cast_vec(blocks);
+            sum.truncate(a.len());
+            sum
         })
     })??;
     Ok(Tensor::from_vec(sum, a.shape(), a.device())?)
@@ -69,7 +88,10 @@ mod tests {
                 "n = {n}"
             );
             let z = zeros(n);
-            assert!(z.len() == n && z.iter().all(|v| v.to_bits() == 0), "n = {n}");
+            assert!(
+                z.len() == n && z.iter().all(|v| v.to_bits() == 0),
+                "n = {n}"
+            );
         }
         let a = Tensor::ones((2, 3), DType::F64, &Device::Cpu).unwrap();
         let s: Vec<Vec<f64>> = add(&a, &a).unwrap().to_vec2().unwrap();
