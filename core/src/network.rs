@@ -183,27 +183,33 @@ impl Model for Network {
             xs.dims(),
             self.arch.input
         );
-        // The trunk: the leading layers, norms, ELUs, pools and residual blocks, whose fused
-        // ops the training step's tape can differentiate without candle (`crate::tape`).
-        let trunk = self
-            .nodes
-            .iter()
-            .position(|n| {
-                !matches!(
-                    n,
-                    Node::Layer(_)
-                        | Node::Norm(_)
-                        | Node::Elu
-                        | Node::MaxPool { .. }
-                        | Node::Residual { .. }
-                )
-            })
-            .unwrap_or(self.nodes.len());
-        let (trunk, head) = self.nodes.split_at(trunk);
+        // The trunk (`crate::tape`): a training step's tape differentiates the fused ops of
+        // the layers, norms, ELUs, pools and residual blocks itself. It is cut before the first
+        // other node (a flatten, the global average pool) that gets a tensor with a gradient,
+        // else at the output; such a node on the data alone (the FCN's leading flatten) has no
+        // gradient and does not end it.
+        let fused = |n: &Node| {
+            matches!(
+                n,
+                Node::Layer(_)
+                    | Node::Norm(_)
+                    | Node::Elu
+                    | Node::MaxPool { .. }
+                    | Node::Residual { .. }
+            )
+        };
         let run = || {
-            let x = self.run(trunk, xs, ctx)?;
-            let x = tape::cut(&x)?;
-            self.run(head, &x, ctx)
+            let (mut x, mut rest) = (xs.clone(), &self.nodes[..]);
+            while !rest.is_empty() {
+                let n = rest.iter().position(|n| !fused(n)).unwrap_or(rest.len());
+                let (segment, tail) = rest.split_at(n.max(1));
+                if n == 0 && x.track_op() {
+                    x = tape::cut(&x)?;
+                }
+                x = self.run(segment, &x, ctx)?;
+                rest = tail;
+            }
+            tape::cut(&x)
         };
         run().context("forward pass")
     }

@@ -259,3 +259,67 @@ impl Tape {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fused;
+    use candle_core::Device;
+
+    /// `v`'s gradient of `sum(forward(v) * r)`, from candle's backward alone (`taped` false)
+    /// or through a recorded and cut pass, and whether the pass was cut.
+    fn gradient(
+        forward: impl Fn(&Tensor) -> Result<Tensor>,
+        v: &Var,
+        r: &Tensor,
+        taped: bool,
+    ) -> (Vec<u32>, bool) {
+        let (y, tape) = if taped {
+            record(|| cut(&forward(v.as_tensor())?)).unwrap()
+        } else {
+            (forward(v.as_tensor()).unwrap(), Tape::default())
+        };
+        let cut = tape.is_cut();
+        let mut grads = (y * r).unwrap().sum_all().unwrap().backward().unwrap();
+        tape.backward(&mut grads).unwrap();
+        let g: Vec<f32> = grads
+            .get(v.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        (g.iter().map(|x| x.to_bits()).collect(), cut)
+    }
+
+    fn inputs() -> (Var, Tensor) {
+        // Above the parallel add's size, so both of its paths run.
+        let shape = (4, 20_000);
+        let v = Var::from_tensor(&Tensor::randn(0f32, 1.0, shape, &Device::Cpu).unwrap()).unwrap();
+        (v, Tensor::randn(0f32, 1.0, shape, &Device::Cpu).unwrap())
+    }
+
+    #[test]
+    fn a_covered_trunk_is_cut_and_gives_candles_gradient() {
+        // `v` feeds two ops, so the tape sums two contributions, as candle does.
+        let forward = |v: &Tensor| fused::add_elu(&fused::elu(v, 1.0)?, v, 0.5);
+        let (v, r) = inputs();
+        let (want, _) = gradient(forward, &v, &r, false);
+        let (got, cut) = gradient(forward, &v, &r, true);
+        assert!(cut, "every op is fused: the tape must take the pass");
+        assert!(want.iter().any(|b| *b != 0));
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn a_candle_op_inside_the_trunk_leaves_it_to_candle() {
+        // The `exp` between the fused ops is not recorded: the check at the cut must drop the
+        // tape (cutting would lose the first ELU's part of the gradient).
+        let forward = |v: &Tensor| fused::elu(&fused::elu(v, 1.0)?.exp()?, 1.0);
+        let (v, r) = inputs();
+        let (want, _) = gradient(forward, &v, &r, false);
+        let (got, cut) = gradient(forward, &v, &r, true);
+        assert!(!cut);
+        assert_eq!(got, want);
+    }
+}

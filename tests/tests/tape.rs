@@ -124,9 +124,11 @@ fn conv_trunk_gradients_from_the_tape_equal_candles() {
 }
 
 #[test]
-fn nets_without_a_fused_trunk_keep_candles_backward() {
-    // The FCN starts with a flatten: nothing to cut.
-    check("type = \"fcn\"", &[1, 28, 28], &masked(), false);
+fn a_flatten_of_the_data_does_not_end_the_trunk() {
+    // The FCN's leading flatten sees the images, which have no gradient: its linear layers are
+    // all the tape's, cut at the logits.
+    check("type = \"fcn\"", &[1, 28, 28], &masked(), true);
+    check("type = \"fcn\"", &[1, 28, 28], &dense(), true);
 }
 
 #[test]

@@ -17,6 +17,10 @@
 //! are formed over fixed chunks of samples and added in order, so results do not depend on the
 //! thread count. Scratch buffers (im2col columns, transposes) are per thread and reused.
 //!
+//! Every op here is applied through [`crate::tape`], which also records it while a training
+//! step's forward pass runs, so the step can differentiate the fused trunk without candle's
+//! gradient bookkeeping. Activation-sized outputs are zeroed on the kernel threads.
+//!
 //! This module holds kernels only: which of them run, or whether the reference does instead,
 //! is decided in [`crate::ops`] (the reference path is config `train.kernels.path =
 //! "reference"`, the path on CUDA, and what the tests compare the fused path against).
