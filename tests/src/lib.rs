@@ -18,3 +18,27 @@ pub fn all_plugins() -> Vec<(PluginKind, &'static str, Plugin)> {
         })
         .collect()
 }
+
+/// A TOML table from its text (panics on a syntax error: test input).
+pub fn table(s: &str) -> toml::Table {
+    toml::from_str(s).unwrap()
+}
+
+/// The paper's signed mask with a fixed threshold, ELUS weights (signed constant) and
+/// Xavier-uniform scores.
+pub fn signed_masking() -> supermask_core::MaskingConfig {
+    use supermask_core::registry::{init_from_table, mask_from_table, threshold_from_table};
+    supermask_core::MaskingConfig::Masked {
+        mask: mask_from_table(table("type = \"signed\"")).unwrap(),
+        threshold: threshold_from_table(table("type = \"fixed\"")).unwrap(),
+        weight_init: init_from_table(table("type = \"elus\"\ndist = \"signed-constant\"")).unwrap(),
+        score_init: init_from_table(table("type = \"xavier-uniform\"")).unwrap(),
+    }
+}
+
+/// Dense baseline layers with He weights.
+pub fn dense_masking() -> supermask_core::MaskingConfig {
+    supermask_core::MaskingConfig::Dense {
+        weight_init: supermask_core::registry::init_from_table(table("type = \"he\"")).unwrap(),
+    }
+}

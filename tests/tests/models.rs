@@ -5,28 +5,10 @@ use candle_core::{DType, Device, Tensor};
 use supermask_core::{
     build_model,
     fused::{KernelConfig, KernelPath},
-    registry::{init_from_table, mask_from_table, model_from_table, threshold_from_table},
-    ForwardCtx, MaskingConfig, Model,
+    registry::model_from_table,
+    ForwardCtx, Model,
 };
-
-fn t(s: &str) -> toml::Table {
-    toml::from_str(s).unwrap()
-}
-
-fn masked() -> MaskingConfig {
-    MaskingConfig::Masked {
-        mask: mask_from_table(t("type = \"signed\"")).unwrap(),
-        threshold: threshold_from_table(t("type = \"fixed\"")).unwrap(),
-        weight_init: init_from_table(t("type = \"elus\"\ndist = \"signed-constant\"")).unwrap(),
-        score_init: init_from_table(t("type = \"xavier-uniform\"")).unwrap(),
-    }
-}
-
-fn dense() -> MaskingConfig {
-    MaskingConfig::Dense {
-        weight_init: init_from_table(t("type = \"he\"")).unwrap(),
-    }
-}
+use supermask_tests::{dense_masking as dense, signed_masking as masked, table as t};
 
 fn weights(m: &dyn Model) -> usize {
     m.layers().iter().map(|l| l.spec().numel()).sum()

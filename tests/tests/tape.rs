@@ -7,28 +7,10 @@ use candle_core::{Device, Tensor};
 use supermask_core::{
     build_model,
     fused::{KernelConfig, KernelPath},
-    registry::{init_from_table, mask_from_table, model_from_table, threshold_from_table},
+    registry::model_from_table,
     tape, trainable_params, ForwardCtx, MaskingConfig, Model,
 };
-
-fn t(s: &str) -> toml::Table {
-    toml::from_str(s).unwrap()
-}
-
-fn masked() -> MaskingConfig {
-    MaskingConfig::Masked {
-        mask: mask_from_table(t("type = \"signed\"")).unwrap(),
-        threshold: threshold_from_table(t("type = \"fixed\"")).unwrap(),
-        weight_init: init_from_table(t("type = \"elus\"\ndist = \"signed-constant\"")).unwrap(),
-        score_init: init_from_table(t("type = \"xavier-uniform\"")).unwrap(),
-    }
-}
-
-fn dense() -> MaskingConfig {
-    MaskingConfig::Dense {
-        weight_init: init_from_table(t("type = \"he\"")).unwrap(),
-    }
-}
+use supermask_tests::{dense_masking as dense, signed_masking as masked, table as t};
 
 /// Every trainable tensor's gradient of `sum(logits * r)` (name, values), and whether the
 /// tape was cut, with the tape's backward (`taped`) or candle's alone.
