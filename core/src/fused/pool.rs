@@ -257,15 +257,29 @@ impl CustomOp1 for MaxPool {
     }
 }
 
-/// 2x2 stride-2 max-pool of one `h x w` plane (`w` columns) into `ph x pw`.
+/// 2x2 stride-2 max-pool of one `h x w` plane (`w` columns) into `ph x pw`: each window's
+/// `max(max(max(top left, top right), bottom left), bottom right)`.
+///
+/// Vectorized for the CPU's widest vectors (the pairs of a row are de-interleaved by the
+/// compiler's strided loads); each output is the same chain of `max` in the same order as the
+/// scalar loop, so the bits (NaN and signed-zero cases included) do not depend on the CPU. The
+/// scalar loop took a fifth of a Conv2 inference at 2% kept (Zen 4).
 pub(crate) fn pool2_plane(z: &[f32], w: usize, ph: usize, pw: usize, out: &mut [f32]) {
-    for i in 0..ph {
-        let (r0, r1) = (&z[2 * i * w..], &z[(2 * i + 1) * w..]);
-        for j in 0..pw {
-            let c = 2 * j;
-            out[i * pw + j] = r0[c].max(r0[c + 1]).max(r1[c]).max(r1[c + 1]);
-        }
+    if pw == 0 {
+        return;
     }
+    super::vectorized(
+        #[inline(always)]
+        || {
+            for (i, o) in out[..ph * pw].chunks_exact_mut(pw).enumerate() {
+                let r0 = &z[2 * i * w..][..2 * pw];
+                let r1 = &z[(2 * i + 1) * w..][..2 * pw];
+                for ((o, a), b) in o.iter_mut().zip(r0.chunks_exact(2)).zip(r1.chunks_exact(2)) {
+                    *o = a[0].max(a[1]).max(b[0]).max(b[1]);
+                }
+            }
+        },
+    )
 }
 
 /// The gradient of [`pool2_plane`] (and of the ELU before it, from its output `z`): each
@@ -321,6 +335,26 @@ mod tests {
 
     fn bits(v: &[f32]) -> Vec<u32> {
         v.iter().map(|v| v.to_bits()).collect()
+    }
+
+    /// The vectorized 2x2 pool gives the scalar window chain's bits, NaNs and ties included,
+    /// for even and odd sizes (odd ones drop the last row and column), whole vectors and tails.
+    #[test]
+    fn pool2_plane_matches_the_scalar_chain_bit_for_bit() {
+        for (h, w) in [(1, 1), (2, 2), (3, 5), (4, 34), (32, 32), (9, 67)] {
+            let x = tied_plane(h * w, (h * 100 + w) as u64);
+            let (ph, pw) = (h / 2, w / 2);
+            let mut want = vec![0.0f32; ph * pw];
+            for i in 0..ph {
+                for j in 0..pw {
+                    let at = |r: usize, c: usize| x[(2 * i + r) * w + 2 * j + c];
+                    want[i * pw + j] = at(0, 0).max(at(0, 1)).max(at(1, 0)).max(at(1, 1));
+                }
+            }
+            let mut got = vec![7.0f32; ph * pw];
+            super::pool2_plane(&x, w, ph, pw, &mut got);
+            assert_eq!(bits(&got), bits(&want), "{h}x{w}");
+        }
     }
 
     /// The separable same pool and its tap-by-tap backward give the generic window loop's
