@@ -5,7 +5,8 @@
 //! description as `arch`); files written before it was stored are described by their model
 //! spec, whose [`supermask_core::ModelSpec::architecture`] gives the same steps (the spec's
 //! plugin must be linked, as it is in the `supermask` binary). Each weight step takes the
-//! file's next layer, which must carry the step's name and shape.
+//! file's next layer, which must carry the step's name and shape. A convolution's entries
+//! that read a channel no kept weight feeds (zero for every input) are dropped at load.
 
 use crate::{grouped::Grouped, LayerWeights, SsmLayer, SsmModel};
 use anyhow::{bail, ensure, Context, Result};
@@ -85,6 +86,46 @@ pub fn architecture(m: &SsmModel) -> Result<Architecture> {
     spec.architecture(&input)
 }
 
+/// `layer` without the entries that read the inputs `dead` marks (by input channel: column
+/// `i` of a `[c_out, c_in k k]` weight reads channel `i / (k k)`), and which of its output
+/// channels keep no entry.
+///
+/// A convolution has no bias, so an output channel that keeps no entry is zero; an ELU (`elu(0)
+/// = 0`) and a max-pool keep it zero, and the next convolution's entries that read it add
+/// zeros. Dropping them at load gives the same sums with fewer adds: at 2% kept, 58% of a
+/// Conv2's first-layer channels (27 entries each) keep none (`0.98^27`).
+fn without_dead_inputs(layer: &SsmLayer, dead: &[bool]) -> (SsmLayer, Vec<bool>) {
+    let rows = layer.shape.first().copied().unwrap_or(0).max(1);
+    let cols = layer.numel() / rows;
+    let per_channel = (cols / dead.len().max(1)).max(1);
+    let live = |i: usize| !dead.get((i % cols) / per_channel).copied().unwrap_or(false);
+    let mut out = layer.clone();
+    let zero_rows = match &mut out.weights {
+        LayerWeights::Ternary { pattern, .. } => {
+            for (i, p) in pattern.iter_mut().enumerate() {
+                if !live(i) {
+                    *p = 0;
+                }
+            }
+            pattern
+                .chunks(cols.max(1))
+                .map(|r| r.iter().all(|&p| p == 0))
+                .collect()
+        }
+        LayerWeights::Values(v) => {
+            for (i, x) in v.iter_mut().enumerate() {
+                if !live(i) {
+                    *x = 0.0;
+                }
+            }
+            v.chunks(cols.max(1))
+                .map(|r| r.iter().all(|&x| x == 0.0))
+                .collect()
+        }
+    };
+    (out, zero_rows)
+}
+
 fn prepare(layer: &SsmLayer, layout: EffLayout) -> Result<Effective> {
     let rows = *layer.shape.first().context("layer without a shape")?;
     ensure!(
@@ -160,6 +201,9 @@ fn ops<'a>(
     let mut out: Vec<Op> = Vec::with_capacity(steps.len());
     // The last weight layer, for errors about the batch norm after it.
     let mut after = String::from("the input");
+    // Which channels of the current activation are zero whatever the input (after a
+    // convolution, through ELUs and max-pools; see `without_dead_inputs`).
+    let mut dead: Vec<bool> = Vec::new();
     let mut i = 0;
     while i < steps.len() {
         let step = &steps[i];
@@ -185,15 +229,22 @@ fn ops<'a>(
                     stride,
                     padding,
                     ..
-                } => out.push(Op::Conv(Conv {
-                    eff: prepare(l, EffLayout::Auto(SPARSE_BELOW))?,
-                    c_in: *c_in,
-                    c_out: *c_out,
-                    k: *k,
-                    stride: *stride,
-                    pad: *padding,
-                })),
+                } => {
+                    let live = vec![false; *c_in];
+                    let (l, zero) =
+                        without_dead_inputs(l, if dead.len() == *c_in { &dead } else { &live });
+                    dead = zero;
+                    out.push(Op::Conv(Conv {
+                        eff: prepare(&l, EffLayout::Auto(SPARSE_BELOW))?,
+                        c_in: *c_in,
+                        c_out: *c_out,
+                        k: *k,
+                        stride: *stride,
+                        pad: *padding,
+                    }))
+                }
                 _ => {
+                    dead.clear();
                     // A linear layer joins the chain before it when an ELU separates them.
                     let lin = linear(l)?;
                     let chained = matches!(out.as_slice(), [.., Op::Linears(_), Op::Elu]);
@@ -208,6 +259,9 @@ fn ops<'a>(
                 }
             }
             continue;
+        }
+        if !matches!(step, Step::Elu | Step::MaxPool { .. }) {
+            dead.clear();
         }
         if let (Step::MaxPool { k, stride, padding }, Some(Op::Elu)) = (step, out.last()) {
             // The ELU increases monotonically, so pooling first (padding is -inf, below every

@@ -2,9 +2,14 @@
 //! (`fused::conv_sample` with a sparse effective weight on a 3x3 "same" layer) gives the same
 //! bits as the sparse kernel over an im2col column matrix, which it replaces: each output sums
 //! the same kept inputs in the same order, and the padding zeros are im2col's margins.
-//! Also where the automatic layout switch sends such a layer to the sparse kernels.
+//! Also where the automatic layout switch sends such a layer to the sparse kernels, and that
+//! the engine's per-sample layouts (a convolution writing the next one's padded input, or the
+//! wide rows a max-pool reads) give the dense layout's bits.
 
-use supermask_core::fused::{conv_layout, conv_sample, EffLayout, Effective};
+use supermask_core::fused::{
+    conv_layout, conv_sample, conv_sample_into, conv_sample_layouts, max_pool2_sample,
+    max_pool2_sample_into, EffLayout, Effective, SampleLayout,
+};
 use supermask_core::rng::spread_values;
 
 /// `[c * 9, h * w]` columns of a 3x3, stride-1, pad-1 convolution of `x` (`[c, h, w]`), by
@@ -27,6 +32,98 @@ fn im2col(x: &[f32], c: usize, h: usize, w: usize) -> Vec<f32> {
         }
     }
     cols
+}
+
+/// A ternary mask keeping `share` of `n` entries with random signs.
+fn ternary_mask(n: usize, share: f32, seed: u64) -> Vec<f32> {
+    spread_values(n, seed, 0.0, 1.0)
+        .iter()
+        .map(|&u| match u {
+            u if u < share / 2.0 => -1.0,
+            u if u < share => 1.0,
+            _ => 0.0,
+        })
+        .collect()
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|v| v.to_bits()).collect()
+}
+
+/// Conv (taps) -> conv -> 2x2 max-pool, as the engine runs Conv2: the first convolution
+/// writing the second's padded input, and the second writing wide rows for the pool, give the
+/// bits of the dense layout throughout, for a sparse (taps) and a dense (direct kernel) second
+/// layer; buffers reused with stale values change nothing. A padded output whose borders were
+/// not zeroed, or a pool that read wide rows as dense ones, fails this.
+#[test]
+fn padded_and_wide_sample_layouts_give_the_dense_layouts_bits() {
+    let (c0, c1, c2, h, w) = (3, 24, 16, 12, 10);
+    let x = spread_values(c0 * h * w, 5, -2.0, 2.0);
+    let first = Effective::build(
+        &vec![0.37f32; c1 * c0 * 9],
+        &ternary_mask(c1 * c0 * 9, 0.05, 6),
+        c1,
+        c0 * 9,
+        Some(0.37),
+        EffLayout::Sparse,
+    );
+    assert_eq!(
+        conv_sample_layouts(&first, c0, [h, w], 3, 1, 1),
+        (true, true)
+    );
+    for (share, layout) in [(0.05, EffLayout::Sparse), (0.5, EffLayout::Dense)] {
+        let second = Effective::build(
+            &spread_values(c2 * c1 * 9, 8, -1.0, 1.0),
+            &ternary_mask(c2 * c1 * 9, share, 7),
+            c2,
+            c1 * 9,
+            None,
+            layout,
+        );
+        let (reads_padded, writes_wide) = conv_sample_layouts(&second, c1, [h, w], 3, 1, 1);
+        if !reads_padded {
+            // No AVX2 and FMA: no direct kernel, nothing to compare.
+            continue;
+        }
+        // Dense throughout.
+        let (y1, ..) = conv_sample(&first, c0, h, w, 3, 1, 1, &x).unwrap();
+        let (y2, ..) = conv_sample(&second, c1, h, w, 3, 1, 1, &y1).unwrap();
+        let want = max_pool2_sample(&y2, c2, h, w);
+        // Padded between the convolutions, wide into the pool (when the second writes it),
+        // into buffers holding stale values.
+        let mut p1 = vec![f32::NAN; 100_000];
+        conv_sample_into(
+            &first,
+            [c0, h, w],
+            [3, 1, 1],
+            (&x, SampleLayout::Dense),
+            (&mut p1, SampleLayout::Padded),
+        )
+        .unwrap();
+        assert_eq!(p1.len(), SampleLayout::Padded.len(c1, h, w));
+        let y2_layout = if writes_wide {
+            SampleLayout::Wide
+        } else {
+            SampleLayout::Dense
+        };
+        let mut p2 = vec![f32::NAN; 100_000];
+        conv_sample_into(
+            &second,
+            [c1, h, w],
+            [3, 1, 1],
+            (&p1, SampleLayout::Padded),
+            (&mut p2, y2_layout),
+        )
+        .unwrap();
+        let mut got = vec![f32::NAN; 3];
+        max_pool2_sample_into((&p2, y2_layout), [c2, h, w], &mut got);
+        assert_eq!(
+            bits(&got),
+            bits(&want),
+            "second layer {layout:?} at {share}"
+        );
+        assert!(want.iter().any(|&v| v != 0.0));
+    }
 }
 
 #[test]

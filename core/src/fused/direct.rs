@@ -22,6 +22,9 @@ const OB: usize = 4;
 /// Positions per forward register tile (two 8-float vectors): 8 accumulators, 2 loads and
 /// 4 broadcasts per 8 fused multiply-adds, within AVX2's 16 registers.
 const L: usize = 16;
+/// Zeros after the padded planes ([`Direct3::padded_len`]): the last tile's reads past the
+/// last plane.
+pub(super) const PAD_TAIL: usize = L + 2;
 /// Output channels per weight-gradient tile: 3 by the 3 `kx` offsets is 9 accumulators, plus
 /// 3 input and 1 gradient vectors.
 const OW: usize = 3;
@@ -77,7 +80,7 @@ impl Direct3 {
     /// Length of a padded buffer of `c` channels ([`Direct3::pad`]): the planes and a tail that
     /// the last tile's dropped positions read past the last plane.
     pub(super) fn padded_len(&self, c: usize) -> usize {
-        c * self.plane() + L + 2
+        c * self.plane() + PAD_TAIL
     }
     /// Length of the scratch a [`Direct3::conv`] to `c` channels needs.
     pub(super) fn scratch_len(&self, c: usize) -> usize {
@@ -108,6 +111,25 @@ impl Direct3 {
                 out[1..=w].copy_from_slice(row);
                 out[w + 1] = 0.0;
             }
+        }
+    }
+
+    /// Zeroes every entry of the padded layout `xp` (`c` channels, [`Direct3::padded_len`])
+    /// that is not a value, after each plane's positions `q` (`0..`[`Direct3::q`]) were
+    /// written at `plane * ci + (w + 2) + 1 + q`: the two dropped positions of each row then
+    /// fall on the padding columns, and this restores them, the top and bottom rows and the
+    /// tail. The result is what [`Direct3::pad`] makes of the values.
+    pub(super) fn zero_borders(&self, xp: &mut [f32], c: usize) {
+        let (h, w, wp, plane) = (self.h, self.w, self.wp(), self.plane());
+        let (planes, tail) = xp[..self.padded_len(c)].split_at_mut(c * plane);
+        tail.fill(0.0);
+        for p in planes.chunks_exact_mut(plane) {
+            p[..=wp].fill(0.0);
+            for r in 1..=h {
+                p[r * wp + w + 1] = 0.0;
+                p[(r + 1) * wp] = 0.0;
+            }
+            p[(h + 1) * wp..].fill(0.0);
         }
     }
 

@@ -316,9 +316,28 @@ impl Ternary {
         row: impl Fn(u32) -> &'a [f32],
         out: &mut [f32],
     ) {
+        self.matmul_rows_at(n, row, out, n)
+    }
+
+    /// [`Ternary::matmul_rows`] with output row `r` at `out[r * stride..][..n]` (`stride >=
+    /// n`; the values between rows are not touched). Call inside [`vectorized`].
+    #[inline(always)]
+    pub(crate) fn matmul_rows_at<'a>(
+        &self,
+        n: usize,
+        row: impl Fn(u32) -> &'a [f32],
+        out: &mut [f32],
+        stride: usize,
+    ) {
+        debug_assert!(stride >= n);
         let rows: Vec<&[f32]> = self.idx.iter().map(|&i| &row(i)[..n]).collect();
         let full = n - n % ROW_BLOCK;
-        for (r, acc) in out.chunks_exact_mut(n).take(self.rows).enumerate() {
+        for (r, acc) in out
+            .chunks_mut(stride)
+            .map(|c| &mut c[..n])
+            .take(self.rows)
+            .enumerate()
+        {
             let (start, end) = (self.ptr[r], self.ptr[r + 1]);
             let (head, tail) = acc.split_at_mut(full);
             match &self.values {

@@ -4,7 +4,6 @@
 
 use super::gemm::{self, Mat};
 use super::im2col::ConvDims;
-use super::pool::pool2_plane;
 use super::{cpu_slice, elu, vectorized, with_f32, Effective};
 use crate::Result;
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
@@ -12,66 +11,12 @@ use rayon::prelude::*;
 use std::cell::RefCell;
 
 mod conv;
+mod sample;
 pub use conv::conv_layout;
-
-/// One sample of a convolution: `x` is `[c_in, h, w]`, the result `[c_out, oh, ow]` with
-/// `(oh, ow)`, computed with `eff` (`[c_out, c_in k k]`) by the direct 3x3 kernel, the sparse
-/// kernel over the padded input's taps (3x3 "same" layers), or im2col and the dense or sparse
-/// kernel, on this thread. For inference engines that run samples in parallel themselves.
-#[allow(clippy::too_many_arguments)]
-pub fn conv_sample(
-    eff: &Effective,
-    c_in: usize,
-    h: usize,
-    w: usize,
-    k: usize,
-    stride: usize,
-    pad: usize,
-    x: &[f32],
-) -> Result<(Vec<f32>, usize, usize)> {
-    let d = ConvDims::new(&[1, c_in, h, w], c_in, k, stride, pad)
-        .ok_or_else(|| anyhow::anyhow!("conv: input [{c_in}, {h}, {w}] smaller than {k}x{k}"))?;
-    anyhow::ensure!(
-        x.len() == d.input() && eff.dims().1 == d.patch(),
-        "conv: input of {} values or weight [{}, {}] do not fit [{c_in}, {h}, {w}], k {k}",
-        x.len(),
-        eff.dims().0,
-        eff.dims().1
-    );
-    let p = d.positions();
-    let o = eff.dims().0;
-    let mut y = vec![0.0f32; o * p];
-    if let Some((dc, weights)) = conv::direct_plan(eff, d) {
-        let packed = dc.pack_forward(weights);
-        with_scratch(
-            [dc.padded_len(c_in), dc.scratch_len(o), 0],
-            |xp, scratch, _| {
-                dc.pad(x, c_in, xp);
-                dc.conv(&packed, c_in, o, xp, scratch, &mut y);
-            },
-        );
-    } else if let Some((dc, t)) = conv::sparse_direct_plan(eff, d) {
-        conv::sparse_taps_sample(dc, t, c_in, x, &mut y);
-    } else if d.pointwise() {
-        eff.matmul(x, p, &mut y);
-    } else {
-        with_scratch([d.patch() * p, 0, 0], |cols, _, _| {
-            d.im2col(x, cols);
-            eff.matmul(cols, p, &mut y);
-        });
-    }
-    Ok((y, d.oh, d.ow))
-}
-
-/// 2x2 stride-2 max-pool of `[c, h, w]` (odd sizes floored), as the fused layers compute it.
-pub fn max_pool2_sample(z: &[f32], c: usize, h: usize, w: usize) -> Vec<f32> {
-    let (ph, pw) = (h / 2, w / 2);
-    let mut out = vec![0.0f32; c * ph * pw];
-    for (plane, o) in z.chunks_exact(h * w).zip(out.chunks_exact_mut(ph * pw)) {
-        pool2_plane(plane, w, ph, pw, o);
-    }
-    out
-}
+pub use sample::{
+    conv_sample, conv_sample_into, conv_sample_layouts, max_pool2_sample, max_pool2_sample_into,
+    SampleLayout,
+};
 
 /// The geometry of a fused layer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -13,9 +13,12 @@
 //! `WIDE_BLOCK` (64) samples that run the whole net in parallel, and up to
 //! `SAMPLE_BY_SAMPLE` (5) samples run one at a time (an architecture that is only linear
 //! layers with ELUs between them, such as the FCN). Other architectures (Conv nets, ResNets)
-//! run samples in parallel, each through the steps in order; batch norms (evaluation mode:
-//! running statistics) are one per-channel scale and shift each, computed as the training
-//! model's fused path computes them ([`supermask_core::norm::fixed_affine`]).
+//! run samples in parallel, each through the steps in order (`steps.rs`: reused buffers, and
+//! each convolution's output in the layout the next step reads in place), and then the
+//! trailing linear layers over the batch's features in blocks, as a linear net; batch norms
+//! (evaluation mode: running statistics) are one per-channel scale and shift each, computed as
+//! the training model's fused path computes them ([`supermask_core::norm::fixed_affine`]).
+//! The plan drops the entries that read channels no kept weight feeds ([`crate::plan`]).
 
 use crate::{
     act::elu_in_place,
@@ -25,9 +28,7 @@ use crate::{
 };
 use anyhow::{ensure, Result};
 use rayon::prelude::*;
-use supermask_core::fused::{
-    channel_affine_sample, max_pool2_sample, max_pool_sample, transpose_block, Effective,
-};
+use supermask_core::fused::{transpose_block, Effective};
 
 pub use crate::plan::SPARSE_BELOW;
 
@@ -47,13 +48,35 @@ const BLOCK: usize = 32;
 /// The block size once every thread gets at least one block of it.
 const WIDE_BLOCK: usize = 64;
 
+/// The block size for inputs so wide that a [`BLOCK`] of them exceeds [`NARROW_BLOCK_ABOVE`]
+/// values: each kept weight reads a row of the block's inputs at random, so the rows should
+/// stay in L2. Measured on the generated Conv2's linear tail (16,384 inputs, 2% kept; Zen 4,
+/// 2 threads, batch 32, best of four alternating runs): blocks of 8, 16 and 32 took 0.88,
+/// 0.90 and 1.07 ms for the whole forward.
+const NARROW_BLOCK: usize = 8;
+
+/// See [`NARROW_BLOCK`]: 512 KiB of inputs (a Zen 3 core's L2).
+const NARROW_BLOCK_ABOVE: usize = 128 * 1024;
+
+/// Samples whose steps run before their linear tail does ([`Net::Steps`]): bounds the
+/// features held at once (a Conv2's 16,384 a sample: 16 MiB).
+const TAIL_CHUNK: usize = 256;
+
 /// How the engine runs a batch.
 enum Net {
     /// Only linear layers with ELU between them (after an optional flatten): blocks of
     /// samples with feature-major activations.
     Linear(Vec<Linear>),
-    /// Anything else: each sample through the plan's steps, samples in parallel.
-    Steps(Vec<Op>),
+    /// Anything else: each sample through the plan's steps, samples in parallel; when the
+    /// plan ends in linear layers, they run after the steps over the batch's features as a
+    /// linear net does (each kept weight then adds a block of samples at once, where sample
+    /// by sample it added one value: the Conv2's first linear layer took a fifth of a batch
+    /// of 32 at 2% kept).
+    Steps {
+        front: Vec<Op>,
+        /// The trailing linear layers and their number of inputs.
+        tail: Option<(Vec<Linear>, usize)>,
+    },
 }
 
 /// An exported model prepared for inference.
@@ -63,17 +86,8 @@ pub struct Engine {
     alpha: f32,
     classes: usize,
     input_len: usize,
-}
-
-/// A per-sample activation: values and their shape (`[c, h, w]` or `[n]`).
-type Act = (Vec<f32>, Vec<usize>);
-
-/// `[c, h, w]` of an image activation, or an error naming the step.
-fn image(shape: &[usize], what: &str) -> Result<(usize, usize, usize)> {
-    match shape {
-        [c, h, w] => Ok((*c, *h, *w)),
-        _ => anyhow::bail!("{what} needs an image [c, h, w], got {shape:?}"),
-    }
+    /// The features a [`Net::Steps`] tail reads, kept between calls.
+    features: std::sync::Mutex<Vec<f32>>,
 }
 
 impl Engine {
@@ -87,7 +101,20 @@ impl Engine {
         }
         let net = match ops.as_mut_slice() {
             [Op::Linears(layers)] => Net::Linear(std::mem::take(layers)),
-            _ => Net::Steps(ops),
+            [.., Op::Linears(_)] => {
+                let Some(Op::Linears(layers)) = ops.pop() else {
+                    unreachable!("the plan ends in linear layers")
+                };
+                let inputs = layers.first().map_or(0, |l| l.inputs);
+                Net::Steps {
+                    front: ops,
+                    tail: Some((layers, inputs)),
+                }
+            }
+            _ => Net::Steps {
+                front: ops,
+                tail: None,
+            },
         };
         Ok(Self {
             net,
@@ -95,6 +122,7 @@ impl Engine {
             input: arch.input,
             alpha: arch.elu_alpha as f32,
             classes,
+            features: Default::default(),
         })
     }
 
@@ -122,150 +150,89 @@ impl Engine {
             return Ok(out);
         }
         match &self.net {
-            Net::Linear(layers) if batch <= SAMPLE_BY_SAMPLE => {
-                // A few samples: one at a time on this thread (a task hand-off or a block
-                // costs more than the work).
-                for (out, x) in out
-                    .chunks_exact_mut(self.classes)
-                    .zip(x.chunks_exact(self.input_len))
+            Net::Linear(layers) => self.linears(layers, x, self.input_len, &mut out),
+            Net::Steps { front, tail: None } => self.steps(front, x, &mut out)?,
+            Net::Steps {
+                front,
+                tail: Some((layers, inputs)),
+            } => {
+                // The engine's features buffer when no other call holds it (every value is
+                // written before it is read, so old ones may stay), else a new one.
+                let mut kept = self.features.try_lock().ok();
+                let mut own = Vec::new();
+                let features = kept.as_deref_mut().unwrap_or(&mut own);
+                for (x, out) in x
+                    .chunks(TAIL_CHUNK * self.input_len)
+                    .zip(out.chunks_mut(TAIL_CHUNK * self.classes))
                 {
-                    self.sample(layers, x, out);
+                    let len = x.len() / self.input_len * inputs;
+                    features.truncate(len);
+                    features.resize(len, 0.0);
+                    self.steps(front, x, features)?;
+                    self.linears(layers, features, *inputs, out);
                 }
-            }
-            Net::Linear(layers) if batch >= WIDE_BLOCK * rayon::current_num_threads() => {
-                let size = (WIDE_BLOCK * self.input_len, WIDE_BLOCK * self.classes);
-                in_parallel(x, &mut out, size, |x, out| {
-                    self.block::<WIDE_BLOCK>(layers, x, out)
-                });
-            }
-            Net::Linear(layers) => {
-                let size = (BLOCK * self.input_len, BLOCK * self.classes);
-                in_parallel(x, &mut out, size, |x, out| {
-                    self.block::<BLOCK>(layers, x, out)
-                });
-            }
-            Net::Steps(ops) => {
-                let result: Result<()> = out
-                    .par_chunks_mut(self.classes)
-                    .zip(x.par_chunks(self.input_len))
-                    .try_for_each(|(out, x)| {
-                        let (z, _) = self.run(ops, x, &self.input)?;
-                        ensure!(z.len() == out.len(), "the plan's output is not the logits");
-                        out.copy_from_slice(&z);
-                        Ok(())
-                    });
-                result?;
             }
         }
         Ok(out)
     }
 
-    /// One sample `x` of `shape` through `ops` on this thread. ELU, batch norm and flatten
-    /// work in place on the activation; the first op reads `x` without copying it.
-    fn run(&self, ops: &[Op], x: &[f32], shape: &[usize]) -> Result<Act> {
-        let mut cur: Option<Act> = None;
-        for op in ops {
-            if matches!(op, Op::Norm { .. } | Op::Elu | Op::Flatten) {
-                let (z, s) = cur.get_or_insert_with(|| (x.to_vec(), shape.to_vec()));
-                match op {
-                    Op::Norm { scale, shift } => channel_affine_sample(z, scale, shift),
-                    Op::Elu => elu_in_place(z, self.alpha),
-                    _ => *s = vec![z.len()],
-                }
-            } else {
-                let next = match &cur {
-                    Some((z, s)) => self.step(op, z, s)?,
-                    None => self.step(op, x, shape)?,
-                };
-                cur = Some(next);
-            }
+    /// Each sample of `x` through `ops` into its row of `out` (whose rows have the plan's
+    /// output size), samples in parallel.
+    fn steps(&self, ops: &[Op], x: &[f32], out: &mut [f32]) -> Result<()> {
+        let n = x.len() / self.input_len;
+        if n == 0 {
+            return Ok(());
         }
-        Ok(cur.unwrap_or_else(|| (x.to_vec(), shape.to_vec())))
+        out.par_chunks_mut(out.len() / n)
+            .zip(x.par_chunks(self.input_len))
+            .try_for_each(|(out, x)| {
+                let z = self.run(ops, x, &self.input)?;
+                ensure!(
+                    z.v.len() == out.len(),
+                    "the plan's steps give {} values a sample where {} are expected",
+                    z.v.len(),
+                    out.len()
+                );
+                out.copy_from_slice(&z.v);
+                steps::recycle(z.v);
+                Ok(())
+            })
     }
 
-    /// An op that makes a new activation from `z` of `shape`.
-    fn step(&self, op: &Op, z: &[f32], shape: &[usize]) -> Result<Act> {
-        Ok(match op {
-            Op::Conv(conv) => {
-                let (_, h, w) = image(shape, "a conv")?;
-                let (y, oh, ow) = supermask_core::fused::conv_sample(
-                    &conv.eff,
-                    conv.c_in,
-                    h,
-                    w,
-                    conv.k,
-                    conv.stride,
-                    conv.pad,
-                    z,
-                )?;
-                (y, vec![conv.c_out, oh, ow])
+    /// The samples `x` (rows of `inputs`) through linear layers into their logits `out`.
+    fn linears(&self, layers: &[Linear], x: &[f32], inputs: usize, out: &mut [f32]) {
+        let batch = out.len() / self.classes;
+        if batch <= SAMPLE_BY_SAMPLE {
+            // A few samples: one at a time on this thread (a task hand-off or a block costs
+            // more than the work).
+            for (out, x) in out
+                .chunks_exact_mut(self.classes)
+                .zip(x.chunks_exact(inputs))
+            {
+                self.sample(layers, x, out);
             }
-            Op::MaxPool {
-                k: 2,
-                stride: 2,
-                pad: 0,
-            } => {
-                let (c, h, w) = image(shape, "a max-pool")?;
-                (max_pool2_sample(z, c, h, w), vec![c, h / 2, w / 2])
-            }
-            Op::MaxPool { k, stride, pad } => {
-                let (c, h, w) = image(shape, "a max-pool")?;
-                let (y, oh, ow) = max_pool_sample(z, c, h, w, *k, *stride, *pad)?;
-                (y, vec![c, oh, ow])
-            }
-            Op::GlobalAvgPool => {
-                // As the model computes it: the mean over each row, then over the rows.
-                let (c, h, w) = image(shape, "global average pooling")?;
-                let hw = h * w;
-                let v = z
-                    .chunks_exact(hw.max(1))
-                    .map(|plane| {
-                        let rows: f32 = plane
-                            .chunks_exact(w)
-                            .map(|r| r.iter().sum::<f32>() / w as f32)
-                            .sum();
-                        rows / h as f32
-                    })
-                    .collect();
-                (v, vec![c])
-            }
-            Op::Residual { main, shortcut } => {
-                let (mut m, ms) = self.run(main, z, shape)?;
-                let skip = if shortcut.is_empty() {
-                    None
-                } else {
-                    Some(self.run(shortcut, z, shape)?.0)
-                };
-                let skip = skip.as_deref().unwrap_or(z);
-                ensure!(
-                    skip.len() == m.len(),
-                    "residual and main path differ in size"
-                );
-                for (a, b) in m.iter_mut().zip(skip) {
-                    *a += b;
-                }
-                (m, ms)
-            }
-            Op::Linears(layers) => {
-                let outputs = layers.last().map_or(0, |l| l.outputs);
-                let mut y = vec![0.0f32; outputs];
-                ensure!(
-                    layers.first().is_some_and(|l| l.inputs == z.len()),
-                    "a linear layer after an output of shape {shape:?}"
-                );
-                self.sample(layers, z, &mut y);
-                (y, vec![outputs])
-            }
-            Op::Norm { .. } | Op::Elu | Op::Flatten => {
-                unreachable!("`run` applies ELU, batch norm and flatten in place")
-            }
-        })
+        } else if batch >= WIDE_BLOCK * rayon::current_num_threads() {
+            let size = (WIDE_BLOCK * inputs, WIDE_BLOCK * self.classes);
+            in_parallel(x, out, size, |x, out| {
+                self.block::<WIDE_BLOCK>(layers, inputs, x, out)
+            });
+        } else if inputs * BLOCK > NARROW_BLOCK_ABOVE {
+            let size = (NARROW_BLOCK * inputs, NARROW_BLOCK * self.classes);
+            in_parallel(x, out, size, |x, out| {
+                self.block::<NARROW_BLOCK>(layers, inputs, x, out)
+            });
+        } else {
+            let size = (BLOCK * inputs, BLOCK * self.classes);
+            in_parallel(x, out, size, |x, out| {
+                self.block::<BLOCK>(layers, inputs, x, out)
+            });
+        }
     }
 
-    /// A block of up to `N` samples (row-major `x`, `out`) through linear layers, with
-    /// feature-major `[f32; N]` activations: each kept weight is `N / 16` vector adds. A
-    /// partial block is padded with zero samples.
-    fn block<const N: usize>(&self, layers: &[Linear], x: &[f32], out: &mut [f32]) {
+    /// A block of up to `N` samples (row-major `x` of `inputs` a sample, `out`) through linear
+    /// layers, with feature-major `[f32; N]` activations: each kept weight is `N / 16` vector
+    /// adds. A partial block is padded with zero samples.
+    fn block<const N: usize>(&self, layers: &[Linear], inputs: usize, x: &[f32], out: &mut [f32]) {
         thread_local! {
             /// Per thread, reused across blocks and calls: two activation buffers (each with
             /// a zero row after the values, the padding slot of grouped layers) and a padded
@@ -273,17 +240,17 @@ impl Engine {
             static SCRATCH: std::cell::RefCell<[Vec<f32>; 3]> =
                 const { std::cell::RefCell::new([Vec::new(), Vec::new(), Vec::new()]) };
         }
-        let nb = x.len() / self.input_len;
+        let nb = x.len() / inputs;
         SCRATCH.with_borrow_mut(|[a, b, partial]| {
             let x = if nb == N {
                 x
             } else {
                 partial.clear();
                 partial.extend_from_slice(x);
-                partial.resize(N * self.input_len, 0.0);
+                partial.resize(N * inputs, 0.0);
                 partial
             };
-            let mut widest = self.input_len;
+            let mut widest = inputs;
             for l in layers {
                 widest = widest.max(l.outputs);
             }
@@ -292,9 +259,9 @@ impl Engine {
                 aligned_rows::<N>(a, widest + 1),
                 aligned_rows::<N>(b, widest + 1),
             );
-            transpose_block(x, self.input_len, h);
-            h[self.input_len] = [0.0; N];
-            let mut width = self.input_len;
+            transpose_block(x, inputs, h);
+            h[inputs] = [0.0; N];
+            let mut width = inputs;
             let last = layers.len() - 1;
             for (i, l) in layers.iter().enumerate() {
                 let (hi, yo) = (&h[..=width], &mut y[..l.outputs]);
@@ -433,5 +400,6 @@ fn aligned_rows<const N: usize>(v: &mut Vec<f32>, rows: usize) -> &mut [[f32; N]
     &mut v[start..start + rows * N].as_chunks_mut::<N>().0[..rows]
 }
 
+mod steps;
 #[cfg(test)]
 mod tests;

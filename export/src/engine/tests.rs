@@ -167,11 +167,146 @@ fn every_fcn_batch_path_matches_the_dense_reference() {
         };
         e.block::<BLOCK>(
             layers,
+            50,
             &x[..n.min(BLOCK) * 50],
             &mut out[..n.min(BLOCK) * 10],
         );
         check(&out[..n.min(BLOCK) * 10], &format!("block {n}"));
-        e.block::<WIDE_BLOCK>(layers, &x[..n * 50], &mut out);
+        e.block::<WIDE_BLOCK>(layers, 50, &x[..n * 50], &mut out);
         check(&out, &format!("wide block {n}"));
+        let nb = n.min(NARROW_BLOCK);
+        e.block::<NARROW_BLOCK>(layers, 50, &x[..nb * 50], &mut out[..nb * 10]);
+        check(&out[..nb * 10], &format!("narrow block {n}"));
+    }
+}
+
+/// A Conv net whose first convolution keeps no entry in two of its four output channels:
+/// conv 2->4, ELU, conv 4->6, 2x2 max-pool, ELU, flatten, linear 6*3*3->5 (6x6 inputs,
+/// 30% kept elsewhere, so the 3x3 layers run the tap kernels where the CPU has AVX2).
+fn conv_model_with_dead_channels() -> SsmModel {
+    let ternary = |name: &str, shape: Vec<usize>, seed: u64, dead_rows: &[usize]| {
+        let n: usize = shape.iter().product();
+        let cols = n / shape[0];
+        let keep = values(n, seed, 0.0, 1.0);
+        let pattern = keep
+            .iter()
+            .enumerate()
+            .map(|(i, &k)| match k {
+                _ if dead_rows.contains(&(i / cols)) => 0,
+                k if k < 0.15 => -1,
+                k if k < 0.3 => 1,
+                _ => 0,
+            })
+            .collect();
+        SsmLayer {
+            name: name.into(),
+            shape,
+            weights: LayerWeights::Ternary {
+                magnitude: 0.6,
+                pattern,
+            },
+        }
+    };
+    SsmModel {
+        model: serde_json::json!({
+            "arch": {"input": [2, 6, 6], "elu_alpha": 1.0, "steps": [
+                {"op": "conv", "name": "conv1", "c_in": 2, "c_out": 4, "k": 3, "stride": 1,
+                 "padding": 1},
+                {"op": "elu"},
+                {"op": "conv", "name": "conv2", "c_in": 4, "c_out": 6, "k": 3, "stride": 1,
+                 "padding": 1},
+                {"op": "elu"},
+                {"op": "max-pool", "k": 2, "stride": 2, "padding": 0},
+                {"op": "flatten"},
+                {"op": "linear", "name": "fc", "inputs": 54, "outputs": 5},
+            ]},
+        }),
+        layers: vec![
+            ternary("conv1", vec![4, 2, 3, 3], 11, &[1, 3]),
+            ternary("conv2", vec![6, 4, 3, 3], 12, &[]),
+            ternary("fc", vec![5, 54], 13, &[]),
+        ],
+        tensors: vec![],
+    }
+}
+
+/// The plan drops the second convolution's entries that read the first one's empty (so zero)
+/// channels, and the engine's features are the bits of the same layers run one by one with
+/// every entry (the fused kernels' per-sample convolution and pool, the engine's ELU).
+#[test]
+fn entries_reading_dead_channels_are_dropped_without_changing_the_logits() {
+    use supermask_core::fused::{conv_sample, max_pool2_sample, EffLayout};
+    let m = conv_model_with_dead_channels();
+    let engine = Engine::new(&m).unwrap();
+    let Net::Steps { front, .. } = &engine.net else {
+        panic!("a conv net runs by steps")
+    };
+    let reads_dead = {
+        let LayerWeights::Ternary { pattern, .. } = &m.layers[1].weights else {
+            unreachable!()
+        };
+        let kept = |ci: usize| {
+            (0..6)
+                .flat_map(|co| (0..9).map(move |t| co * 36 + ci * 9 + t))
+                .filter(|&i| pattern[i] != 0)
+                .count()
+        };
+        kept(1) + kept(3)
+    };
+    assert!(reads_dead > 0, "the model should have entries to drop");
+    let Some(Op::Conv(second)) = front.iter().filter(|op| matches!(op, Op::Conv(_))).nth(1) else {
+        panic!("two convolutions")
+    };
+    let nnz = |e: &Effective| match e {
+        Effective::Sparse(t) => t.idx.len(),
+        Effective::Dense { data, .. } => data.iter().filter(|&&v| v != 0.0).count(),
+    };
+    assert_eq!(nnz(&second.eff), m.layers[1].kept() - reads_dead);
+
+    let batch = 3;
+    let x = values(batch * 72, 21, -2.0, 2.0);
+    let got = engine.forward(&x, batch).unwrap();
+    let eff = |l: &SsmLayer, layout| {
+        let dense = l.dense();
+        let mask: Vec<f32> = dense
+            .iter()
+            .map(|&v| f32::from(u8::from(v != 0.0)))
+            .collect();
+        Effective::build(
+            &dense,
+            &mask,
+            l.shape[0],
+            l.numel() / l.shape[0],
+            Some(0.6),
+            layout,
+        )
+    };
+    let (w1, w2) = (
+        eff(&m.layers[0], EffLayout::Sparse),
+        eff(&m.layers[1], EffLayout::Sparse),
+    );
+    let fc = eff(&m.layers[2], EffLayout::Sparse);
+    for (b, x) in x.chunks_exact(72).enumerate() {
+        let (mut h, ..) = conv_sample(&w1, 2, 6, 6, 3, 1, 1, x).unwrap();
+        elu_in_place(&mut h, 1.0);
+        let (h, ..) = conv_sample(&w2, 4, 6, 6, 3, 1, 1, &h).unwrap();
+        let mut h = max_pool2_sample(&h, 6, 6, 6);
+        elu_in_place(&mut h, 1.0);
+        // The features before the linear layer, bit for bit.
+        let features = engine.run(front, x, &engine.input).unwrap().v;
+        assert_eq!(
+            features.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            h.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            "sample {b}"
+        );
+        // The logits to rounding: the engine groups the linear layer's entries.
+        let mut want = vec![0.0f32; 5];
+        fc.matmul(&h, 1, &mut want);
+        for (g, w) in got[b * 5..(b + 1) * 5].iter().zip(&want) {
+            assert!(
+                (g - w).abs() <= 1e-5 * w.abs().max(1.0),
+                "sample {b}: {g} against {w}"
+            );
+        }
     }
 }
