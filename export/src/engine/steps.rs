@@ -29,9 +29,14 @@ thread_local! {
     static FREE: RefCell<Vec<Vec<f32>>> = const { RefCell::new(Vec::new()) };
 }
 
-/// A buffer of this thread's (its old values stay until resized over).
+/// This thread's longest free buffer (its old values stay until written over: the kernels
+/// resize without zeroing what they overwrite, so a long buffer saves zeroing its length).
 fn buffer() -> Vec<f32> {
-    FREE.with_borrow_mut(Vec::pop).unwrap_or_default()
+    FREE.with_borrow_mut(|free| {
+        let longest = (0..free.len()).max_by_key(|&i| free[i].len())?;
+        Some(free.swap_remove(longest))
+    })
+    .unwrap_or_default()
 }
 
 /// Returns `v` to this thread's buffers.
