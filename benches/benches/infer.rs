@@ -24,6 +24,11 @@ use supermask_core::ForwardCtx;
 use supermask_export::{format, Engine};
 use supermask_train::{config::RunConfig, Trainer};
 
+/// Calls of the engine and of PyTorch timed for the Conv2 and ResNet20 medians (the dense
+/// candle references, 30-100 ms a call, take 10): on a shared 2-core VM 10 calls of a 1-2 ms
+/// forward scattered by 1.5x between runs.
+const CONV_REPS: usize = 30;
+
 /// Median seconds of `reps` calls after up to 20 warm-up calls.
 fn time(reps: usize, f: impl FnMut()) -> f64 {
     median_time(reps, reps.min(20), f)
@@ -163,7 +168,16 @@ fn main() {
     // The Conv2 and ResNet20 references, just before ours.
     let torch = run_torch(
         script,
-        &["--threads", &th, "--part", "conv", "--conv-batch", &cb],
+        &[
+            "--threads",
+            &th,
+            "--part",
+            "conv",
+            "--conv-batch",
+            &cb,
+            "--conv-reps",
+            &CONV_REPS.to_string(),
+        ],
     );
     let torch_secs = |key: &str| torch.as_ref().and_then(|v| v[key].as_f64());
     let ratio = |p: Option<f64>, e: f64| p.map_or("n/a".to_string(), |p| format!("{:.1}x", p / e));
@@ -201,7 +215,7 @@ fn main() {
             }
             h
         };
-        let e = time(10, || {
+        let e = time(CONV_REPS, || {
             std::hint::black_box(engine.forward(&x, batch).unwrap());
         });
         let c = time(10, || {
@@ -241,7 +255,7 @@ fn main() {
         .fold((0, 0), |(k, n), l| (k + l.kept(), n + l.numel()));
     let engine = Engine::new(&m).expect("ResNet20 engine");
     let ctx = ForwardCtx::eval();
-    let e = time(10, || {
+    let e = time(CONV_REPS, || {
         std::hint::black_box(engine.forward(&x, batch).unwrap());
     });
     let c = time(10, || {
