@@ -21,6 +21,20 @@ pub(super) struct Act {
     layout: SampleLayout,
 }
 
+impl Act {
+    /// A dense copy of `x` (of `shape`) in a reused buffer.
+    fn copy_of(x: &[f32], shape: &[usize]) -> Self {
+        let mut v = buffer(x.len());
+        v.clear();
+        v.extend_from_slice(x);
+        Act {
+            v,
+            shape: shape.to_vec(),
+            layout: SampleLayout::Dense,
+        }
+    }
+}
+
 /// Buffers kept per thread for reuse: a plan holds at most three activations at once (a
 /// residual block's input, main path and shortcut) besides the one being written.
 const KEPT_BUFFERS: usize = 8;
@@ -97,16 +111,7 @@ impl Engine {
         let mut cur: Option<Act> = None;
         for (i, op) in ops.iter().enumerate() {
             if matches!(op, Op::Norm { .. } | Op::Elu | Op::Flatten) {
-                let a = cur.get_or_insert_with(|| {
-                    let mut v = buffer(x.len());
-                    v.clear();
-                    v.extend_from_slice(x);
-                    Act {
-                        v,
-                        shape: shape.to_vec(),
-                        layout: SampleLayout::Dense,
-                    }
-                });
+                let a = cur.get_or_insert_with(|| Act::copy_of(x, shape));
                 match op {
                     Op::Elu => elu_in_place(&mut a.v, self.alpha),
                     _ => {
@@ -133,16 +138,7 @@ impl Engine {
                 }
             }
         }
-        Ok(cur.unwrap_or_else(|| {
-            let mut v = buffer(x.len());
-            v.clear();
-            v.extend_from_slice(x);
-            Act {
-                v,
-                shape: shape.to_vec(),
-                layout: SampleLayout::Dense,
-            }
-        }))
+        Ok(cur.unwrap_or_else(|| Act::copy_of(x, shape)))
     }
 
     /// An op that makes a new activation from `z` of `shape` in `layout`, followed by `rest`.
