@@ -14,8 +14,9 @@
 //! `SAMPLE_BY_SAMPLE` (5) samples run one at a time (an architecture that is only linear
 //! layers with ELUs between them, such as the FCN). Other architectures (Conv nets, ResNets)
 //! run samples in parallel, each through the steps in order (`steps.rs`: reused buffers, and
-//! each convolution's output in the layout the next step reads in place), and then the
-//! trailing linear layers over the batch's features in blocks, as a linear net; batch norms
+//! each convolution's output in the layout the next step reads in place), in chunks of a few
+//! samples per task whose features then run the trailing linear layers as one block of a
+//! linear net, on the same thread; batch norms
 //! (evaluation mode: running statistics) are one per-channel scale and shift each, computed as
 //! the training model's fused path computes them ([`supermask_core::norm::fixed_affine`]).
 //! The plan drops the entries that read channels no kept weight feeds ([`crate::plan`]).
@@ -58,20 +59,16 @@ const NARROW_BLOCK: usize = 8;
 /// See [`NARROW_BLOCK`]: 512 KiB of inputs (a Zen 3 core's L2).
 const NARROW_BLOCK_ABOVE: usize = 128 * 1024;
 
-/// Samples whose steps run before their linear tail does ([`Net::Steps`]): bounds the
-/// features held at once (a Conv2's 16,384 a sample: 16 MiB).
-const TAIL_CHUNK: usize = 256;
-
 /// How the engine runs a batch.
 enum Net {
     /// Only linear layers with ELU between them (after an optional flatten): blocks of
     /// samples with feature-major activations.
     Linear(Vec<Linear>),
     /// Anything else: each sample through the plan's steps, samples in parallel; when the
-    /// plan ends in linear layers, they run after the steps over the batch's features as a
-    /// linear net does (each kept weight then adds a block of samples at once, where sample
-    /// by sample it added one value: the Conv2's first linear layer took a fifth of a batch
-    /// of 32 at 2% kept).
+    /// plan ends in linear layers, they run after the steps of a chunk of samples over its
+    /// features as a linear net does (each kept weight then adds a block of samples at once,
+    /// where sample by sample it added one value: the Conv2's first linear layer took a fifth
+    /// of a batch of 32 at 2% kept).
     Steps {
         front: Vec<Op>,
         /// The trailing linear layers and their number of inputs.
@@ -86,8 +83,6 @@ pub struct Engine {
     alpha: f32,
     classes: usize,
     input_len: usize,
-    /// The features a [`Net::Steps`] tail reads, kept between calls.
-    features: std::sync::Mutex<Vec<f32>>,
 }
 
 impl Engine {
@@ -122,7 +117,6 @@ impl Engine {
             input: arch.input,
             alpha: arch.elu_alpha as f32,
             classes,
-            features: Default::default(),
         })
     }
 
@@ -155,25 +149,79 @@ impl Engine {
             Net::Steps {
                 front,
                 tail: Some((layers, inputs)),
-            } => {
-                // The engine's features buffer when no other call holds it (every value is
-                // written before it is read, so old ones may stay), else a new one.
-                let mut kept = self.features.try_lock().ok();
-                let mut own = Vec::new();
-                let features = kept.as_deref_mut().unwrap_or(&mut own);
-                for (x, out) in x
-                    .chunks(TAIL_CHUNK * self.input_len)
-                    .zip(out.chunks_mut(TAIL_CHUNK * self.classes))
-                {
-                    let len = x.len() / self.input_len * inputs;
-                    features.truncate(len);
-                    features.resize(len, 0.0);
-                    self.steps(front, x, features)?;
-                    self.linears(layers, features, *inputs, out);
-                }
-            }
+            } => self.steps_then_tail(front, layers, *inputs, x, &mut out)?,
         }
         Ok(out)
+    }
+
+    /// Chunks of samples in parallel, each through `front` one sample at a time and then, as
+    /// one block, through the linear `layers` (of `inputs` inputs), on the thread that ran its
+    /// steps: the features stay in that core's cache, and the batch takes one parallel section
+    /// (the caller working in it) instead of two.
+    fn steps_then_tail(
+        &self,
+        front: &[Op],
+        layers: &[Linear],
+        inputs: usize,
+        x: &[f32],
+        out: &mut [f32],
+    ) -> Result<()> {
+        thread_local! {
+            /// Per thread: a chunk's features (every value written before it is read).
+            static FEATURES: std::cell::RefCell<Vec<f32>> =
+                const { std::cell::RefCell::new(Vec::new()) };
+        }
+        let narrow = inputs * BLOCK > NARROW_BLOCK_ABOVE;
+        let block = if narrow { NARROW_BLOCK } else { BLOCK };
+        let batch = out.len() / self.classes;
+        // Chunks of a block at most, and at least one chunk per thread.
+        let chunk = block.min(batch.div_ceil(rayon::current_num_threads()));
+        let failed = std::sync::Mutex::new(None);
+        let size = (chunk * self.input_len, chunk * self.classes);
+        in_parallel(x, out, size, |x, out| {
+            let result = FEATURES.with_borrow_mut(|features| -> Result<()> {
+                let n = out.len() / self.classes;
+                features.truncate(n * inputs);
+                features.resize(n * inputs, 0.0);
+                for (x, f) in x
+                    .chunks_exact(self.input_len)
+                    .zip(features.chunks_exact_mut(inputs))
+                {
+                    let z = self.run(front, x, &self.input)?;
+                    ensure!(
+                        z.v.len() == inputs,
+                        "the plan's steps give {} values a sample where the linear layers \
+                         take {inputs}",
+                        z.v.len()
+                    );
+                    f.copy_from_slice(&z.v);
+                    steps::recycle(z.v);
+                }
+                if n <= SAMPLE_BY_SAMPLE {
+                    for (f, o) in features
+                        .chunks_exact(inputs)
+                        .zip(out.chunks_exact_mut(self.classes))
+                    {
+                        self.sample(layers, f, o);
+                    }
+                } else if narrow {
+                    self.block::<NARROW_BLOCK>(layers, inputs, features, out);
+                } else {
+                    self.block::<BLOCK>(layers, inputs, features, out);
+                }
+                Ok(())
+            });
+            if let Err(e) = result {
+                failed
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get_or_insert(e);
+            }
+        });
+        match failed.into_inner().unwrap_or_else(|e| e.into_inner()) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 
     /// Each sample of `x` through `ops` into its row of `out` (whose rows have the plan's

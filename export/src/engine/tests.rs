@@ -263,9 +263,10 @@ fn entries_reading_dead_channels_are_dropped_without_changing_the_logits() {
     };
     assert_eq!(nnz(&second.eff), m.layers[1].kept() - reads_dead);
 
-    let batch = 3;
-    let x = values(batch * 72, 21, -2.0, 2.0);
-    let got = engine.forward(&x, batch).unwrap();
+    // 3 samples run the linear layer sample by sample, 17 in blocks (in chunks per thread).
+    let x = values(17 * 72, 21, -2.0, 2.0);
+    let few = engine.forward(&x[..3 * 72], 3).unwrap();
+    let many = engine.forward(&x, 17).unwrap();
     let eff = |l: &SsmLayer, layout| {
         let dense = l.dense();
         let mask: Vec<f32> = dense
@@ -302,11 +303,14 @@ fn entries_reading_dead_channels_are_dropped_without_changing_the_logits() {
         // The logits to rounding: the engine groups the linear layer's entries.
         let mut want = vec![0.0f32; 5];
         fc.matmul(&h, 1, &mut want);
-        for (g, w) in got[b * 5..(b + 1) * 5].iter().zip(&want) {
-            assert!(
-                (g - w).abs() <= 1e-5 * w.abs().max(1.0),
-                "sample {b}: {g} against {w}"
-            );
+        let logits = few.get(b * 5..(b + 1) * 5);
+        for got in logits.into_iter().chain([&many[b * 5..(b + 1) * 5]]) {
+            for (g, w) in got.iter().zip(&want) {
+                assert!(
+                    (g - w).abs() <= 1e-5 * w.abs().max(1.0),
+                    "sample {b}: {g} against {w}"
+                );
+            }
         }
     }
 }
