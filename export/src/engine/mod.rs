@@ -174,8 +174,9 @@ impl Engine {
         let narrow = inputs * BLOCK > NARROW_BLOCK_ABOVE;
         let block = if narrow { NARROW_BLOCK } else { BLOCK };
         let batch = out.len() / self.classes;
-        // Chunks of a block at most, and at least one chunk per thread.
-        let chunk = block.min(batch.div_ceil(rayon::current_num_threads()));
+        // Chunks of a block at most, and at least two a thread (so that a helper thread that
+        // starts late leaves the others less to wait for).
+        let chunk = block.min(batch.div_ceil(2 * rayon::current_num_threads()));
         let failed = std::sync::Mutex::new(None);
         let size = (chunk * self.input_len, chunk * self.classes);
         in_parallel(x, out, size, |x, out| {
