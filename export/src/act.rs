@@ -143,4 +143,27 @@ mod tests {
         }
         assert_eq!(v[x.len() - 2], -0.5);
     }
+
+    /// Chunks without a negative value (zeros, -0, positives, NaN) are skipped: every value
+    /// still equals `elu1` of it bit for bit, in skipped chunks, computed ones, and a short
+    /// last chunk. A skip that took a chunk with one negative value fails this.
+    #[test]
+    fn skipped_chunks_give_the_elu_bits() {
+        let n = 5 * SKIP_CHUNK + 9;
+        let mut v: Vec<f32> = (0..n).map(|i| (i % 7) as f32 * 0.25).collect();
+        // Chunk 0: zeros, -0 and NaN only; chunk 1: positives with one negative at its end;
+        // chunk 2: all positive; chunk 3: mixed; chunk 4 and the tail: a negative in the tail.
+        v[..SKIP_CHUNK].iter_mut().enumerate().for_each(|(i, x)| {
+            *x = [0.0, -0.0, f32::NAN][i % 3];
+        });
+        v[2 * SKIP_CHUNK - 1] = -0.75;
+        for (i, x) in v[3 * SKIP_CHUNK..4 * SKIP_CHUNK].iter_mut().enumerate() {
+            *x = i as f32 * 0.1 - 3.0;
+        }
+        v[n - 2] = -2.0;
+        let want: Vec<u32> = v.iter().map(|&x| elu1(x, 0.7).to_bits()).collect();
+        elu_in_place(&mut v, 0.7);
+        let got: Vec<u32> = v.iter().map(|x| x.to_bits()).collect();
+        assert_eq!(got, want);
+    }
 }
