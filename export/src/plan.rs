@@ -12,7 +12,7 @@ use crate::{grouped::Grouped, LayerWeights, SsmLayer, SsmModel};
 use anyhow::{bail, ensure, Context, Result};
 use supermask_core::{
     arch::{Architecture, Step},
-    fused::{EffLayout, Effective},
+    fused::{pack_direct, EffLayout, Effective},
     norm::fixed_affine,
     registry, BnMode,
 };
@@ -33,6 +33,8 @@ pub(crate) struct Linear {
 /// A conv layer ready to run.
 pub(crate) struct Conv {
     pub eff: Effective,
+    /// The direct kernel's packed weights, for a dense 3x3 "same" layer (packed once here).
+    pub packed: Option<Vec<f32>>,
     pub c_in: usize,
     pub c_out: usize,
     pub k: usize,
@@ -234,8 +236,10 @@ fn ops<'a>(
                     let (l, zero) =
                         without_dead_inputs(l, if dead.len() == *c_in { &dead } else { &live });
                     dead = zero;
+                    let eff = prepare(&l, EffLayout::Auto(SPARSE_BELOW))?;
                     out.push(Op::Conv(Conv {
-                        eff: prepare(&l, EffLayout::Auto(SPARSE_BELOW))?,
+                        packed: pack_direct(&eff, *c_in, *k, *stride, *padding),
+                        eff,
                         c_in: *c_in,
                         c_out: *c_out,
                         k: *k,

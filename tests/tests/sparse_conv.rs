@@ -8,7 +8,7 @@
 
 use supermask_core::fused::{
     conv_layout, conv_sample, conv_sample_into, conv_sample_layouts, max_pool2_sample,
-    max_pool2_sample_into, EffLayout, Effective, SampleLayout,
+    max_pool2_sample_into, pack_direct, EffLayout, Effective, SampleLayout,
 };
 use supermask_core::rng::spread_values;
 
@@ -93,7 +93,7 @@ fn padded_and_wide_sample_layouts_give_the_dense_layouts_bits() {
         // into buffers holding stale values.
         let mut p1 = vec![f32::NAN; 100_000];
         conv_sample_into(
-            &first,
+            (&first, None),
             [c0, h, w],
             [3, 1, 1],
             (&x, SampleLayout::Dense),
@@ -107,8 +107,11 @@ fn padded_and_wide_sample_layouts_give_the_dense_layouts_bits() {
             SampleLayout::Dense
         };
         let mut p2 = vec![f32::NAN; 100_000];
+        // The dense layer with its weights packed once (the engine's way), the sparse without.
+        let packed = pack_direct(&second, c1, 3, 1, 1);
+        assert_eq!(packed.is_some(), layout == EffLayout::Dense);
         conv_sample_into(
-            &second,
+            (&second, packed.as_deref()),
             [c1, h, w],
             [3, 1, 1],
             (&p1, SampleLayout::Padded),

@@ -162,6 +162,19 @@ impl Direct3 {
         pack(self.c_out, k, |o, i| weights[o * k + i])
     }
 
+    /// [`Direct3::pack_forward`] without a map size (the packing does not depend on it), for
+    /// callers that pack once and run many samples; `None` on a CPU without the kernel.
+    pub(super) fn pack_weights(c_in: usize, c_out: usize, weights: &[f32]) -> Option<Vec<f32>> {
+        V3::try_new()?;
+        let k = c_in * 9;
+        (weights.len() == c_out * k).then(|| pack(c_out, k, |o, i| weights[o * k + i]))
+    }
+
+    /// Length of [`Direct3::pack_forward`]'s result.
+    pub(super) fn packed_len(&self) -> usize {
+        self.c_out.div_ceil(OB) * OB * self.c_in * 9
+    }
+
     /// Packs the weights `[c_out, c_in * 9]` for the input gradient, a [`Direct3::conv`] from
     /// `c_out` to `c_in` channels: `Wt[c][(o, ky, kx)] = W[o][(c, 2 - ky, 2 - kx)]`.
     pub(super) fn pack_input_grad(&self, weights: &[f32]) -> Vec<f32> {

@@ -45,6 +45,12 @@ impl Direct3 {
     pub(super) fn pack_forward(&self, _: &[f32]) -> Vec<f32> {
         match *self {}
     }
+    pub(super) fn pack_weights(_: usize, _: usize, _: &[f32]) -> Option<Vec<f32>> {
+        None
+    }
+    pub(super) fn packed_len(&self) -> usize {
+        match *self {}
+    }
     pub(super) fn pack_input_grad(&self, _: &[f32]) -> Vec<f32> {
         match *self {}
     }

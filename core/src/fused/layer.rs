@@ -15,7 +15,7 @@ mod sample;
 pub use conv::conv_layout;
 pub use sample::{
     conv_sample, conv_sample_into, conv_sample_layouts, max_pool2_sample, max_pool2_sample_into,
-    SampleLayout,
+    pack_direct, SampleLayout,
 };
 
 /// The geometry of a fused layer.

@@ -40,7 +40,7 @@ mod transpose;
 pub use effective::{Effective, Layout as EffLayout, Ternary, Values};
 pub use layer::{
     conv_layout, conv_sample, conv_sample_into, conv_sample_layouts, max_pool2_sample,
-    max_pool2_sample_into, FusedLayer, Geometry, SampleLayout,
+    max_pool2_sample_into, pack_direct, FusedLayer, Geometry, SampleLayout,
 };
 pub use optim::{sgdw_step, StepParams};
 

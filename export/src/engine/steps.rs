@@ -164,7 +164,7 @@ impl Engine {
                     |n: usize| (n + 2 * conv.pad).saturating_sub(conv.k) / conv.stride.max(1) + 1;
                 let mut y = buffer(y_layout.len(conv.c_out, out(h), out(w)));
                 let (oh, ow) = conv_sample_into(
-                    &conv.eff,
+                    (&conv.eff, conv.packed.as_deref()),
                     [conv.c_in, h, w],
                     [conv.k, conv.stride, conv.pad],
                     (z, layout),

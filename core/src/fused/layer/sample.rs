@@ -57,6 +57,25 @@ pub fn conv_sample_layouts(
     (taps || conv::direct_plan(eff, d).is_some(), taps)
 }
 
+/// The direct 3x3 kernel's packed form of a dense effective weight `eff` (`[c_out, c_in 9]`),
+/// for [`conv_sample_into`] to use instead of packing it again for every sample (a tenth of a
+/// ResNet20 inference did that); `None` for a sparse weight, another geometry than 3x3 stride
+/// 1 pad 1, or a CPU without the kernel.
+pub fn pack_direct(
+    eff: &Effective,
+    c_in: usize,
+    k: usize,
+    stride: usize,
+    pad: usize,
+) -> Option<Vec<f32>> {
+    match eff {
+        Effective::Dense { rows, data, .. } if (k, stride, pad) == (3, 1, 1) => {
+            Direct3::pack_weights(c_in, *rows, data)
+        }
+        _ => None,
+    }
+}
+
 /// One sample of a convolution: `x` is `[c_in, h, w]`, the result `[c_out, oh, ow]` with
 /// `(oh, ow)`, computed with `eff` (`[c_out, c_in k k]`) by the direct 3x3 kernel, the sparse
 /// kernel over the padded input's taps (3x3 "same" layers), or im2col and the dense or sparse
@@ -74,7 +93,7 @@ pub fn conv_sample(
 ) -> Result<(Vec<f32>, usize, usize)> {
     let mut y = Vec::new();
     let (oh, ow) = conv_sample_into(
-        eff,
+        (eff, None),
         [c_in, h, w],
         [k, stride, pad],
         (x, SampleLayout::Dense),
@@ -85,10 +104,10 @@ pub fn conv_sample(
 
 /// [`conv_sample`] from `x` in its layout into `y` (resized, reusing its memory) in its
 /// layout, for `[c_in, h, w]` inputs and `[k, stride, pad]`; the layouts beside
-/// [`SampleLayout::Dense`] must be ones [`conv_sample_layouts`] allows. The values are the
-/// same bits in every layout.
+/// [`SampleLayout::Dense`] must be ones [`conv_sample_layouts`] allows. `packed`, when given,
+/// is [`pack_direct`] of `eff`. The values are the same bits in every layout.
 pub fn conv_sample_into(
-    eff: &Effective,
+    (eff, packed): (&Effective, Option<&[f32]>),
     [c_in, h, w]: [usize; 3],
     [k, stride, pad]: [usize; 3],
     (x, x_layout): (&[f32], SampleLayout),
@@ -123,7 +142,18 @@ pub fn conv_sample_into(
         }
     };
     if let Some((dc, weights)) = conv::direct_plan(eff, d) {
-        let packed = dc.pack_forward(weights);
+        let packed = match packed {
+            Some(p) => {
+                anyhow::ensure!(
+                    p.len() == dc.packed_len(),
+                    "conv: {} packed weights where the kernel takes {}",
+                    p.len(),
+                    dc.packed_len()
+                );
+                std::borrow::Cow::Borrowed(p)
+            }
+            None => std::borrow::Cow::Owned(dc.pack_forward(weights)),
+        };
         let xp_len = if x_layout == SampleLayout::Padded {
             0
         } else {
