@@ -19,7 +19,7 @@
 //! linear net, on the same thread; batch norms
 //! (evaluation mode: running statistics) are one per-channel scale and shift each, computed as
 //! the training model's fused path computes them ([`supermask_core::norm::fixed_affine`]).
-//! The plan drops the entries that read channels no kept weight feeds ([`crate::plan`]).
+//! The plan drops the entries that read channels no kept weight feeds (`plan.rs`).
 
 use crate::{
     act::elu_in_place,
