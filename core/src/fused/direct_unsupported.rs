@@ -2,6 +2,10 @@
 //! vectors): [`Direct3`] has no values, [`Direct3::new`] declines every geometry, and the
 //! convolutions run by im2col and GEMM.
 
+/// Zeros after the padded planes of the direct kernels' layout (as on x86-64, where it is
+/// the last tile's overrun), so that padded sample layouts have one size on every target.
+pub(super) const PAD_TAIL: usize = 18;
+
 /// Uninhabited: no geometry runs the direct kernel on this target.
 #[derive(Clone, Copy, Debug)]
 pub(super) enum Direct3 {}
@@ -40,6 +44,9 @@ impl Direct3 {
         match *self {}
     }
     pub(super) fn pad(&self, _: &[f32], _: usize, _: &mut [f32]) {
+        match *self {}
+    }
+    pub(super) fn zero_borders(&self, _: &mut [f32], _: usize) {
         match *self {}
     }
     pub(super) fn pack_forward(&self, _: &[f32]) -> Vec<f32> {
