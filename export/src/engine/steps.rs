@@ -159,14 +159,12 @@ impl Engine {
                     anyhow::bail!("a conv needs an image [c, h, w], got {shape:?}");
                 };
                 let y_layout = out_layout(conv, [h, w], rest);
-                // The output size (when the geometry is valid; the kernel checks it).
-                let out =
-                    |n: usize| (n + 2 * conv.pad).saturating_sub(conv.k) / conv.stride.max(1) + 1;
-                let mut y = buffer(y_layout.len(conv.c_out, out(h), out(w)));
+                let geometry = [conv.k, conv.stride, conv.pad];
+                let mut y = buffer(y_layout.conv_len(conv.c_out, [h, w], geometry));
                 let (oh, ow) = conv_sample_into(
                     (&conv.eff, conv.packed.as_deref()),
                     [conv.c_in, h, w],
-                    [conv.k, conv.stride, conv.pad],
+                    geometry,
                     (z, layout),
                     (&mut y, y_layout),
                 )?;

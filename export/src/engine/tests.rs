@@ -234,7 +234,7 @@ fn conv_model_with_dead_channels() -> SsmModel {
 /// channels, and the engine's features are the bits of the same layers run one by one with
 /// every entry (the fused kernels' per-sample convolution and pool, the engine's ELU).
 #[test]
-fn entries_reading_dead_channels_are_dropped_without_changing_the_logits() {
+fn entries_reading_dead_channels_are_dropped_and_the_features_keep_their_bits() {
     use supermask_core::fused::{conv_sample, max_pool2_sample, EffLayout};
     let m = conv_model_with_dead_channels();
     let engine = Engine::new(&m).unwrap();

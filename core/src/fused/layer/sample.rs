@@ -34,6 +34,29 @@ impl SampleLayout {
             Self::Wide => c * h * (w + 2),
         }
     }
+
+    /// Values the output of a `k x k` convolution with `stride` and `pad` to `c_out`
+    /// channels takes in this layout, for `[_, h, w]` inputs (0 for inputs smaller than the
+    /// kernel): for sizing a buffer before [`conv_sample_into`].
+    pub fn conv_len(self, c_out: usize, [h, w]: [usize; 2], [k, stride, pad]: [usize; 3]) -> usize {
+        ConvDims::new(&[1, 1, h, w], 1, k, stride, pad).map_or(0, |d| self.len(c_out, d.oh, d.ow))
+    }
+}
+
+/// `x` as the direct kernels' padded input: itself when it is [`SampleLayout::Padded`], else
+/// padded into `xp` (which then has [`Direct3::padded_len`] values).
+fn padded_input<'a>(
+    dc: &Direct3,
+    (x, layout): (&'a [f32], SampleLayout),
+    c_in: usize,
+    xp: &'a mut [f32],
+) -> &'a [f32] {
+    if layout == SampleLayout::Padded {
+        x
+    } else {
+        dc.pad(x, c_in, xp);
+        xp
+    }
 }
 
 /// What a convolution of `eff` over `[c_in, h, w]` inputs (`k`, `stride`, `pad`) reads and
@@ -135,10 +158,12 @@ pub fn conv_sample_into(
     let len = y_layout.len(o, d.oh, d.ow);
     y.truncate(len);
     y.resize(len, 0.0);
-    // `x` padded into the first scratch buffer, unless it is padded already.
-    let padded = |xp: &mut [f32], dc: &Direct3| {
-        if x_layout == SampleLayout::Dense {
-            dc.pad(x, c_in, xp);
+    // Scratch for padding `x`, unless it is padded already.
+    let xp_len = |dc: &Direct3| {
+        if x_layout == SampleLayout::Padded {
+            0
+        } else {
+            dc.padded_len(c_in)
         }
     };
     if let Some((dc, weights)) = conv::direct_plan(eff, d) {
@@ -154,18 +179,8 @@ pub fn conv_sample_into(
             }
             None => std::borrow::Cow::Owned(dc.pack_forward(weights)),
         };
-        let xp_len = if x_layout == SampleLayout::Padded {
-            0
-        } else {
-            dc.padded_len(c_in)
-        };
-        with_scratch([xp_len, dc.scratch_len(o), 0], |xp, scratch, _| {
-            padded(xp, &dc);
-            let xp = if x_layout == SampleLayout::Padded {
-                x
-            } else {
-                &*xp
-            };
+        with_scratch([xp_len(&dc), dc.scratch_len(o), 0], |xp, scratch, _| {
+            let xp = padded_input(&dc, (x, x_layout), c_in, xp);
             dc.conv(&packed, c_in, o, xp, scratch, y);
         });
     } else if let Some((dc, t)) = conv::sparse_direct_plan(eff, d) {
@@ -175,18 +190,8 @@ pub fn conv_sample_into(
         } else {
             0
         };
-        let xp_len = if x_layout == SampleLayout::Padded {
-            0
-        } else {
-            dc.padded_len(c_in)
-        };
-        with_scratch([xp_len, wide_len, 0], |xp, wide, _| {
-            padded(xp, &dc);
-            let xp = if x_layout == SampleLayout::Padded {
-                x
-            } else {
-                &*xp
-            };
+        with_scratch([xp_len(&dc), wide_len, 0], |xp, wide, _| {
+            let xp = padded_input(&dc, (x, x_layout), c_in, xp);
             let taps = |i| dc.tap(xp, i);
             match y_layout {
                 SampleLayout::Dense => {
