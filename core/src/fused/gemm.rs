@@ -4,6 +4,8 @@
 //! alias the operands.
 #![allow(unsafe_code)]
 
+use rayon::prelude::*;
+
 /// A read-only strided matrix view: element `(r, c)` is `data[r * rs + c * cs]`.
 #[derive(Clone, Copy, Debug)]
 pub struct Mat<'a> {
@@ -52,6 +54,46 @@ fn extent(rows: usize, cols: usize, rs: usize, cs: usize) -> usize {
     }
 }
 
+/// Fewest multiply-adds a parallel product must have before [`split_rows`] splits it: below
+/// this, waking a second thread costs more than it saves.
+const SPLIT_WORK: usize = 1 << 20;
+
+/// Fewest destination rows a thread's share may have.
+const SPLIT_MIN_ROWS: usize = 8;
+
+/// Runs a parallel product as one sequential gemm call per thread over contiguous blocks of
+/// `dst`'s rows, and says whether it did; `false` leaves the product to gemm's own threading.
+///
+/// gemm's own threading splits a training-sized product (the FCN's 128 x 784 x 300) so that
+/// two threads run it only 1.2-1.3x faster than one; whole row blocks run 1.7-1.8x faster
+/// (`docs/results/fcn-threads.md`). The bits are those of one sequential call: gemm sees the
+/// destination transposed (it is row-major), so `dst`'s rows are its columns, and its
+/// summation order over `k` (the `kc` blocking) depends on `k` alone once a product takes its
+/// general path. A product takes it whenever it has more than 64 columns and a block has at
+/// least 8 rows (smaller ones go to gemm's small-matrix, matrix-vector or horizontal kernels,
+/// which block `k` another way), so only such products are split.
+fn split_rows(dst: &mut [f32], lhs: Mat<'_>, rhs: Mat<'_>, accumulate: bool) -> bool {
+    let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
+    let threads = rayon::current_num_threads().min(m / SPLIT_MIN_ROWS);
+    if threads < 2 || n <= 64 || m * k * n < SPLIT_WORK {
+        return false;
+    }
+    let rows = m.div_ceil(threads);
+    dst[..m * n]
+        .par_chunks_mut(rows * n)
+        .enumerate()
+        .for_each(|(i, dst)| {
+            let r0 = i * rows;
+            let part = Mat {
+                data: &lhs.data[r0 * lhs.rs..],
+                rows: dst.len() / n,
+                ..lhs
+            };
+            matmul(dst, part, rhs, accumulate, false);
+        });
+    true
+}
+
 /// `dst = lhs * rhs` (or `dst += lhs * rhs` when `accumulate`), with `dst` row-major
 /// `lhs.rows x rhs.cols`. `parallel` lets gemm split the work over rayon's threads.
 ///
@@ -76,6 +118,9 @@ pub fn matmul(dst: &mut [f32], lhs: Mat<'_>, rhs: Mat<'_>, accumulate: bool, par
         if !accumulate {
             dst[..m * n].fill(0.0);
         }
+        return;
+    }
+    if parallel && split_rows(dst, lhs, rhs, accumulate) {
         return;
     }
     let par = if parallel {
@@ -109,5 +154,99 @@ pub fn matmul(dst: &mut [f32], lhs: Mat<'_>, rhs: Mat<'_>, accumulate: bool, par
             false,
             par,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deterministic values with no pattern gemm could exploit.
+    fn values(len: usize, seed: u32) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+        (0..len)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                (s as f32 / u32::MAX as f32) - 0.5
+            })
+            .collect()
+    }
+
+    /// `(m, k, n, lhs stored transposed, accumulate)`: the FCN's training products (forward,
+    /// weight gradient with a transposed lhs, input gradient), a depth over gemm's 512-deep `kc`
+    /// block, and uneven row blocks.
+    const SPLIT: [(usize, usize, usize, bool, bool); 5] = [
+        (128, 784, 300, false, false),
+        (300, 128, 784, true, false),
+        (128, 100, 300, false, true),
+        (37, 1100, 129, false, false),
+        (131, 700, 65, true, true),
+    ];
+
+    fn product(m: usize, k: usize, n: usize, lt: bool, acc: bool, split: bool) -> (bool, Vec<f32>) {
+        let (a, b) = (values(m * k, 1), values(k * n, 2));
+        let lhs = if lt {
+            Mat::rows(&a, k, m).t()
+        } else {
+            Mat::rows(&a, m, k)
+        };
+        let rhs = Mat::rows(&b, k, n);
+        let mut dst = values(m * n, 3);
+        let did = if split {
+            split_rows(&mut dst, lhs, rhs, acc)
+        } else {
+            matmul(&mut dst, lhs, rhs, acc, false);
+            true
+        };
+        (did, dst)
+    }
+
+    #[test]
+    fn row_blocks_give_one_sequential_calls_bits_for_any_thread_count() {
+        for threads in [2, 3, 4] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            for (m, k, n, lt, acc) in SPLIT {
+                let (split, got) = pool.install(|| product(m, k, n, lt, acc, true));
+                assert!(split, "{m}x{k}x{n} on {threads} threads was not split");
+                let (_, want) = product(m, k, n, lt, acc, false);
+                let same = got
+                    .iter()
+                    .zip(&want)
+                    .all(|(g, w)| g.to_bits() == w.to_bits());
+                assert!(same, "{m}x{k}x{n} on {threads} threads: bits differ");
+            }
+        }
+    }
+
+    /// Products whose row blocks would take gemm's small-matrix kernels (at most 64 columns,
+    /// which block `k` by 512 where the general path blocks 784 as 2 x 392), tiny ones, and
+    /// one thread are left to gemm.
+    #[test]
+    fn products_whose_blocks_would_sum_in_another_order_are_not_split() {
+        let two = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        for (m, k, n) in [
+            (128, 784, 64),
+            (128, 784, 10),
+            (15, 4096, 300),
+            (64, 64, 128),
+        ] {
+            assert!(
+                !two.install(|| product(m, k, n, false, false, true).0),
+                "{m}x{k}x{n}"
+            );
+        }
+        let one = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
+        assert!(!one.install(|| product(128, 784, 300, false, false, true).0));
     }
 }
