@@ -46,9 +46,9 @@ fn main() -> anyhow::Result<()> {
         t.train_epoch(&data, epoch)?;
     }
     println!(
-        "{}: {:.4} s per step (batch {}, {steps} steps)",
+        "{}: {:.3} ms per step (batch {}, {steps} steps)",
         args[0],
-        t0.elapsed().as_secs_f64() / steps as f64,
+        t0.elapsed().as_secs_f64() * 1e3 / steps as f64,
         cfg.data.batch_size
     );
     Ok(())

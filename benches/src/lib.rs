@@ -6,9 +6,12 @@ use supermask_export::{LayerWeights, SsmLayer, SsmModel};
 
 /// Sets the thread count from `SUPERMASK_BENCH_THREADS` (default 2) unless
 /// `RAYON_NUM_THREADS` is set, with the CLI's pool and allocator setup
-/// ([`supermask_train::configure_threads`], [`supermask_train::configure_allocator`]), and
-/// flushes denormals on every thread ([`flush_denormals`]), as the PyTorch scripts do; call
-/// before any tensor work. Returns the count.
+/// ([`supermask_train::configure_threads_with`], [`supermask_train::configure_allocator`]),
+/// and flushes denormals to zero (MXCSR's FTZ and DAZ bits) on the calling thread and on every
+/// thread of rayon's global pool, where the fused kernels and candle's GEMM run, as PyTorch's
+/// `torch.set_flush_denormal(True)` does on the reference side: a net whose values decay into
+/// denormals would otherwise time the slow microcode path on either side (a no-op off
+/// x86-64). Call before any tensor work. Returns the count.
 pub fn set_threads() -> usize {
     let threads: usize = std::env::var("SUPERMASK_BENCH_THREADS")
         .ok()
@@ -18,24 +21,7 @@ pub fn set_threads() -> usize {
         .is_none()
         .then_some(threads);
     supermask_train::configure_allocator();
-    let n = supermask_train::configure_threads(requested);
-    flush_denormals(n);
-    n
-}
-
-/// Flushes denormal floats to zero (MXCSR's FTZ and DAZ bits) on the calling thread and on
-/// every thread of rayon's global pool, where the fused kernels and candle's GEMM run, as
-/// PyTorch's `torch.set_flush_denormal(True)` does on the reference side: a net whose values
-/// decay into denormals would otherwise time the slow microcode path on either side. Call
-/// before any tensor work (it builds the global pool). A no-op off
-/// x86-64. [`set_threads`] calls it.
-pub fn flush_denormals(threads: usize) {
-    set_ftz_daz();
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .start_handler(|_| set_ftz_daz())
-        .build_global()
-        .expect("flush_denormals runs before rayon's global pool is used");
+    supermask_train::configure_threads_with(requested, set_ftz_daz)
 }
 
 #[cfg(target_arch = "x86_64")]

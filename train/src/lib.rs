@@ -34,29 +34,60 @@ pub fn link_plugins() {
 }
 
 /// Sets up the CPU thread pools before any tensor work; returns the thread count the fused
-/// kernels use.
+/// kernels use. [`configure_threads_with`] with no per-thread setup.
+pub fn configure_threads(threads: Option<usize>) -> usize {
+    configure_threads_with(threads, || {})
+}
+
+/// Sets up the CPU thread pools before any tensor work, running `per_thread` on the calling
+/// thread and on every worker rayon starts (the benchmarks flush denormals there); returns the
+/// thread count the fused kernels use.
 ///
-/// - `threads` (e.g. `--threads`) sets rayon's pool, where the fused kernels, candle's GEMM
-///   and convolutions run (`RAYON_NUM_THREADS` when not given; default: all cores).
+/// - `threads` (e.g. `--threads`) sets rayon's global pool, where the fused kernels, candle's
+///   GEMM and convolutions run (`RAYON_NUM_THREADS` when not given; default: all cores).
+/// - The calling thread is the pool's first worker (rayon's `use_current_thread`), so `n`
+///   threads means `n` threads: the training loop's parallel sections start on the thread
+///   that runs the loop instead of waking a worker and sleeping until it is done. With a
+///   separate pool, two threads on two cores were three, and every GEMM and element-wise pass
+///   paid a hand-over; measured on the FCN step: 1.60 against 1.79 ms
+///   (`docs/results/fcn-threads.md`).
 /// - candle's separate element-wise pool is kept to one thread (no worker) unless
 ///   `CANDLE_NUM_THREADS` is set: its workers spin-wait between ops and then compete with the
 ///   rayon threads for the same cores. Measured on the 2-core development machine: the FCN
 ///   epoch takes 1.17 s with one candle thread against 1.26-1.48 s with two, the dense FCN
 ///   epoch 0.96 s against 1.90 s (docs/results/bench.md).
 ///
-/// Must run before the first tensor operation (both pools read the environment once).
-pub fn configure_threads(threads: Option<usize>) -> usize {
+/// Must run before the first tensor operation, once, on the thread that will run the work:
+/// when rayon's global pool already exists (a library caller used it first) that pool is kept,
+/// with a warning, and its thread count is returned.
+pub fn configure_threads_with(
+    threads: Option<usize>,
+    per_thread: impl Fn() + Send + Sync + 'static,
+) -> usize {
     if let Some(n) = threads.filter(|&n| n > 0) {
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
     }
     if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
         std::env::set_var("CANDLE_NUM_THREADS", "1");
     }
-    std::env::var("RAYON_NUM_THREADS")
+    let n = std::env::var("RAYON_NUM_THREADS")
         .ok()
         .and_then(|s| s.parse().ok())
         .filter(|&n| n > 0)
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    per_thread();
+    let built = rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .use_current_thread()
+        .start_handler(move |_| per_thread())
+        .build_global();
+    match built {
+        Ok(()) => n,
+        Err(e) => {
+            tracing::warn!("rayon's thread pool was set up before configure_threads: {e}");
+            rayon::current_num_threads()
+        }
+    }
 }
 
 /// mimalloc's option index of `purge_delay` (`mi_option_purge_delay` in `mimalloc.h`, the same
