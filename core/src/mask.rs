@@ -156,9 +156,22 @@ pub fn signed_values(scores: &Tensor, taus: Taus) -> Result<Tensor> {
     Ok((pos - neg)?)
 }
 
-/// [`signed_values`] into a slice, for a mask's [`MaskFn::hard_into`] fast path.
+/// [`signed_values`] into a slice, for a mask's [`MaskFn::hard_into`] fast path: on rayon's
+/// threads in blocks of 16,384 values (each value depends on its score alone), each block
+/// compiled for the CPU's best instruction set.
 pub fn signed_values_into(scores: &[f32], taus: Taus, out: &mut [f32]) {
-    for (o, &m) in out.iter_mut().zip(scores) {
-        *o = f32::from(m >= taus.pos) - f32::from(m <= taus.neg);
-    }
+    use rayon::prelude::*;
+    const BLOCK: usize = 1 << 14;
+    out.par_chunks_mut(BLOCK)
+        .zip(scores.par_chunks(BLOCK))
+        .for_each(|(out, scores)| {
+            pulp::Arch::new().dispatch(
+                #[inline(always)]
+                || {
+                    for (o, &m) in out.iter_mut().zip(scores) {
+                        *o = f32::from(m >= taus.pos) - f32::from(m <= taus.neg);
+                    }
+                },
+            )
+        });
 }

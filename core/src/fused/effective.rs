@@ -8,8 +8,9 @@
 
 use super::{
     gemm::{self, Mat},
-    vectorized,
+    vectorized, ELEMENTWISE_CHUNK,
 };
+use rayon::prelude::*;
 
 /// The kept entries of a matrix, row by row.
 #[derive(Clone, Debug, PartialEq)]
@@ -86,15 +87,33 @@ impl Effective {
             Layout::Dense => false,
             Layout::Sparse => true,
             Layout::Auto(below) => {
-                let kept = mask.iter().filter(|&&m| m != 0.0).count();
+                let kept: usize = mask
+                    .par_chunks(ELEMENTWISE_CHUNK)
+                    .map(|m| {
+                        vectorized(
+                            #[inline(always)]
+                            || m.iter().map(|&m| usize::from(m != 0.0)).sum::<usize>(),
+                        )
+                    })
+                    .sum();
                 (kept as f64) < below * (rows * cols) as f64
             }
         };
         if !sparse {
-            let data = vectorized(
-                #[inline(always)]
-                || weight.iter().zip(mask).map(|(w, m)| w * m).collect(),
-            );
+            let mut data = vec![0.0; rows * cols];
+            data.par_chunks_mut(ELEMENTWISE_CHUNK)
+                .zip(weight.par_chunks(ELEMENTWISE_CHUNK))
+                .zip(mask.par_chunks(ELEMENTWISE_CHUNK))
+                .for_each(|((d, w), m)| {
+                    vectorized(
+                        #[inline(always)]
+                        || {
+                            for ((d, w), m) in d.iter_mut().zip(w).zip(m) {
+                                *d = w * m;
+                            }
+                        },
+                    )
+                });
             return Effective::Dense { rows, cols, data };
         }
         let mut ptr = Vec::with_capacity(rows + 1);

@@ -4,7 +4,7 @@
 
 use super::gemm::{self, Mat};
 use super::im2col::ConvDims;
-use super::{cpu_slice, elu, vectorized, with_f32, Effective};
+use super::{cpu_slice, elu, vectorized, with_f32, Effective, ELEMENTWISE_CHUNK};
 use crate::Result;
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
@@ -256,21 +256,30 @@ impl FusedLayer {
         let to_candle = |e: anyhow::Error| candle_core::Error::Msg(e.to_string());
         if let Some(w) = &self.weight {
             with_f32(w, |w| {
-                vectorized(
-                    #[inline(always)]
-                    || {
-                        for (g, w) in gw.iter_mut().zip(w) {
-                            *g *= w;
-                        }
-                    },
-                )
+                gw.par_chunks_mut(ELEMENTWISE_CHUNK)
+                    .zip(w.par_chunks(ELEMENTWISE_CHUNK))
+                    .for_each(|(gw, w)| {
+                        vectorized(
+                            #[inline(always)]
+                            || {
+                                for (g, w) in gw.iter_mut().zip(w) {
+                                    *g *= w;
+                                }
+                            },
+                        )
+                    })
             })
             .map_err(to_candle)?;
         }
         if self.score_sign {
             // sign(0) = +1, as candle's abs backward (`M >= 0`).
             let flip = |(g, m): (&mut f32, &f32)| *g = if *m < 0.0 { -*g } else { *g };
-            with_f32(param, |m| gw.iter_mut().zip(m).for_each(flip)).map_err(to_candle)?;
+            with_f32(param, |m| {
+                gw.par_chunks_mut(ELEMENTWISE_CHUNK)
+                    .zip(m.par_chunks(ELEMENTWISE_CHUNK))
+                    .for_each(|(gw, m)| gw.iter_mut().zip(m).for_each(flip))
+            })
+            .map_err(to_candle)?;
         }
         Ok(gw)
     }

@@ -25,7 +25,7 @@ pub struct StepParams {
 }
 
 /// Elements per parallel task (the update is element-wise, so the split cannot change results).
-const CHUNK: usize = 1 << 14;
+const CHUNK: usize = super::ELEMENTWISE_CHUNK;
 
 /// The update of one element, as the reference computes it:
 ///
