@@ -10,6 +10,7 @@
 //! Concrete plugins live in `supermask-plugins`; models in `supermask-models`.
 
 pub mod arch;
+pub mod awake;
 pub mod build;
 pub mod config;
 mod cpu;

@@ -10,6 +10,7 @@ use anyhow::Context;
 use candle_core::{Device, Tensor, Var};
 use std::{ops::Range, time::Instant};
 use supermask_core::{
+    awake::KeepAwake,
     build_model, loss,
     optim::{Optimizer, PlateauState, Progress},
     tape, trainable_params, ForwardCtx, Layer, Model, Result,
@@ -222,7 +223,10 @@ impl Trainer {
         let batches: Vec<&[usize]> = order.chunks(self.cfg.data.batch_size).collect();
         self.steps_per_epoch = batches.len() as u64;
         let (mut loss_sum, mut correct) = (0.0f64, 0usize);
+        // rayon's other threads spin for work through the step's serial stretches.
+        let awake = KeepAwake::new();
         for (i, idx) in batches.iter().enumerate() {
+            awake.keep();
             let augment = self.cfg.data.augment.then(|| {
                 supermask_core::rng::derive_seed(self.cfg.seed, &[0xA06, epoch as u64, i as u64])
             });
@@ -328,7 +332,9 @@ impl Trainer {
     pub fn evaluate(&self, data: &Dataset) -> Result<PassStats> {
         let order: Vec<usize> = (0..data.n).collect();
         let (mut loss_sum, mut correct) = (0.0f64, 0usize);
+        let awake = KeepAwake::new();
         for idx in order.chunks(self.cfg.data.test_batch_size) {
+            awake.keep();
             let (x, y) = self.batch(data, idx, None)?;
             let logits = self.model.forward_t(&x, &self.eval_ctx())?.detach();
             loss_sum +=
