@@ -100,20 +100,15 @@ impl Effective {
             }
         };
         if !sparse {
-            let mut data = vec![0.0; rows * cols];
-            data.par_chunks_mut(ELEMENTWISE_CHUNK)
-                .zip(weight.par_chunks(ELEMENTWISE_CHUNK))
-                .zip(mask.par_chunks(ELEMENTWISE_CHUNK))
-                .for_each(|((d, w), m)| {
-                    vectorized(
-                        #[inline(always)]
-                        || {
-                            for ((d, w), m) in d.iter_mut().zip(w).zip(m) {
-                                *d = w * m;
-                            }
-                        },
-                    )
-                });
+            // Collected in place, without zero-filling a buffer first (the fill alone took
+            // as long as the products on the FCN's first layer).
+            let mut data = Vec::new();
+            weight
+                .par_iter()
+                .zip(mask)
+                .with_min_len(ELEMENTWISE_CHUNK)
+                .map(|(w, m)| w * m)
+                .collect_into_vec(&mut data);
             return Effective::Dense { rows, cols, data };
         }
         let mut ptr = Vec::with_capacity(rows + 1);
