@@ -5,9 +5,10 @@
 //! short serial stretches between them (candle's bookkeeping, the loss, the tape). rayon's idle
 //! workers give up after about 32 rounds of `yield` (30-60 us here) and sleep on a futex; the
 //! next section then starts with one thread while the other is woken. On the 2-core KVM
-//! machine a join of two 100 us halves took 104-113 us with the worker spinning against
-//! 150-210 us after a 50-1000 us serial gap with the worker asleep, and the FCN step woke a
-//! sleeping worker about 8 times (`docs/results/fcn-threads.md`).
+//! machine a join of two 100 us halves took 101-103 us with the other thread spinning against
+//! 113-141 us after a 20-1000 us serial gap with it left to sleep (the `join_latency` example
+//! of `supermask-benches`), and the FCN step woke a sleeping worker about 8 times
+//! (`docs/results/fcn-threads.md`).
 //!
 //! [`KeepAwake::keep`] at the start of each step makes every other thread of the current pool
 //! run a loop that takes pending jobs ([`rayon::yield_now`]) and spins between them. A loop

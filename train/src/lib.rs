@@ -49,8 +49,8 @@ pub fn configure_threads(threads: Option<usize>) -> usize {
 ///   threads means `n` threads: the training loop's parallel sections start on the thread
 ///   that runs the loop instead of waking a worker and sleeping until it is done. With a
 ///   separate pool, two threads on two cores were three, and every GEMM and element-wise pass
-///   paid a hand-over; measured on the FCN step: 1.60 against 1.79 ms
-///   (`docs/results/fcn-threads.md`).
+///   paid a hand-over; measured on the FCN step (with the GEMM split over row blocks): 1.46
+///   against 1.97 ms, medians of ten alternating runs (`docs/results/fcn-threads.md`).
 /// - candle's separate element-wise pool is kept to one thread (no worker) unless
 ///   `CANDLE_NUM_THREADS` is set: its workers spin-wait between ops and then compete with the
 ///   rayon threads for the same cores. Measured on the 2-core development machine: the FCN
