@@ -78,19 +78,25 @@ fn split_rows(dst: &mut [f32], lhs: Mat<'_>, rhs: Mat<'_>, accumulate: bool) -> 
     if threads < 2 || n <= 64 || m * k * n < SPLIT_WORK {
         return false;
     }
-    let rows = m.div_ceil(threads);
-    dst[..m * n]
-        .par_chunks_mut(rows * n)
-        .enumerate()
-        .for_each(|(i, dst)| {
-            let r0 = i * rows;
-            let part = Mat {
-                data: &lhs.data[r0 * lhs.rs..],
-                rows: dst.len() / n,
-                ..lhs
-            };
-            matmul(dst, part, rhs, accumulate, false);
-        });
+    // Even blocks, `m / threads` or one more rows each, so that every block has at least
+    // `SPLIT_MIN_ROWS` (equal blocks of `ceil(m / threads)` rows can leave one row for the
+    // last, which gemm would run as a matrix-vector product).
+    let mut blocks = Vec::with_capacity(threads);
+    let mut rest = &mut dst[..m * n];
+    for i in 0..threads {
+        let (r0, r1) = (i * m / threads, (i + 1) * m / threads);
+        let (block, tail) = rest.split_at_mut((r1 - r0) * n);
+        blocks.push((r0, block));
+        rest = tail;
+    }
+    blocks.into_par_iter().for_each(|(r0, dst)| {
+        let part = Mat {
+            data: &lhs.data[r0 * lhs.rs..],
+            rows: dst.len() / n,
+            ..lhs
+        };
+        matmul(dst, part, rhs, accumulate, false);
+    });
     true
 }
 
@@ -176,13 +182,15 @@ mod tests {
 
     /// `(m, k, n, lhs stored transposed, accumulate)`: the FCN's training products (forward,
     /// weight gradient with a transposed lhs, input gradient), a depth over gemm's 512-deep `kc`
-    /// block, and uneven row blocks.
-    const SPLIT: [(usize, usize, usize, bool, bool); 5] = [
+    /// block, uneven row blocks, and 73 rows over 9 threads (blocks of 9 rows would leave one
+    /// for the last, which gemm would run as a matrix-vector product).
+    const SPLIT: [(usize, usize, usize, bool, bool); 6] = [
         (128, 784, 300, false, false),
         (300, 128, 784, true, false),
         (128, 100, 300, false, true),
         (37, 1100, 129, false, false),
         (131, 700, 65, true, true),
+        (73, 600, 65, false, false),
     ];
 
     fn product(m: usize, k: usize, n: usize, lt: bool, acc: bool, split: bool) -> (bool, Vec<f32>) {
@@ -205,7 +213,7 @@ mod tests {
 
     #[test]
     fn row_blocks_give_one_sequential_calls_bits_for_any_thread_count() {
-        for threads in [2, 3, 4] {
+        for threads in [2, 3, 4, 9] {
             let pool = rayon::ThreadPoolBuilder::new()
                 .num_threads(threads)
                 .build()
