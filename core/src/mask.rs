@@ -157,15 +157,15 @@ pub fn signed_values(scores: &Tensor, taus: Taus) -> Result<Tensor> {
 }
 
 /// [`signed_values`] into a slice, for a mask's [`MaskFn::hard_into`] fast path: on rayon's
-/// threads in blocks of 16,384 values (each value depends on its score alone), each block
-/// compiled for the CPU's best instruction set.
+/// threads in blocks (each value depends on its score alone), each block compiled for the
+/// CPU's best instruction set.
 pub fn signed_values_into(scores: &[f32], taus: Taus, out: &mut [f32]) {
+    use crate::cpu::{vectorized, ELEMENTWISE_CHUNK};
     use rayon::prelude::*;
-    const BLOCK: usize = 1 << 14;
-    out.par_chunks_mut(BLOCK)
-        .zip(scores.par_chunks(BLOCK))
+    out.par_chunks_mut(ELEMENTWISE_CHUNK)
+        .zip(scores.par_chunks(ELEMENTWISE_CHUNK))
         .for_each(|(out, scores)| {
-            pulp::Arch::new().dispatch(
+            vectorized(
                 #[inline(always)]
                 || {
                     for (o, &m) in out.iter_mut().zip(scores) {

@@ -52,19 +52,7 @@ use candle_core::{CpuStorage, Layout, Tensor};
 // The kernel settings moved to `crate::config`; re-exported from their old path.
 pub use crate::config::{KernelConfig, KernelPath, DEFAULT_SPARSE_BELOW};
 
-/// Values per parallel task of the element-wise passes over a layer's weights (the effective
-/// weight, the score gradient, the optimizer step): 64 KiB of each operand, enough that a
-/// task's work outweighs handing it to another thread, small enough that the FCN's first
-/// layer (235,200 weights) splits over 2-16 threads.
-pub(crate) const ELEMENTWISE_CHUNK: usize = 1 << 14;
-
-/// Runs `f` compiled for the best instruction set this CPU has (AVX2+FMA or AVX-512 when
-/// present, detected at run time by `pulp`), so element-wise loops vectorize without building
-/// for one CPU.
-#[inline(always)]
-pub(crate) fn vectorized<R>(f: impl FnOnce() -> R) -> R {
-    pulp::Arch::new().dispatch(f)
-}
+pub(crate) use crate::cpu::{vectorized, ELEMENTWISE_CHUNK};
 
 /// `elu(x)` with the fused kernel (CPU f32 tensors).
 pub fn elu(x: &Tensor, alpha: f64) -> Result<Tensor> {
