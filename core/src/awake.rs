@@ -52,7 +52,10 @@ impl KeepAwake {
     /// A guard for the current thread's rayon pool (the global one outside any pool). Starts
     /// nothing until [`KeepAwake::keep`].
     pub fn new() -> Self {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        // Read once: on Linux it reads the cgroup's CPU quota from files.
+        static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+        let cores =
+            *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         let threads = rayon::current_num_threads();
         Self {
             shared: Arc::default(),
