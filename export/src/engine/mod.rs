@@ -372,7 +372,9 @@ impl Engine {
 ///
 /// A caller outside rayon's pool would hand the whole job to the pool and sleep until it is
 /// done: an empty `install` from outside costs about 5 us on the 2-core Xeon (the caller's
-/// wake-up), and `infer` and the benches call from outside. Here such a caller works too: it
+/// wake-up). `infer` and the benches call from inside (`supermask_train::configure_threads`
+/// makes the calling thread rayon's first worker); a library caller that did not set the pool
+/// up that way calls from outside. Here such a caller works too: it
 /// and one helper task per other pool thread take chunks from a shared counter until none
 /// are left, and the caller then spins (it would only sleep) until the chunks the helpers
 /// took are done. Inside the pool it is rayon's own parallel loop.
