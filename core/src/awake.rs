@@ -143,25 +143,43 @@ mod tests {
             .build()
             .unwrap();
         pool.install(|| {
-            let awake = guard(Duration::from_millis(1));
-            awake.keep();
-            assert_eq!(awake.shared.live.load(Ordering::Acquire), 1);
-            // A parallel section still computes what it computes, on either thread.
-            let (a, b) = rayon::join(|| (0..1000u64).sum::<u64>(), || (0..10u64).sum::<u64>());
-            assert_eq!((a, b), (499_500, 45));
-            wait_until_returned(&awake.shared, "the loop never went idle");
-            // `keep` starts it again once it has returned.
-            awake.keep();
-            assert_eq!(awake.shared.live.load(Ordering::Acquire), 1);
-            wait_until_returned(&awake.shared, "the restarted loop never went idle");
-            // A loop that would wait an hour for work returns when its guard is dropped.
+            // A loop that would wait an hour for work: it can only return when dropped.
             let awake = guard(Duration::from_secs(3600));
             awake.keep();
+            assert_eq!(awake.shared.live.load(Ordering::Acquire), 1);
+            // The other thread, inside that loop, takes a pending job: the caller's half of the
+            // join waits until the other half has started, so only that thread can run it.
+            let started = AtomicBool::new(false);
+            let me = rayon::current_thread_index();
+            let ((), other) = rayon::join(
+                || {
+                    let t0 = Instant::now();
+                    while !started.load(Ordering::Acquire) {
+                        assert!(
+                            t0.elapsed() < Duration::from_secs(5),
+                            "the spinning thread never took the pending job"
+                        );
+                        std::hint::spin_loop();
+                    }
+                },
+                || {
+                    started.store(true, Ordering::Release);
+                    rayon::current_thread_index()
+                },
+            );
+            assert_ne!(other, me);
             std::thread::sleep(Duration::from_millis(20));
             assert_eq!(awake.shared.live.load(Ordering::Acquire), 1);
             let shared = Arc::clone(&awake.shared);
             drop(awake);
             wait_until_returned(&shared, "the loop ignored the drop");
+            // A loop returns after its idle time without work, and `keep` starts it again.
+            let awake = guard(Duration::from_millis(1));
+            awake.keep();
+            wait_until_returned(&awake.shared, "the loop never went idle");
+            awake.keep();
+            assert_eq!(awake.shared.live.load(Ordering::Acquire), 1);
+            wait_until_returned(&awake.shared, "the restarted loop never went idle");
         });
     }
 }
