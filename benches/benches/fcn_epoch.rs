@@ -8,9 +8,12 @@
 //! (generic candle ops) path, and the dense baseline for context.
 //!
 //! `cargo bench -p supermask-benches --bench fcn_epoch` (threads: `SUPERMASK_BENCH_THREADS`,
-//! default 2). Each side runs 2 epochs and reports the second (the first warms up). Each
-//! side's mean training loss of both epochs is printed, and no ratio is reported unless both
-//! runs are healthy (finite losses below 10, not growing: [`supermask_benches::unhealthy`]).
+//! default 2; rounds: `SUPERMASK_BENCH_ROUNDS`, default 5). Each side runs 2 epochs and reports
+//! the second (the first warms up). Each round runs every row on both sides; the table gives
+//! the median times, the median of the rounds' ratios and their range: a single PyTorch epoch
+//! on the 2-core VMs moved between 1.2 and 2.2 s within minutes. Each side's mean training
+//! loss of both epochs is printed, and no ratio is reported unless every run is healthy
+//! (finite losses below 10, not growing: [`supermask_benches::unhealthy`]).
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -49,9 +52,80 @@ fn losses_text(l: &[f64]) -> String {
 /// A side's seconds and losses, as the PyTorch script reports them.
 type Side = Option<(f64, Vec<f64>)>;
 
+/// The middle value (the upper one of an even count).
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// One row's measurements over the rounds.
+#[derive(Default)]
+struct Row {
+    ours: Vec<f64>,
+    ours_losses: Vec<f64>,
+    torch: Vec<f64>,
+    torch_losses: Vec<f64>,
+    /// The reason a round's run was refused, if one was.
+    refused: Option<String>,
+}
+
+impl Row {
+    fn add(&mut self, (o, ol): (f64, Vec<f64>), torch: &Side) {
+        if let Some(w) = unhealthy(&ol, LOSS_BOUND) {
+            self.refused.get_or_insert(format!("ours: {w}"));
+        }
+        self.ours.push(o);
+        self.ours_losses = ol;
+        if let Some((t, l)) = torch {
+            if let Some(w) = unhealthy(l, LOSS_BOUND) {
+                self.refused.get_or_insert(format!("pytorch: {w}"));
+            }
+            self.torch.push(*t);
+            self.torch_losses.clone_from(l);
+        }
+    }
+
+    fn print(&self, name: &str) {
+        let o = median(self.ours.clone());
+        let (pt, ratio, range) = if self.torch.len() != self.ours.len() || self.torch.is_empty() {
+            ("n/a".to_string(), "n/a".to_string(), String::new())
+        } else if let Some(w) = &self.refused {
+            (
+                format!("{:.3}", median(self.torch.clone())),
+                format!("refused ({w})"),
+                String::new(),
+            )
+        } else {
+            let ratios: Vec<f64> = self
+                .ours
+                .iter()
+                .zip(&self.torch)
+                .map(|(o, t)| o / t)
+                .collect();
+            let lo = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+            let hi = ratios.iter().copied().fold(0.0, f64::max);
+            (
+                format!("{:.3}", median(self.torch.clone())),
+                format!("{:.2}", median(ratios)),
+                format!("{lo:.2}-{hi:.2}"),
+            )
+        };
+        println!(
+            "{name:<30} {o:>10.3} {:>16} {pt:>12} {:>16} {ratio:>8} {range:>11}",
+            losses_text(&self.ours_losses),
+            losses_text(&self.torch_losses),
+        );
+    }
+}
+
 fn main() {
     let threads = set_threads();
     supermask_train::link_plugins();
+    let rounds: usize = std::env::var("SUPERMASK_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&r| r > 0)
+        .unwrap_or(5);
     let data = synthetic_mnist(60_000, 0);
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/torch_fcn_epoch.py");
     let th = threads.to_string();
@@ -59,11 +133,8 @@ fn main() {
     let dense = include_str!("../../configs/paper/table1-fcn-baseline-elu.toml");
     let sparse = "masking.threshold={ type = \"initial-rate\", rate = 0.965 }";
     println!(
-        "workload: FCN 784-300-100-10, one epoch, 60000 samples, batch 128, {threads} threads"
-    );
-    println!(
-        "{:<30} {:>10} {:>16} {:>12} {:>16} {:>8}",
-        "", "ours [s]", "ours loss", "pytorch [s]", "pytorch loss", "ratio"
+        "workload: FCN 784-300-100-10, one epoch, 60000 samples, batch 128, {threads} threads, \
+         {rounds} rounds"
     );
     let torch = |flag: Option<&str>| -> Side {
         let mut args = vec!["--threads", th.as_str(), "--epochs", "2"];
@@ -75,43 +146,36 @@ fn main() {
             .unwrap_or_default();
         Some((v["epoch_seconds"].as_f64()?, losses))
     };
-    let row = |name: &str, (o, ol): (f64, Vec<f64>), p: &Side| {
-        let (pt, pl) = match p {
-            Some((t, l)) => (format!("{t:.3}"), losses_text(l)),
-            None => ("n/a".into(), "n/a".into()),
-        };
-        let ratio = match (p, unhealthy(&ol, LOSS_BOUND)) {
-            (None, _) => "n/a".to_string(),
-            (Some(_), Some(w)) => format!("refused (ours: {w})"),
-            (Some((t, l)), None) => match unhealthy(l, LOSS_BOUND) {
-                Some(w) => format!("refused (pytorch: {w})"),
-                None => format!("{:.2}", o / t),
-            },
-        };
-        println!(
-            "{name:<30} {o:>10.3} {:>16} {pt:>12} {pl:>16} {ratio:>8}",
-            losses_text(&ol)
-        );
-    };
-    let torch_signed = torch(None);
-    row(
+    let names = [
         "signed ELUS (init density)",
-        ours(signed, &[], &data),
-        &torch_signed,
-    );
-    row(
         "signed ELUS, 3.5% kept",
-        ours(signed, &[sparse], &data),
-        &torch_signed,
-    );
-    row(
         "signed ELUS, reference path",
-        ours(signed, &["train.kernels.path=\"reference\""], &data),
-        &torch_signed,
-    );
-    row(
         "dense baseline",
-        ours(dense, &[], &data),
-        &torch(Some("--dense")),
+    ];
+    let mut rows: Vec<Row> = names.iter().map(|_| Row::default()).collect();
+    // Rounds, each side's runs alternating within a round, so that the machine's slow and
+    // fast spells fall on both sides; each round's ratio pairs runs made minutes apart.
+    for round in 1..=rounds {
+        let torch_signed = torch(None);
+        let torch_text = torch_signed
+            .as_ref()
+            .map_or("n/a".into(), |(t, _)| format!("{t:.3} s"));
+        rows[0].add(ours(signed, &[], &data), &torch_signed);
+        rows[1].add(ours(signed, &[sparse], &data), &torch_signed);
+        let reference = ours(signed, &["train.kernels.path=\"reference\""], &data);
+        rows[2].add(reference, &torch_signed);
+        rows[3].add(ours(dense, &[], &data), &torch(Some("--dense")));
+        eprintln!(
+            "round {round}/{rounds}: signed ours {:.3} s, pytorch {torch_text}",
+            rows[0].ours[round - 1],
+        );
+    }
+    println!("(medians over the rounds; ratio: the median of the rounds' ours / pytorch, and their range)");
+    println!(
+        "{:<30} {:>10} {:>16} {:>12} {:>16} {:>8} {:>11}",
+        "", "ours [s]", "ours loss", "pytorch [s]", "pytorch loss", "ratio", "range"
     );
+    for (row, name) in rows.iter().zip(names) {
+        row.print(name);
+    }
 }
