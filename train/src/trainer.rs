@@ -486,12 +486,12 @@ mod tests {
     #[test]
     fn prefetched_items_reach_f_in_order_and_errors_stop_it() {
         assert_eq!(run(0, None, None), (vec![], "ok".into()));
-        assert_eq!(
-            run(4, None, None),
-            (vec![0, 1010, 2020, 3030], "ok".into())
-        );
+        assert_eq!(run(4, None, None), (vec![0, 1010, 2020, 3030], "ok".into()));
         // `make(2)` fails while `f(1)` runs: `f(1)` still completes, then the error ends it.
-        assert_eq!(run(4, Some(2), None), (vec![0, 1010], "make 2 failed".into()));
+        assert_eq!(
+            run(4, Some(2), None),
+            (vec![0, 1010], "make 2 failed".into())
+        );
         // `f`'s error comes first, although `make(2)` ran (and failed) beside it.
         assert_eq!(run(4, Some(2), Some(1)), (vec![0], "f 1 failed".into()));
         assert_eq!(run(4, Some(0), None), (vec![], "make 0 failed".into()));
