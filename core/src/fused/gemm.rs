@@ -164,11 +164,11 @@ pub fn matmul(dst: &mut [f32], lhs: Mat<'_>, rhs: Mat<'_>, accumulate: bool, par
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    /// Deterministic values with no pattern gemm could exploit.
-    fn values(len: usize, seed: u32) -> Vec<f32> {
+    /// Deterministic values in [-0.5, 0.5) with no pattern gemm could exploit.
+    pub(crate) fn values(len: usize, seed: u32) -> Vec<f32> {
         let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
         (0..len)
             .map(|_| {

@@ -430,20 +430,8 @@ impl CustomOp2 for FusedLayer {
 
 #[cfg(test)]
 mod tests {
+    use super::super::gemm::tests::values;
     use super::*;
-
-    /// Deterministic values in [-0.5, 0.5) with no pattern a kernel could exploit.
-    fn values(len: usize, seed: u32) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
-        (0..len)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 17;
-                s ^= s << 5;
-                (s as f32 / u32::MAX as f32) - 0.5
-            })
-            .collect()
-    }
 
     #[test]
     fn transposed_forward_gives_the_same_bits() {
