@@ -20,7 +20,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use candle_core::Device;
 use std::time::Instant;
-use supermask_benches::{run_torch, set_threads, synthetic_mnist, unhealthy};
+use supermask_benches::{median, run_torch, set_threads, synthetic_mnist, unhealthy};
 use supermask_train::{config::RunConfig, Trainer};
 
 /// Largest mean epoch loss of a healthy run (a 10-class net at chance has 2.3).
@@ -51,12 +51,6 @@ fn losses_text(l: &[f64]) -> String {
 
 /// A side's seconds and losses, as the PyTorch script reports them.
 type Side = Option<(f64, Vec<f64>)>;
-
-/// The middle value (the upper one of an even count).
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
 
 /// One row's measurements over the rounds.
 #[derive(Default)]

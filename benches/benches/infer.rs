@@ -17,7 +17,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use candle_core::{Device, Tensor};
 use supermask_benches::{
-    generated_conv2, generated_fcn, median_time, run_torch, set_threads, unit_values,
+    generated_conv2, generated_fcn, median, median_time, run_torch, set_threads, unit_values,
 };
 use supermask_cli::export::export_trainer;
 use supermask_core::ForwardCtx;
@@ -120,10 +120,6 @@ fn main() {
             times[bi].push((e, c, p));
         }
     }
-    let median = |mut v: Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
     println!("forward time, {threads} threads (median per call; medians over {rounds} rounds)");
     println!(
         "{:<8} {:>12} {:>12} {:>13} {:>10} {:>11} {:>18}",

@@ -125,20 +125,29 @@ pub fn synthetic(n: usize, shape: &[usize], classes: usize, seed: u64) -> Datase
     }
 }
 
+/// The middle value of `v` (the upper one of an even count).
+///
+/// # Panics
+/// If `v` is empty.
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
 /// Median seconds of `reps` calls of `f`, after `warmup` calls.
 pub fn median_time(reps: usize, warmup: usize, mut f: impl FnMut()) -> f64 {
     for _ in 0..warmup {
         f();
     }
-    let mut t: Vec<f64> = (0..reps.max(1))
-        .map(|_| {
-            let t0 = std::time::Instant::now();
-            f();
-            t0.elapsed().as_secs_f64()
-        })
-        .collect();
-    t.sort_by(f64::total_cmp);
-    t[t.len() / 2]
+    median(
+        (0..reps.max(1))
+            .map(|_| {
+                let t0 = std::time::Instant::now();
+                f();
+                t0.elapsed().as_secs_f64()
+            })
+            .collect(),
+    )
 }
 
 /// `n` deterministic pseudo-random values in `[0, 1)` (xorshift64; only their spread matters).
