@@ -8,8 +8,9 @@ use rayon::prelude::*;
 /// Below this many values [`zeros`] zeroes on the calling thread.
 const PAR_ZERO_MIN: usize = 1 << 16;
 
-/// Values per element of the parallel collects: a collect of single values stores them one by
-/// one, a collect of blocks with vector stores.
+/// Values per element of [`zeros`]' parallel collect. For a zero fill blocks and single values
+/// measured alike; for computed values a block collect ran at half a single-value collect's
+/// speed (`docs/results/fcn-threads.md`), so [`add`] collects single values.
 const BLOCK: usize = 16;
 
 /// Values per parallel task of the element-wise passes over a layer's weights (the effective

@@ -149,7 +149,8 @@ fn transpose(src: &[f32], r: usize, c: usize, dst: &mut [f32]) {
 /// ([`gemm::matmul`]), and each thread's gemm call packs the whole of the other operand: the
 /// weight, for the FCN's first layer 940 KB a thread. The transposed form shares the batch
 /// instead, which is the smaller operand when the layer has more outputs than the batch has
-/// rows (signed FCN step, `profile_step`, 10 alternating runs: median 1.31 -> 1.22 ms). Each
+/// rows (signed FCN step, `profile_step`, 15 alternating runs: median 1.82 -> 1.52 ms in a
+/// slow stretch of the VM; `docs/results/fcn-threads.md`). Each
 /// output is the same sum in the same order either way (gemm's summation over `in_f` depends
 /// on `in_f` alone), so the bits do not change (`transposed_forward_gives_the_same_bits`).
 fn dense_forward(
