@@ -10,7 +10,8 @@
 //! kept positions and signs, signed-constant magnitudes. `SUPERMASK_BENCH_SSM=path` times an
 //! exported file instead (e.g. `supermask export runs/... --out fcn.ssm`).
 //!
-//! `cargo bench -p supermask-benches --bench infer` (`SUPERMASK_BENCH_ROUNDS=N`: FCN rounds, 5)
+//! `cargo bench -p supermask-benches --bench infer` (`SUPERMASK_BENCH_ROUNDS=N`: rounds, 5; each
+//! round runs the PyTorch script and then times our side, for the FCN and again for the convs)
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -135,21 +136,7 @@ fn main() {
         let t = &times[bi];
         let e = median(t.iter().map(|r| r.0).collect());
         let c = median(t.iter().map(|r| r.1).collect());
-        let ratios: Vec<f64> = t.iter().filter_map(|r| r.2.map(|p| p / r.0)).collect();
-        let (p, r, range) = if ratios.len() == t.len() {
-            let lo = ratios.iter().copied().fold(f64::INFINITY, f64::min);
-            let hi = ratios.iter().copied().fold(0.0, f64::max);
-            (
-                format!(
-                    "{:.1}",
-                    median(t.iter().filter_map(|r| r.2).collect()) * 1e6
-                ),
-                format!("{:.1}x", median(ratios)),
-                format!("{lo:.1}x-{hi:.1}x"),
-            )
-        } else {
-            ("n/a".into(), "n/a".into(), "n/a".into())
-        };
+        let [p, r, range] = pytorch_columns(t, 1e6, 1);
         println!(
             "{batch:<8} {:>12.1} {:>12.1} {:>13} {:>9.1}x {:>11} {:>18}",
             e * 1e6,
@@ -161,76 +148,161 @@ fn main() {
         );
     }
 
-    // The Conv2 and ResNet20 references, just before ours.
-    let torch = run_torch(
+    conv_rounds(
         script,
-        &[
-            "--threads",
-            &th,
-            "--part",
-            "conv",
-            "--conv-batch",
-            &cb,
-            "--conv-reps",
-            &CONV_REPS.to_string(),
-        ],
+        &script_args(&th, &cb),
+        rounds,
+        conv_batch,
+        threads,
+        &dev,
     );
-    let torch_secs = |key: &str| torch.as_ref().and_then(|v| v[key].as_f64());
-    let ratio = |p: Option<f64>, e: f64| p.map_or("n/a".to_string(), |p| format!("{:.1}x", p / e));
-    let ms = |p: Option<f64>| p.map_or("n/a".to_string(), |p| format!("{:.2}", p * 1e3));
+}
 
-    // Conv2 at the density of a trained signed Conv2 (Table 2: 0.6% remaining; here 2% of
-    // every layer) and at 10%, against the dense candle forward of the same weights and a
-    // dense PyTorch Conv2 (random weights: dense time does not depend on the values).
-    let batch = conv_batch;
+/// PyTorch's median time (in `unit`s of a second, `digits` decimals), the median of the
+/// per-round ratios PyTorch / engine and their range, from per-round `(engine, reference,
+/// pytorch)` seconds; "n/a" in all three when some round has no PyTorch time.
+fn pytorch_columns(t: &[(f64, f64, Option<f64>)], unit: f64, digits: usize) -> [String; 3] {
+    let ratios: Vec<f64> = t.iter().filter_map(|r| r.2.map(|p| p / r.0)).collect();
+    if ratios.len() != t.len() || t.is_empty() {
+        return ["n/a".into(), "n/a".into(), "n/a".into()];
+    }
+    let lo = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = ratios.iter().copied().fold(0.0, f64::max);
+    let p = median(t.iter().filter_map(|r| r.2).collect()) * unit;
+    [
+        format!("{p:.digits$}"),
+        format!("{:.1}x", median(ratios)),
+        format!("{lo:.1}x-{hi:.1}x"),
+    ]
+}
+
+/// The PyTorch script's arguments for the Conv2 and ResNet20 references.
+fn script_args(threads: &str, batch: &str) -> Vec<String> {
+    [
+        "--threads",
+        threads,
+        "--part",
+        "conv",
+        "--conv-batch",
+        batch,
+        "--conv-reps",
+        &CONV_REPS.to_string(),
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// A row of the conv tables: the engine, the dense reference of the same weights, and the
+/// key of PyTorch's time in the script's output.
+struct ConvRow {
+    label: String,
+    engine: Engine,
+    reference: Box<dyn Fn()>,
+    torch_key: &'static str,
+}
+
+/// Conv2 at 2% and 10% kept and ResNet20 at the paper's 21% in `rounds` rounds, as the FCN:
+/// each round runs the PyTorch script and then times every row, so each ratio compares
+/// timings taken seconds apart. Reported per row: median times, and the median and range of
+/// the per-round ratios (none when PyTorch gave no time in some round).
+fn conv_rounds(
+    script: &str,
+    args: &[String],
+    rounds: usize,
+    batch: usize,
+    threads: usize,
+    dev: &Device,
+) {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let x = unit_values(batch * 3 * 32 * 32, 77);
-    let xt = Tensor::from_vec(x.clone(), (batch, 3, 32, 32), &dev).unwrap();
-    let torch_conv2 = torch_secs("conv2_seconds");
-    println!("Conv2 forward, batch {batch}, {threads} threads (median per call)");
+    let xt = Tensor::from_vec(x.clone(), (batch, 3, 32, 32), dev).unwrap();
+    let mut rows: Vec<ConvRow> = [0.02f32, 0.1]
+        .into_iter()
+        .map(|density| conv2_row(density, &xt))
+        .collect();
+    let (resnet, kept) = resnet20_row(&xt);
+    rows.push(resnet);
+    // times[row] = per round (engine, reference, pytorch).
+    let mut times = vec![Vec::new(); rows.len()];
+    for _ in 0..rounds {
+        let torch = run_torch(script, &args);
+        for (row, t) in rows.iter().zip(&mut times) {
+            let e = time(CONV_REPS, || {
+                std::hint::black_box(row.engine.forward(&x, batch).unwrap());
+            });
+            let c = time(10, || (row.reference)());
+            let p = torch.as_ref().and_then(|v| v[row.torch_key].as_f64());
+            t.push((e, c, p));
+        }
+    }
     println!(
-        "{:<10} {:>14} {:>14} {:>14} {:>12} {:>12}",
-        "kept", "engine [ms]", "candle [ms]", "pytorch [ms]", "vs candle", "vs pytorch"
+        "Conv2 (kept: every layer) and ResNet20 ({kept}) forward, batch {batch}, {threads} \
+         threads (median per call; medians over {rounds} rounds; reference: dense candle for \
+         Conv2, the training model for ResNet20)"
     );
-    for density in [0.02f32, 0.1] {
-        let m = generated_conv2(density);
-        let engine = Engine::new(&m).expect("conv engine");
-        let w: Vec<Tensor> = m
-            .layers
-            .iter()
-            .map(|l| Tensor::from_vec(l.dense(), l.shape.as_slice(), &dev).unwrap())
-            .collect();
-        let dense = || {
-            let h = xt.conv2d(&w[0], 1, 1, 1, 1).unwrap().elu(1.0).unwrap();
-            let h = h.conv2d(&w[1], 1, 1, 1, 1).unwrap().elu(1.0).unwrap();
-            let mut h = h.max_pool2d(2).unwrap().flatten_from(1).unwrap();
-            for (i, l) in w[2..].iter().enumerate() {
-                h = h.matmul(&l.t().unwrap()).unwrap();
-                if i < 2 {
-                    h = h.elu(1.0).unwrap();
-                }
-            }
-            h
-        };
-        let e = time(CONV_REPS, || {
-            std::hint::black_box(engine.forward(&x, batch).unwrap());
-        });
-        let c = time(10, || {
-            std::hint::black_box(dense());
-        });
+    println!(
+        "{:<14} {:>12} {:>15} {:>13} {:>13} {:>11} {:>16}",
+        "model",
+        "engine [ms]",
+        "reference [ms]",
+        "pytorch [ms]",
+        "vs reference",
+        "vs pytorch",
+        "per-round range"
+    );
+    for (row, t) in rows.iter().zip(&times) {
+        let e = median(t.iter().map(|r| r.0).collect());
+        let c = median(t.iter().map(|r| r.1).collect());
+        let [p, r, range] = pytorch_columns(t, 1e3, 2);
         println!(
-            "{:<10} {:>14.2} {:>14.2} {:>14} {:>11.1}x {:>12}",
-            format!("{:.0}%", density * 100.0),
+            "{:<14} {:>12.2} {:>15.2} {:>13} {:>12.1}x {:>11} {:>16}",
+            row.label,
             e * 1e3,
             c * 1e3,
-            ms(torch_conv2),
+            p,
             c / e,
-            ratio(torch_conv2, e)
+            r,
+            range
         );
     }
+}
 
-    // ResNet20 x1 (Table 4 preset) with the paper's 21.13% remaining weights (initial rate
-    // 0.7887), against the training model's evaluation forward (fused kernels: dense GEMM at
-    // this density) and a dense PyTorch ResNet20 in evaluation mode.
+/// Conv2 (generated, `density` of every layer kept; Table 2's trained signed Conv2 keeps
+/// 0.6%) against the dense candle forward of the same weights and a dense PyTorch Conv2
+/// (random weights: dense time does not depend on the values).
+fn conv2_row(density: f32, xt: &Tensor) -> ConvRow {
+    let m = generated_conv2(density);
+    let engine = Engine::new(&m).expect("conv engine");
+    let w: Vec<Tensor> = m
+        .layers
+        .iter()
+        .map(|l| Tensor::from_vec(l.dense(), l.shape.as_slice(), xt.device()).unwrap())
+        .collect();
+    let xt = xt.clone();
+    let dense = move || {
+        let h = xt.conv2d(&w[0], 1, 1, 1, 1).unwrap().elu(1.0).unwrap();
+        let h = h.conv2d(&w[1], 1, 1, 1, 1).unwrap().elu(1.0).unwrap();
+        let mut h = h.max_pool2d(2).unwrap().flatten_from(1).unwrap();
+        for (i, l) in w[2..].iter().enumerate() {
+            h = h.matmul(&l.t().unwrap()).unwrap();
+            if i < 2 {
+                h = h.elu(1.0).unwrap();
+            }
+        }
+        std::hint::black_box(h);
+    };
+    ConvRow {
+        label: format!("conv2 {:.0}%", density * 100.0),
+        engine,
+        reference: Box::new(dense),
+        torch_key: "conv2_seconds",
+    }
+}
+
+/// ResNet20 x1 (Table 4 preset) with the paper's 21.13% remaining weights (initial rate
+/// 0.7887), against the training model's evaluation forward (fused kernels: dense GEMM at
+/// this density) and a dense PyTorch ResNet20 in evaluation mode. Also returns what is kept.
+fn resnet20_row(xt: &Tensor) -> (ConvRow, String) {
     supermask_train::link_plugins();
     let preset = concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -243,36 +315,27 @@ fn main() {
         "resnet20",
     )
     .expect("ResNet20 config");
-    let trainer = Trainer::for_config(&cfg, &dev).expect("ResNet20 model");
+    let trainer = Trainer::for_config(&cfg, xt.device()).expect("ResNet20 model");
     let m = export_trainer(&cfg, &trainer).expect("ResNet20 export");
     let (kept, numel) = m
         .layers
         .iter()
         .fold((0, 0), |(k, n), l| (k + l.kept(), n + l.numel()));
     let engine = Engine::new(&m).expect("ResNet20 engine");
+    let xt = xt.clone();
     let ctx = ForwardCtx::eval();
-    let e = time(CONV_REPS, || {
-        std::hint::black_box(engine.forward(&x, batch).unwrap());
-    });
-    let c = time(10, || {
+    let model = move || {
         std::hint::black_box(trainer.model().forward_t(&xt, &ctx).unwrap());
-    });
-    let torch_resnet = torch_secs("resnet20_seconds");
-    println!(
-        "ResNet20 forward, batch {batch}, {:.2}% of {numel} weights kept, {threads} threads",
+    };
+    let row = ConvRow {
+        label: "resnet20".into(),
+        engine,
+        reference: Box::new(model),
+        torch_key: "resnet20_seconds",
+    };
+    let kept = format!(
+        "{:.2}% of {numel} weights kept",
         100.0 * kept as f64 / numel as f64
     );
-    println!(
-        "{:<10} {:>14} {:>14} {:>14} {:>12} {:>12}",
-        "", "engine [ms]", "model [ms]", "pytorch [ms]", "vs model", "vs pytorch"
-    );
-    println!(
-        "{:<10} {:>14.2} {:>14.2} {:>14} {:>11.1}x {:>12}",
-        "resnet20",
-        e * 1e3,
-        c * 1e3,
-        ms(torch_resnet),
-        c / e,
-        ratio(torch_resnet, e)
-    );
+    (row, kept)
 }
