@@ -18,12 +18,11 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use candle_core::{Device, Tensor};
 use supermask_benches::{
-    generated_conv2, generated_fcn, median, median_time, run_torch, set_threads, unit_values,
+    generated_conv2, generated_fcn, median, median_time, paper_resnet20, run_torch, set_threads,
+    unit_values,
 };
-use supermask_cli::export::export_trainer;
 use supermask_core::ForwardCtx;
 use supermask_export::{format, Engine};
-use supermask_train::{config::RunConfig, Trainer};
 
 /// Calls of the engine and of PyTorch timed for the Conv2 and ResNet20 medians (the dense
 /// candle references, 30-100 ms a call, take 10): on a shared 2-core VM 10 calls of a 1-2 ms
@@ -303,20 +302,7 @@ fn conv2_row(density: f32, xt: &Tensor) -> ConvRow {
 /// 0.7887), against the training model's evaluation forward (fused kernels: dense GEMM at
 /// this density) and a dense PyTorch ResNet20 in evaluation mode. Also returns what is kept.
 fn resnet20_row(xt: &Tensor) -> (ConvRow, String) {
-    supermask_train::link_plugins();
-    let preset = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../configs/paper/table4-resnet20-x1-signed-elus.toml"
-    );
-    let text = std::fs::read_to_string(preset).expect("ResNet20 preset");
-    let cfg = RunConfig::from_toml(
-        &text,
-        &["masking.threshold={ type = \"initial-rate\", rate = 0.7887 }".to_string()],
-        "resnet20",
-    )
-    .expect("ResNet20 config");
-    let trainer = Trainer::for_config(&cfg, xt.device()).expect("ResNet20 model");
-    let m = export_trainer(&cfg, &trainer).expect("ResNet20 export");
+    let (trainer, m) = paper_resnet20(xt.device());
     let (kept, numel) = m
         .layers
         .iter()

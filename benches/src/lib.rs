@@ -281,6 +281,26 @@ pub fn generated_conv2(density: f32) -> SsmModel {
     }
 }
 
+/// The Table 4 ResNet20 x1 preset at the paper's 21.13% remaining weights (initial rate
+/// 0.7887, Table 4), built untrained on `dev`: the training model and its export.
+pub fn paper_resnet20(dev: &candle_core::Device) -> (supermask_train::Trainer, SsmModel) {
+    supermask_train::link_plugins();
+    let preset = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../configs/paper/table4-resnet20-x1-signed-elus.toml"
+    );
+    let text = std::fs::read_to_string(preset).expect("ResNet20 preset");
+    let cfg = supermask_train::config::RunConfig::from_toml(
+        &text,
+        &["masking.threshold={ type = \"initial-rate\", rate = 0.7887 }".to_string()],
+        "resnet20",
+    )
+    .expect("ResNet20 config");
+    let trainer = supermask_train::Trainer::for_config(&cfg, dev).expect("ResNet20 model");
+    let m = supermask_cli::export::export_trainer(&cfg, &trainer).expect("ResNet20 export");
+    (trainer, m)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
