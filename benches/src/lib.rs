@@ -315,4 +315,19 @@ mod tests {
             supermask_export::Engine::new(&generated_conv2(density)).expect("conv2");
         }
     }
+
+    /// The `infer` bench's ResNet20 keeps the paper's 21.13% (Table 4: 53,530 of 248,624
+    /// weights) within a tenth of a point, and loads into the engine.
+    #[test]
+    fn paper_resnet20_keeps_the_papers_share_and_loads() {
+        let (_, m) = paper_resnet20(&candle_core::Device::Cpu);
+        let (kept, numel) = m
+            .layers
+            .iter()
+            .fold((0, 0), |(k, n), l| (k + l.kept(), n + l.numel()));
+        assert_eq!(numel, 248_624);
+        let share = 100.0 * kept as f64 / numel as f64;
+        assert!((share - 21.13).abs() < 0.1, "kept {share:.2}%");
+        supermask_export::Engine::new(&m).expect("resnet20");
+    }
 }
