@@ -18,8 +18,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use candle_core::{Device, Tensor};
 use supermask_benches::{
-    generated_conv2, generated_fcn, median, median_time, paper_resnet20, run_torch, set_threads,
-    unit_values,
+    generated_conv2, generated_fcn, kept_and_numel, median, median_time, paper_resnet20, run_torch,
+    set_threads, unit_values,
 };
 use supermask_core::ForwardCtx;
 use supermask_export::{format, Engine};
@@ -89,8 +89,6 @@ fn main() {
     };
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/torch_fcn_infer.py");
     let th = threads.to_string();
-    let conv_batch = 32usize;
-    let cb = conv_batch.to_string();
     // The FCN in rounds: each round runs the PyTorch script (FCN only) and then times the
     // engine and candle, so every ratio compares timings taken seconds apart (this machine's
     // speed drifts by up to 30% over minutes, for both sides). Reported: the medians over the
@@ -147,14 +145,7 @@ fn main() {
         );
     }
 
-    conv_rounds(
-        script,
-        &script_args(&th, &cb),
-        rounds,
-        conv_batch,
-        threads,
-        &dev,
-    );
+    conv_rounds(script, rounds, 32, threads, &dev);
 }
 
 /// PyTorch's median time (in `unit`s of a second, `digits` decimals), the median of the
@@ -175,22 +166,6 @@ fn pytorch_columns(t: &[(f64, f64, Option<f64>)], unit: f64, digits: usize) -> [
     ]
 }
 
-/// The PyTorch script's arguments for the Conv2 and ResNet20 references.
-fn script_args(threads: &str, batch: &str) -> Vec<String> {
-    [
-        "--threads",
-        threads,
-        "--part",
-        "conv",
-        "--conv-batch",
-        batch,
-        "--conv-reps",
-        &CONV_REPS.to_string(),
-    ]
-    .map(String::from)
-    .to_vec()
-}
-
 /// A row of the conv tables: the engine, the dense reference of the same weights, and the
 /// key of PyTorch's time in the script's output.
 struct ConvRow {
@@ -204,15 +179,22 @@ struct ConvRow {
 /// each round runs the PyTorch script and then times every row, so each ratio compares
 /// timings taken seconds apart. Reported per row: median times, and the median and range of
 /// the per-round ratios (none when PyTorch gave no time in some round).
-fn conv_rounds(
-    script: &str,
-    args: &[String],
-    rounds: usize,
-    batch: usize,
-    threads: usize,
-    dev: &Device,
-) {
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+fn conv_rounds(script: &str, rounds: usize, batch: usize, threads: usize, dev: &Device) {
+    let (th, cb, reps) = (
+        threads.to_string(),
+        batch.to_string(),
+        CONV_REPS.to_string(),
+    );
+    let args = [
+        "--threads",
+        &th,
+        "--part",
+        "conv",
+        "--conv-batch",
+        &cb,
+        "--conv-reps",
+        &reps,
+    ];
     let x = unit_values(batch * 3 * 32 * 32, 77);
     let xt = Tensor::from_vec(x.clone(), (batch, 3, 32, 32), dev).unwrap();
     let mut rows: Vec<ConvRow> = [0.02f32, 0.1]
@@ -303,10 +285,7 @@ fn conv2_row(density: f32, xt: &Tensor) -> ConvRow {
 /// this density) and a dense PyTorch ResNet20 in evaluation mode. Also returns what is kept.
 fn resnet20_row(xt: &Tensor) -> (ConvRow, String) {
     let (trainer, m) = paper_resnet20(xt.device());
-    let (kept, numel) = m
-        .layers
-        .iter()
-        .fold((0, 0), |(k, n), l| (k + l.kept(), n + l.numel()));
+    let (kept, numel) = kept_and_numel(&m);
     let engine = Engine::new(&m).expect("ResNet20 engine");
     let xt = xt.clone();
     let ctx = ForwardCtx::eval();

@@ -281,6 +281,13 @@ pub fn generated_conv2(density: f32) -> SsmModel {
     }
 }
 
+/// `(kept, all)` weight entries of a model's layers.
+pub fn kept_and_numel(m: &SsmModel) -> (usize, usize) {
+    m.layers
+        .iter()
+        .fold((0, 0), |(k, n), l| (k + l.kept(), n + l.numel()))
+}
+
 /// The Table 4 ResNet20 x1 preset at the paper's 21.13% remaining weights (initial rate
 /// 0.7887, Table 4), built untrained on `dev`: the training model and its export.
 pub fn paper_resnet20(dev: &candle_core::Device) -> (supermask_train::Trainer, SsmModel) {
@@ -321,10 +328,7 @@ mod tests {
     #[test]
     fn paper_resnet20_keeps_the_papers_share_and_loads() {
         let (_, m) = paper_resnet20(&candle_core::Device::Cpu);
-        let (kept, numel) = m
-            .layers
-            .iter()
-            .fold((0, 0), |(k, n), l| (k + l.kept(), n + l.numel()));
+        let (kept, numel) = kept_and_numel(&m);
         assert_eq!(numel, 248_624);
         let share = 100.0 * kept as f64 / numel as f64;
         assert!((share - 21.13).abs() < 0.1, "kept {share:.2}%");
